@@ -1,0 +1,1 @@
+"""mlcompress.export"""

@@ -1,0 +1,1 @@
+"""mlcompress.vocab_trim"""
