@@ -1,0 +1,100 @@
+"""The `mlcompress` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import InputError, MlcompressError
+from .sources import DEFAULT_MODEL
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make small, fast, language-specific models from massively multilingual transformers.")
+err = Console(stderr=True)
+out = Console()
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _parse_quotas(items: list[str]) -> dict[str, int]:
+    quotas = {}
+    for item in items:
+        lang, sep, k = item.partition("=")
+        if not sep or not k.strip().isdigit():
+            raise InputError(f"bad --quota {item!r}", "write it as LANG=K, e.g. --quota en=20000 --quota de=15000")
+        quotas[lang] = int(k)
+    return quotas
+
+
+@app.command()
+def trim(
+    model: Annotated[str, typer.Argument(help=f"Model: a save_pretrained directory, a Hub id, or {DEFAULT_MODEL}.")] = DEFAULT_MODEL,
+    languages: Annotated[str, typer.Option("-l", "--languages", help="Target languages, e.g. en,de.")] = "en,de",
+    corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="LANG=PATH: a text file or folder (plain or .gz), or a datasets id (hf://NAME?config=C&split=S&column=COL&max_lines=N). Repeat per language.")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output directory (a save_pretrained model).")] = Path("trimmed"),
+    top_k: Annotated[Optional[int], typer.Option(help="Keep the K most frequent tokens (languages weighted equally).")] = None,
+    min_count: Annotated[Optional[int], typer.Option(help="Keep tokens seen at least N times (default policy, N=1).")] = None,
+    coverage: Annotated[Optional[float], typer.Option(help="Per language, keep the tokens covering this fraction of its token occurrences.")] = None,
+    quota: Annotated[Optional[list[str]], typer.Option(help="LANG=K: keep each language's own top K tokens. Repeat per language.")] = None,
+    scripts: Annotated[bool, typer.Option("--scripts", help="Corpus-free: keep every piece written in the languages' scripts.")] = False,
+    keep_token: Annotated[Optional[list[str]], typer.Option(help="A token to keep whatever the policy says. Repeatable.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists (only once the new one is complete).")] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache for bundled models and token counts.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Cut a model's vocabulary to the tokens the target languages use; outputs are unchanged on covered text."""
+    from .vocab_trim import trim as trim_api
+
+    _quiet_transformers()
+    result = trim_api(model, languages, corpus, output, top_k=top_k, min_count=min_count, coverage=coverage,
+                      quotas=_parse_quotas(quota or []), scripts=scripts, keep_tokens=keep_token or [],
+                      overwrite=overwrite, cache_dir=cache_dir)
+    if as_json:
+        out.print_json(json.dumps(result.as_dict()))
+        return
+    table = Table(title=f"trimmed {model} -> {result.output}", show_header=True)
+    table.add_column("")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_column("ratio", justify="right")
+    for name, a, b in (("vocabulary", result.vocab_before, result.vocab_after),
+                       ("parameters", result.params_before, result.params_after),
+                       ("weight bytes", result.bytes_before, result.bytes_after)):
+        table.add_row(name, f"{a:,}", f"{b:,}", f"{b / max(a, 1):.1%}")
+    out.print(table)
+    for lang, frac in result.coverage.items():
+        out.print(f"  {lang}: {result.tokens_counted[lang]:,} tokens counted, {frac:.3%} of them kept")
+
+
+@app.callback()
+def _root() -> None:
+    """Make small, fast, language-specific models from massively multilingual transformers."""
+
+
+def main() -> None:
+    """Entry point: run the app, turning mlcompress errors into a message, a hint and an exit code."""
+    try:
+        app()
+    except MlcompressError as exc:
+        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        if exc.hint:
+            err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted: nothing was written")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Token counting over corpora, fast and exact, with a cache so that a new policy costs no recount.
+
+Text is split at ASCII spaces and each distinct chunk is tokenized once; its tokens are
+multiplied by how often the chunk occurs. This equals tokenizing every line whenever the
+tokenizer's pre-tokenizer splits at spaces (Metaspace, BERT, byte-level BPE...), which
+``decomposes`` checks on probe strings and on the corpus's first lines before it is used; a
+tokenizer that fails the check is counted line by line instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from mlcompress.errors import CorpusError
+
+from .corpus import Corpus
+
+_PROBES = (
+    "a b", "a  b", " a", "a ", "  ", "ab  cd e", "x\ty z", "Hello, world! 1 2.", "a \u00a0 b",
+    "Ñandú  ça va", "don't stop", "e\u0301 f", "東京 は", "a\u3000b c", "  lead trail  ",
+)
+_CHECK_LINES = 32
+_JOIN = 512
+
+
+@dataclass
+class TokenCounts:
+    """How often each token id occurs in one language's corpus (ids of the source tokenizer)."""
+
+    counts: np.ndarray  # int64, one entry per token id
+    lines: int
+    seconds: float
+    method: str  # "chunks" (exact fast path) or "lines"
+
+    @property
+    def total(self) -> int:
+        """Number of token occurrences."""
+        return int(self.counts.sum())
+
+    def save(self, path: Path) -> None:
+        """Store as .npz (atomically)."""
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, counts=self.counts, lines=self.lines, seconds=self.seconds, method=self.method)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> TokenCounts:
+        """Read what ``save`` wrote."""
+        data = np.load(path)
+        return cls(data["counts"], int(data["lines"]), float(data["seconds"]), str(data["method"]))
+
+
+def _encode_ids(tok: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    return [e.ids for e in encode(list(texts), add_special_tokens=False)]
+
+
+def _chunk_texts(line: str) -> list[str]:
+    parts = line.split(" ")
+    return [parts[0]] + [" " + p for p in parts[1:]]
+
+
+def decomposes(tok: Tokenizer, sample: Sequence[str] = ()) -> bool:
+    """Whether tokenizing space-separated chunks alone gives the tokens of the whole line."""
+    lines = list(_PROBES) + list(sample)
+    chunked = [_chunk_texts(line) for line in lines]
+    parts = iter(_encode_ids(tok, [t for chunks in chunked for t in chunks]))
+    for ids, chunks in zip(_encode_ids(tok, lines), chunked):
+        if ids != [i for _ in chunks for i in next(parts)]:
+            return False
+    return True
+
+
+def count_lines(tok: Tokenizer, lines: Iterable[str], vocab_size: int, exact_check: bool = True) -> TokenCounts:
+    """Count token ids over ``lines`` (each tokenized without special tokens)."""
+    start = time.perf_counter()
+    it = iter(lines)
+    head = list(itertools.islice(it, _CHECK_LINES))
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    n = 0
+    if not exact_check or decomposes(tok, head):
+        first: Counter[str] = Counter()
+        rest: Counter[str] = Counter()
+        for line in itertools.chain(head, it):
+            parts = line.split(" ")
+            first[parts[0]] += 1
+            rest.update(parts[1:])
+            n += 1
+        _accumulate(counts, _encode_ids(tok, list(first)), np.fromiter(first.values(), np.int64, len(first)))
+        # Chunks that occur equally often are tokenized together as one space-joined text
+        # (that joining is exact by the same property), so a few hundred texts carry them all.
+        by_count: dict[int, list[str]] = {}
+        for chunk, c in rest.items():
+            by_count.setdefault(c, []).append(chunk)
+        texts: list[str] = []
+        weights: list[int] = []
+        for c, chunks in by_count.items():
+            for i in range(0, len(chunks), _JOIN):
+                texts.append(" " + " ".join(chunks[i : i + _JOIN]))
+                weights.append(c)
+        _accumulate(counts, _encode_ids(tok, texts), np.asarray(weights, dtype=np.int64))
+        method = "chunks"
+    else:
+        batch: list[str] = []
+        for line in itertools.chain(head, it):
+            batch.append(line)
+            if len(batch) == 4096:
+                _accumulate(counts, _encode_ids(tok, batch), None)
+                n += len(batch)
+                batch = []
+        _accumulate(counts, _encode_ids(tok, batch), None)
+        n += len(batch)
+        method = "lines"
+    return TokenCounts(counts, n, time.perf_counter() - start, method)
+
+
+def _accumulate(counts: np.ndarray, ids: list[list[int]], weights: np.ndarray | None) -> None:
+    if not ids:
+        return
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+    w = None if weights is None else np.repeat(weights, lengths)
+    counts += np.bincount(flat, weights=w, minlength=len(counts)).astype(np.int64)[: len(counts)]
+
+
+def tokenizer_fingerprint(tok: Tokenizer) -> str:
+    """A key for the tokenizer's behaviour (its whole serialised pipeline)."""
+    return hashlib.sha256(tok.to_str().encode()).hexdigest()[:24]
+
+
+def default_cache_dir() -> Path:
+    """Where counts are cached: $MLCOMPRESS_CACHE/counts, else ~/.cache/mlcompress/counts."""
+    root = os.environ.get("MLCOMPRESS_CACHE") or Path.home() / ".cache" / "mlcompress"
+    return Path(root) / "counts"
+
+
+def count_corpus(
+    tok: Tokenizer,
+    corpus: Corpus,
+    language: str,
+    vocab_size: int,
+    cache_dir: Path | None = None,
+    use_cache: bool = True,
+) -> tuple[TokenCounts, bool]:
+    """Counts for one (tokenizer, corpus, language), from the cache when present; returns (counts, cached)."""
+    cache = (cache_dir or default_cache_dir())
+    key = f"{tokenizer_fingerprint(tok)}-{corpus.fingerprint()}-{language}.npz"
+    path = cache / key
+    if use_cache and path.is_file():
+        found = TokenCounts.load(path)
+        if len(found.counts) == vocab_size:
+            return found, True
+    result = count_lines(tok, corpus.lines(), vocab_size)
+    if result.lines == 0 or result.total == 0:
+        raise CorpusError(f"corpus {corpus.spec} for {language!r} has no text", "pass a corpus with at least one non-empty line")
+    if use_cache:
+        cache.mkdir(parents=True, exist_ok=True)
+        result.save(path)
+    return result, False
