@@ -1,0 +1,114 @@
+"""Token counting: exact against plain tokenization, on real text, for every tokenizer family; cached."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from mlcompress.errors import CorpusError
+from mlcompress.vocab_trim.corpus import Corpus
+from mlcompress.vocab_trim.counting import count_corpus, count_lines, decomposes
+
+from conftest import read_lines
+
+
+def _plain(tok: Tokenizer, lines: list[str]) -> np.ndarray:
+    ids = [i for e in tok.encode_batch(lines, add_special_tokens=False) for i in e.ids]
+    return np.bincount(np.asarray(ids, dtype=np.int64), minlength=tok.get_vocab_size())
+
+
+def _train(kind: str, lines: list[str]) -> Tokenizer:
+    if kind == "unigram":
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(" {2,}", " ")])
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=800, special_tokens=["<unk>"], unk_token="<unk>")
+    elif kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(vocab_size=800, special_tokens=["[UNK]"])
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=800, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(lines, trainer)
+    return tok
+
+
+@pytest.fixture(scope="module")
+def text(data_dir: Path) -> list[str]:
+    lines = read_lines(data_dir / "mono" / "de.txt.gz", 300) + read_lines(data_dir / "mono" / "el.txt.gz", 100)
+    # the awkward cases a corpus can hold: runs of spaces, tabs, leading/trailing blanks, odd spaces
+    return lines + ["  zwei  Leerzeichen ", "Tab\tgetrennt  x", "\u00a0nbsp\u3000ideo", " ", "ein Wort"]
+
+
+@pytest.mark.parametrize("kind", ["unigram", "wordpiece", "bytelevel-bpe"])
+def test_counts_equal_plain_tokenization(kind: str, text: list[str]) -> None:
+    tok = _train(kind, text[:200])
+    counted = count_lines(tok, text, tok.get_vocab_size())
+    assert counted.method == "chunks"
+    assert np.array_equal(counted.counts, _plain(tok, text))
+    assert counted.lines == len(text) and counted.total == int(_plain(tok, text).sum())
+
+
+def test_tokenizer_that_joins_across_spaces_is_counted_line_by_line(text: list[str]) -> None:
+    tok = _train("unigram", text[:200])
+    tok.normalizer = normalizers.Replace(" ", "")  # words glue together: chunks alone would tokenize differently
+    assert not decomposes(tok)
+    counted = count_lines(tok, text, tok.get_vocab_size())
+    assert counted.method == "lines"
+    assert np.array_equal(counted.counts, _plain(tok, text))
+
+
+def test_counts_are_cached_per_tokenizer_corpus_language(tmp_path: Path, text: list[str]) -> None:
+    tok = _train("wordpiece", text[:200])
+    path = tmp_path / "de.txt.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("\n".join(text) + "\n")
+    corpus = Corpus.parse(path)
+    first, cached = count_corpus(tok, corpus, "de", tok.get_vocab_size(), tmp_path / "cache")
+    assert not cached
+    again, cached = count_corpus(tok, corpus, "de", tok.get_vocab_size(), tmp_path / "cache")
+    assert cached and np.array_equal(first.counts, again.counts)
+    other, cached = count_corpus(tok, corpus, "en", tok.get_vocab_size(), tmp_path / "cache")
+    assert not cached  # another language is another cache entry
+
+
+def test_corpus_specs(tmp_path: Path) -> None:
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("eins\n\nzwei\n", encoding="utf-8")
+    with gzip.open(folder / "b.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("drei\n")
+    assert list(Corpus.parse(folder).lines()) == ["eins", "zwei", "drei"]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(CorpusError, match="empty"):
+        Corpus.parse(empty)
+    with pytest.raises(CorpusError, match="no such file"):
+        Corpus.parse(tmp_path / "missing" / "x.txt")
+    with pytest.raises(CorpusError, match="unknown option"):
+        Corpus.parse("hf://some/dataset?colum=text")
+    bad = tmp_path / "bad.txt.gz"
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(CorpusError, match="cannot read"):
+        list(Corpus.parse(bad).lines())
+
+
+def test_datasets_corpus_saved_to_disk_and_by_builder(tmp_path: Path) -> None:
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"id": [1, 2, 3], "sentence": ["Guten Tag", "Wie geht's?\nGut.", "Danke"]})
+    ds.save_to_disk(str(tmp_path / "ds"))
+    corpus = Corpus.parse(tmp_path / "ds")
+    assert list(corpus.lines()) == ["Guten Tag", "Wie geht's?", "Gut.", "Danke"]
+    text = tmp_path / "plain.txt"
+    text.write_text("eins\nzwei\ndrei\n", encoding="utf-8")
+    builder = Corpus.parse(f"hf://text?data_files={text}&max_lines=2")
+    assert list(builder.lines()) == ["eins", "zwei"]
