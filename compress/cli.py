@@ -41,7 +41,7 @@ def _parse_quotas(items: list[str]) -> dict[str, int]:
 def trim(
     model: Annotated[str, typer.Argument(help=f"Model: a save_pretrained directory, a Hub id, or {DEFAULT_MODEL}.")] = DEFAULT_MODEL,
     languages: Annotated[str, typer.Option("-l", "--languages", help="Target languages, e.g. en,de.")] = "en,de",
-    corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="LANG=PATH: a text file or folder (plain or .gz), or a datasets id (hf://NAME?config=C&split=S&column=COL&max_lines=N). Repeat per language.")] = None,
+    corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="LANG=PATH: a text file or folder (plain or .gz), a datasets id (hf://NAME?config=C&split=S&column=COL&max_lines=N), or a word-frequency list (wordfreq:LANG?n=N). Repeat per language and per corpus.")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Output directory (a save_pretrained model).")] = Path("trimmed"),
     top_k: Annotated[Optional[int], typer.Option(help="Keep the K most frequent tokens (languages weighted equally).")] = None,
     min_count: Annotated[Optional[int], typer.Option(help="Keep tokens seen at least N times (default policy, N=1).")] = None,
@@ -49,6 +49,7 @@ def trim(
     quota: Annotated[Optional[list[str]], typer.Option(help="LANG=K: keep each language's own top K tokens. Repeat per language.")] = None,
     scripts: Annotated[bool, typer.Option("--scripts", help="Corpus-free: keep every piece written in the languages' scripts.")] = False,
     keep_token: Annotated[Optional[list[str]], typer.Option(help="A token to keep whatever the policy says. Repeatable.")] = None,
+    word_variants: Annotated[bool, typer.Option("--word-variants", help="Also keep capitalised, lower-case and unmarked forms of kept word pieces.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists (only once the new one is complete).")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Cache for bundled models and token counts.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -58,7 +59,7 @@ def trim(
 
     _quiet_transformers()
     result = trim_api(model, languages, corpus, output, top_k=top_k, min_count=min_count, coverage=coverage,
-                      quotas=_parse_quotas(quota or []), scripts=scripts, keep_tokens=keep_token or [],
+                      quotas=_parse_quotas(quota or []), scripts=scripts, keep_tokens=keep_token or [], word_variants=word_variants,
                       overwrite=overwrite, cache_dir=cache_dir)
     if as_json:
         out.print_json(json.dumps(result.as_dict()))

@@ -20,18 +20,24 @@ class Corpus:
     """Text of one language: local files, or a `datasets` dataset read one column at a time.
 
     ``spec`` is what the user wrote: a file, a folder (every text file below it), or a dataset
-    as ``NAME[?config=C&split=S&column=COL&max_lines=N]`` (``hf://`` prefix optional).
+    as ``NAME[?config=C&split=S&column=COL&max_lines=N]`` (``hf://`` prefix optional), or a
+    word-frequency list, ``wordfreq:LANG[?n=N&wordlist=large]`` (the `wordfreq` package's lists,
+    built from subtitles, Wikipedia, news, books, web text and social media): large-corpus
+    statistics for languages with little raw text at hand.
     """
 
     spec: str
     files: tuple[Path, ...] = ()
     dataset: str | None = None
     options: dict[str, str] = field(default_factory=dict)
+    word_list: str | None = None
 
     @classmethod
     def parse(cls, spec: str | os.PathLike[str]) -> Corpus:
         """Read a corpus spec, checking that local files exist and are not empty."""
         text = str(spec)
+        if text.startswith("wordfreq:"):
+            return cls._word_list(text)
         path = Path(text.removeprefix("file://")).expanduser()
         if not text.startswith("hf://") and path.exists():
             if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()):
@@ -54,6 +60,38 @@ class Corpus:
             raise CorpusError(f"corpus {text}: unknown option(s) {sorted(unknown)}", "use config, split, column, max_lines, data_files")
         return cls(text, dataset=name, options=options)
 
+    @classmethod
+    def _word_list(cls, text: str) -> Corpus:
+        lang, _, query = text.removeprefix("wordfreq:").partition("?")
+        options = dict(parse_qsl(query))
+        unknown = set(options) - {"n", "wordlist"}
+        if unknown or not lang or ("n" in options and not options["n"].isdigit()):
+            raise CorpusError(f"corpus {text}: bad word-list spec", "write wordfreq:LANG[?n=N&wordlist=large], e.g. wordfreq:pt?n=100000")
+        try:
+            import wordfreq
+        except ImportError as exc:
+            raise CorpusError(f"corpus {text} needs the wordfreq package", "pip install 'mlcompress[wordfreq]'") from exc
+        if lang not in wordfreq.available_languages(options.get("wordlist", "large")):
+            raise CorpusError(f"corpus {text}: wordfreq has no {options.get('wordlist', 'large')!r} list for {lang!r}",
+                              "pick a language that wordfreq.available_languages() lists, or wordlist=best")
+        return cls(text, options=options, word_list=lang)
+
+    def word_counts(self) -> Iterator[tuple[str, int]]:
+        """(word, count) of a word-frequency list: counts per 10 million words, at least 1.
+
+        Each word is also counted capitalised (a tenth as often), as it is written at a sentence start.
+        """
+        import wordfreq
+
+        freqs = wordfreq.get_frequency_dict(self.word_list, wordlist=self.options.get("wordlist", "large"))
+        limit = int(self.options.get("n", len(freqs)))
+        for word, freq in list(freqs.items())[:limit]:
+            count = max(1, round(freq * 1e7))
+            yield word, count
+            cap = word[:1].upper() + word[1:]
+            if cap != word:
+                yield cap, max(1, count // 10)
+
     def fingerprint(self) -> str:
         """A key that changes when the text may have changed (file sizes and times, or the dataset spec)."""
         digest = hashlib.sha256(self.spec.encode())
@@ -64,7 +102,10 @@ class Corpus:
         return digest.hexdigest()[:24]
 
     def lines(self) -> Iterator[str]:
-        """Every non-empty line of text, without its line break."""
+        """Every non-empty line of text, without its line break (a word list yields its words)."""
+        if self.word_list is not None:
+            yield from (word for word, _ in self.word_counts())
+            return
         if self.dataset is None:
             for f in self.files:
                 opener = gzip.open if f.name.endswith(".gz") else open

@@ -14,7 +14,7 @@ import itertools
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,18 +97,7 @@ def count_lines(tok: Tokenizer, lines: Iterable[str], vocab_size: int, exact_che
             rest.update(parts[1:])
             n += 1
         _accumulate(counts, _encode_ids(tok, list(first)), np.fromiter(first.values(), np.int64, len(first)))
-        # Chunks that occur equally often are tokenized together as one space-joined text
-        # (that joining is exact by the same property), so a few hundred texts carry them all.
-        by_count: dict[int, list[str]] = {}
-        for chunk, c in rest.items():
-            by_count.setdefault(c, []).append(chunk)
-        texts: list[str] = []
-        weights: list[int] = []
-        for c, chunks in by_count.items():
-            for i in range(0, len(chunks), _JOIN):
-                texts.append(" " + " ".join(chunks[i : i + _JOIN]))
-                weights.append(c)
-        _accumulate(counts, _encode_ids(tok, texts), np.asarray(weights, dtype=np.int64))
+        _count_words(tok, rest, counts, join=True)
         method = "chunks"
     else:
         batch: list[str] = []
@@ -122,6 +111,37 @@ def count_lines(tok: Tokenizer, lines: Iterable[str], vocab_size: int, exact_che
         n += len(batch)
         method = "lines"
     return TokenCounts(counts, n, time.perf_counter() - start, method)
+
+
+def _count_words(tok: Tokenizer, words: Mapping[str, int], counts: np.ndarray, join: bool) -> None:
+    """Add the tokens of each word as it reads after a space, times its count.
+
+    With ``join``, words that occur equally often are tokenized together as one space-joined
+    text (exact when the tokenizer ``decomposes``), so a few hundred texts carry them all.
+    """
+    by_count: dict[int, list[str]] = {}
+    for word, c in words.items():
+        by_count.setdefault(int(c), []).append(word)
+    texts: list[str] = []
+    weights: list[int] = []
+    step = _JOIN if join else 1
+    for c, group in by_count.items():
+        for i in range(0, len(group), step):
+            texts.append(" " + " ".join(group[i : i + step]))
+            weights.append(c)
+    _accumulate(counts, _encode_ids(tok, texts), np.asarray(weights, dtype=np.int64))
+
+
+def count_word_list(tok: Tokenizer, words: Iterable[tuple[str, int]], vocab_size: int) -> TokenCounts:
+    """Count token ids over a word-frequency list: each word tokenized as it reads after a space, times its count."""
+    start = time.perf_counter()
+    table: Counter[str] = Counter()
+    for word, c in words:
+        table[word] += c
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    exact = decomposes(tok)
+    _count_words(tok, table, counts, join=exact)
+    return TokenCounts(counts, len(table), time.perf_counter() - start, "words" if exact else "words-single")
 
 
 def _accumulate(counts: np.ndarray, ids: list[list[int]], weights: np.ndarray | None) -> None:
@@ -160,7 +180,10 @@ def count_corpus(
         found = TokenCounts.load(path)
         if len(found.counts) == vocab_size:
             return found, True
-    result = count_lines(tok, corpus.lines(), vocab_size)
+    if corpus.word_list is not None:
+        result = count_word_list(tok, corpus.word_counts(), vocab_size)
+    else:
+        result = count_lines(tok, corpus.lines(), vocab_size)
     if result.lines == 0 or result.total == 0:
         raise CorpusError(f"corpus {corpus.spec} for {language!r} has no text", "pass a corpus with at least one non-empty line")
     if use_cache:

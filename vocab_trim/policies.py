@@ -147,3 +147,28 @@ def make_policy(
     if scripts:
         return Scripts(tuple(languages))
     return MinCount(min_count or 1)
+
+
+def word_variants(pieces: list[str | None], keep: set[int], marker: str | None) -> set[int]:
+    """``keep`` plus the case variants of every kept word piece, and word-start pieces without their mark.
+
+    A language's words also occur capitalised at a sentence start and glued to punctuation
+    (after a quote or a bracket); a small corpus misses many of those forms.
+    """
+    index = {p: i for i, p in enumerate(pieces) if p is not None}
+    out = set(keep)
+    for i in keep:
+        piece = pieces[i] if i < len(pieces) else None
+        if not piece:
+            continue
+        starts = bool(marker) and piece.startswith(marker)
+        body = piece[len(marker):] if starts else piece
+        if not body[:1].isalpha():
+            continue
+        forms = {body, body.lower(), body.capitalize(), body[:1].upper() + body[1:], body[:1].lower() + body[1:]}
+        for form in forms:
+            for prefix in ((marker, "") if starts else ("",)):
+                j = index.get(prefix + form)
+                if j is not None:
+                    out.add(j)
+    return out

@@ -206,3 +206,13 @@ def write_vocab_files(tj: dict[str, Any], src: Path, dst: Path) -> list[str]:
         (dst / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
         written.append("merges.txt")
     return written
+
+
+def word_marker(tj: dict[str, Any]) -> str | None:
+    """The mark a piece carries when it starts a word ('▁' for SentencePiece, 'Ġ' for byte-level BPE)."""
+    metaspace = _walk(tj.get("pre_tokenizer"), "Metaspace")
+    if metaspace:
+        return metaspace[0].get("replacement", "▁")
+    if is_byte_level(tj):
+        return _bytes_to_unicode()[ord(" ")]
+    return None

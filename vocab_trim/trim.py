@@ -27,6 +27,7 @@ from .counting import TokenCounts, count_corpus
 from .languages import normalize_language, parse_languages
 from .model_surgery import config_token_ids, trim_model, vocab_rows
 from .policies import make_policy
+from .policies import word_variants as expand_word_variants
 from .spm_model import SPM_FILES, trim_spm_model
 
 ID_MAP_FILE = "id_map.json"
@@ -101,13 +102,15 @@ def trim(
     quotas: Mapping[str, int] | None = None,
     scripts: bool = False,
     keep_tokens: Iterable[str] = (),
+    word_variants: bool = False,
     overwrite: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> TrimResult:
     """Trim ``model``'s vocabulary to ``languages`` and write a `save_pretrained` directory to ``output``.
 
     With no policy option every token the corpora use is kept (min count 1); ``scripts=True``
-    needs no corpus. Writes the id map, the counts and ``mlcompress.json`` beside the model.
+    needs no corpus. ``word_variants`` also keeps the capitalised, lower-case and unmarked forms
+    of kept word pieces. Writes the id map, the counts and ``mlcompress.json`` beside the model.
     """
     langs = parse_languages(languages)
     texts = parse_corpora(corpora)
@@ -154,6 +157,8 @@ def trim(
     t0 = time.perf_counter()
     rows = vocab_rows(net)
     keep = policy.select(counts, ts.surface_texts(tj))
+    if word_variants:
+        keep = expand_word_variants(by_id, keep, ts.word_marker(tj))
     keep |= ts.required_ids(tj)
     keep |= {i for i in config_token_ids(net) if i < len(by_id)}
     index = {p: i for i, p in enumerate(by_id) if p is not None}
@@ -191,7 +196,7 @@ def trim(
         write_provenance(
             tmp, "trim",
             parameters={"languages": langs, "policy": {"name": type(policy).__name__, **asdict(policy)},
-                        "keep_tokens": list(keep_tokens)},
+                        "keep_tokens": list(keep_tokens), "word_variants": word_variants},
             inputs=[source.describe() | {"sha256": _model_sha(source.path)}]
             + [{"language": lang, "corpus": c.spec, "fingerprint": c.fingerprint()} for lang, cs in texts.items() for c in cs],
             metrics={k: v for k, v in result.as_dict().items() if k not in ("output", "languages")},
