@@ -33,7 +33,7 @@ from .spm_model import SPM_FILES, trim_spm_model
 ID_MAP_FILE = "id_map.json"
 COUNTS_FILE = "token_counts.npz"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ckpt")
-_REWRITTEN = {"config.json", "generation_config.json", "tokenizer.json", "model.safetensors.index.json", "mlcompress.json",
+_REWRITTEN = {"config.json", "added_tokens.json", "generation_config.json", "tokenizer.json", "model.safetensors.index.json", "mlcompress.json",
               ID_MAP_FILE, COUNTS_FILE, "vocab.txt", "vocab.json", "merges.txt", *SPM_FILES}
 _SELF_CHECK_LINES = 200
 
@@ -160,7 +160,13 @@ def trim(
     if word_variants:
         keep = expand_word_variants(by_id, keep, ts.word_marker(tj))
     keep |= ts.required_ids(tj)
-    keep |= {i for i in config_token_ids(net) if i < len(by_id)}
+    without_row = sorted(i for i in ts.required_ids(tj) | config_token_ids(net) if i >= min(rows, len(by_id)))
+    if without_row:
+        raise UnsupportedModelError(
+            f"the tokenizer has {len(by_id)} tokens and the model {rows} embedding rows, but token id(s) {without_row[:5]} "
+            "that the tokenizer or config needs fall outside one of them",
+            "resize the model's embeddings to the tokenizer (model.resize_token_embeddings(len(tokenizer))) and save it again")
+    keep |= config_token_ids(net)
     index = {p: i for i, p in enumerate(by_id) if p is not None}
     for token in keep_tokens:
         if token not in index:
@@ -226,6 +232,11 @@ def _write_tokenizer(src: Path, dst: Path, new_tj: dict[str, Any], old_to_new: d
             config["added_tokens_decoder"] = {str(old_to_new[int(k)]): v for k, v in config["added_tokens_decoder"].items()
                                               if int(k) in old_to_new}
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    legacy = src / "added_tokens.json"  # older checkpoints: token -> id, read when there is no added_tokens_decoder
+    if legacy.is_file():
+        added = json.loads(legacy.read_text(encoding="utf-8"))
+        (dst / legacy.name).write_text(json.dumps({t: old_to_new[i] for t, i in added.items() if i in old_to_new},
+                                                  indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     ts.write_vocab_files(new_tj, src, dst)
     for name in SPM_FILES:
         if (src / name).is_file():
