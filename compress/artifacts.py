@@ -38,6 +38,9 @@ def atomic_output_dir(path: str | os.PathLike[str], overwrite: bool = False) -> 
         raise OutputExistsError(f"output {final} exists and is not a directory", "choose another output path")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the artifact gets normal permissions
     try:
         yield tmp
         if final.exists():
