@@ -1,0 +1,9 @@
+"""CLI commands of the eval stage, mounted on the root app by `mlcompress.cli` (in progress)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this stage's commands to the root app (none yet)."""
