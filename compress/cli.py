@@ -85,9 +85,11 @@ def _root() -> None:
 
 def _mount_stage_commands() -> None:
     """Each stage package owns its commands (``mlcompress.<stage>.cli.register``); the root only mounts them."""
+    from mlcompress.distill.cli import register as register_distill
     from mlcompress.eval.cli import register as register_eval
     from mlcompress.export.cli import register as register_export
 
+    register_distill(app)
     register_export(app)
     register_eval(app)
 

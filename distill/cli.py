@@ -1,0 +1,114 @@
+"""CLI of the distill stage (`mlcompress distill general|task`), mounted on the root app by `mlcompress.cli`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+distill_app = typer.Typer(no_args_is_help=True, help="BiStil bilingual distillation: a general student, then a task student.")
+
+Steps = Annotated[int, typer.Option(help="Optimizer steps.")]
+Batch = Annotated[int, typer.Option(help="Sequences per optimizer step, over all processes.")]
+Accum = Annotated[int, typer.Option(help="Gradient accumulation steps.")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda (an error if cuda is asked for and absent).")]
+Precision = Annotated[str, typer.Option(help="auto (bf16 on a GPU that has it), no, bf16 or fp16.")]
+Ckpt = Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps.")]
+Seed = Annotated[int, typer.Option(help="Seed of data order, masking and initialisation.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace OUTPUT if it exists (only once the new one is complete).")]
+Restart = Annotated[bool, typer.Option(help="Discard an interrupted run's checkpoints instead of resuming it.")]
+CacheDir = Annotated[Optional[Path], typer.Option(help="Cache for bundled models and token counts.")]
+
+
+def _config(steps: int, batch_size: int, grad_accum: int, lr: float, device: str, precision: str, checkpoint_every: int,
+            seed: int):
+    from .loop import TrainConfig
+
+    return TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, device=device,
+                       mixed_precision=precision, checkpoint_every=checkpoint_every, seed=seed)
+
+
+def _report(result) -> None:
+    from rich.console import Console
+
+    Console().print_json(json.dumps(result.as_dict()))
+
+
+@distill_app.command("general")
+def general(
+    teacher: Annotated[str, typer.Argument(help="Teacher: a model directory, a Hub id, or bundled:multilingual-e5-small.")] = "bundled:multilingual-e5-small",
+    languages: Annotated[str, typer.Option("-l", "--languages", help="Source and target language, e.g. en,el.")] = "en,el",
+    corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="LANG=PATH (file, folder, datasets id), once per language.")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output directory of the student.")] = Path("student"),
+    every_k: Annotated[int, typer.Option(help="Keep every k-th teacher layer (2 halves the depth).")] = 2,
+    block_size: Annotated[int, typer.Option(help="Tokens per packed block.")] = 256,
+    max_blocks: Annotated[Optional[int], typer.Option(help="At most N blocks per language.")] = None,
+    hidden_weight: Annotated[float, typer.Option(help="Weight of the hidden-state MSE.")] = 1.0,
+    attention_weight: Annotated[float, typer.Option(help="Weight of the attention-distribution loss.")] = 1.0,
+    attention_loss: Annotated[str, typer.Option(help="mse or kl.")] = "mse",
+    logit_weight: Annotated[float, typer.Option(help="Weight of MLM-logit KD (needs an MLM head).")] = 0.0,
+    mlm_weight: Annotated[float, typer.Option(help="Weight of plain MLM (needs an MLM head).")] = 0.0,
+    trim_vocab: Annotated[bool, typer.Option("--trim-vocab", help="First trim the teacher to the corpora's tokens.")] = False,
+    steps: Steps = 2000, batch_size: Batch = 32, grad_accum: Accum = 1,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,
+    device: Device = "auto", precision: Precision = "auto", checkpoint_every: Ckpt = 200, seed: Seed = 0,
+    overwrite: Overwrite = False, restart: Restart = False, cache_dir: CacheDir = None,
+) -> None:
+    """Phase 1: distil a general bilingual student (every k-th layer of the teacher) on source and target text."""
+    from .general import Phase1Losses, distill_general
+
+    losses = Phase1Losses(hidden=hidden_weight, attention=attention_weight, attention_kind=attention_loss,
+                          logits=logit_weight, mlm=mlm_weight)
+    result = distill_general(teacher, languages, corpus, output, every_k=every_k, block_size=block_size,
+                             max_blocks_per_language=max_blocks, losses=losses,
+                             train_config=_config(steps, batch_size, grad_accum, lr, device, precision, checkpoint_every, seed),
+                             trim_vocabulary=trim_vocab, overwrite=overwrite, restart=restart, cache_dir=cache_dir)
+    _report(result)
+
+
+@distill_app.command("task")
+def task(
+    student: Annotated[str, typer.Argument(help="The phase-1 student directory.")],
+    task_name: Annotated[str, typer.Option("--task", help="token-classification or sequence-classification.")],
+    train_file: Annotated[Path, typer.Option("--train", help="Source-language training data (token<TAB>TAG, or a<TAB>b<TAB>label).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output directory of the task student.")],
+    teacher: Annotated[Optional[str], typer.Option(help="A teacher already fine-tuned on the task.")] = None,
+    source: Annotated[Optional[str], typer.Option(help="Fine-tune this model on --train first and use it as the teacher.")] = None,
+    temperature: Annotated[float, typer.Option(help="Soft-label temperature T.")] = 2.0,
+    hidden_weight: Annotated[float, typer.Option(help="Weight of the hidden-state MSE.")] = 1.0,
+    attention_weight: Annotated[float, typer.Option(help="Weight of the attention-distribution loss.")] = 1.0,
+    density: Annotated[Optional[float], typer.Option(help="Lottery-ticket sparse fine-tuning: train only this fraction of parameters.")] = None,
+    dense_steps: Annotated[Optional[int], typer.Option(help="Steps of the dense pass that picks the sparse parameters.")] = None,
+    max_examples: Annotated[Optional[int], typer.Option(help="Use at most N training examples.")] = None,
+    steps: Steps = 1000, batch_size: Batch = 32, grad_accum: Accum = 1,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
+    device: Device = "auto", precision: Precision = "auto", checkpoint_every: Ckpt = 200, seed: Seed = 0,
+    overwrite: Overwrite = False, restart: Restart = False, cache_dir: CacheDir = None,
+) -> None:
+    """Phase 2: distil a task-tuned teacher into the phase-1 student (optionally sparse)."""
+    from mlcompress.errors import InputError
+
+    from .task import Phase2Losses, distill_task, finetune_teacher
+
+    config = _config(steps, batch_size, grad_accum, lr, device, precision, checkpoint_every, seed)
+    if (teacher is None) == (source is None):
+        raise InputError("give exactly one of --teacher (already task-tuned) and --source (to fine-tune first)",
+                         "e.g. --source bundled:multilingual-e5-small")
+    if source is not None:
+        teacher_out = output.parent / f"{output.name}-teacher"
+        finetune_teacher(source, task_name, train_file, teacher_out, max_examples=max_examples,
+                         train_config=_config(steps, batch_size, grad_accum, 3e-5, device, precision, checkpoint_every, seed),
+                         overwrite=overwrite, restart=restart, cache_dir=cache_dir)
+        teacher = str(teacher_out)
+    losses = Phase2Losses(temperature=temperature, hidden=hidden_weight, attention=attention_weight)
+    result = distill_task(teacher, student, task_name, train_file, output, losses=losses, density=density,
+                          dense_steps=dense_steps, max_examples=max_examples, train_config=config,
+                          overwrite=overwrite, restart=restart, cache_dir=cache_dir)
+    _report(result)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `distill general` and `distill task` to the root app."""
+    app.add_typer(distill_app, name="distill")

@@ -1,0 +1,199 @@
+"""BiStil phase 1: distil a general bilingual student from the multilingual teacher on source+target text."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlcompress.artifacts import atomic_output_dir, write_provenance
+from mlcompress.errors import InputError, LanguageError
+from mlcompress.sources import DEFAULT_MODEL, resolve_model
+
+from .attention import capture_attention, use_capture_backend
+from .data import mixed_blocks, mlm_mask, step_rows
+from .losses import attention_loss, hidden_mse, soft_cross_entropy
+from .loop import TrainConfig, make_accelerator, train
+from .student import hidden_pairs, make_student
+from .workdir import close_work_dir, open_work_dir
+
+
+@dataclass
+class Phase1Losses:
+    """Weights of the phase-1 objective; BiStil uses hidden-state and attention losses."""
+
+    hidden: float = 1.0
+    attention: float = 1.0
+    attention_kind: str = "mse"  # mse or kl
+    logits: float = 0.0  # KD on MLM logits (teacher and student need an MLM head)
+    mlm: float = 0.0  # plain MLM cross-entropy on masked tokens
+    temperature: float = 2.0
+
+
+@dataclass
+class DistillResult:
+    """What a distillation run produced and measured."""
+
+    output: Path
+    layer_map: list[int]
+    steps: int
+    resumed_from: int | None
+    seconds: float
+    tokens_per_second: float
+    final: dict[str, float] = field(default_factory=dict)
+    params_teacher: int = 0
+    params_student: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["output"] = str(self.output)
+        return d
+
+
+def phase1_loss(teacher: torch.nn.Module, mapping: list[int], losses: Phase1Losses):
+    """The loss function of phase 1 for the training loop: student vs teacher on the same masked blocks."""
+    pairs = hidden_pairs(mapping)
+    student_layers = list(range(len(mapping)))
+    need_logits = losses.logits > 0 or losses.mlm > 0
+
+    def loss_fn(student: torch.nn.Module, batch: dict[str, torch.Tensor]):
+        inputs = {"input_ids": batch["input_ids"]}
+        with torch.no_grad(), capture_attention(teacher, mapping if losses.attention else []) as t_att:
+            t_out = teacher(**inputs, output_hidden_states=True)
+        with capture_attention(student, student_layers if losses.attention else []) as s_att:
+            s_out = student(**inputs, output_hidden_states=True)
+        total = torch.zeros((), device=batch["input_ids"].device)
+        parts: dict[str, float] = {}
+        if losses.hidden:
+            h = hidden_mse(s_out.hidden_states, t_out.hidden_states, pairs)
+            total = total + losses.hidden * h
+            parts["hidden"] = h.item()
+        if losses.attention:
+            a = attention_loss(s_att, t_att, losses.attention_kind)
+            total = total + losses.attention * a
+            parts["attention"] = a.item()
+        if need_logits:
+            selected = batch["labels"] != -100
+            if losses.logits:
+                k = soft_cross_entropy(s_out.logits[selected], t_out.logits[selected], losses.temperature)
+                total = total + losses.logits * k
+                parts["logits"] = k.item()
+            if losses.mlm:
+                m = torch.nn.functional.cross_entropy(s_out.logits[selected].float(), batch["labels"][selected])
+                total = total + losses.mlm * m
+                parts["mlm"] = m.item()
+        parts["loss"] = total.item()
+        return total, parts
+
+    return loss_fn
+
+
+def block_batches(blocks: torch.Tensor, batch_size: int, seed: int, vocab_size: int, mask_id: int | None,
+                  special_ids: list[int]):
+    """Global batch for each step: blocks in a seeded per-epoch order, MLM masks seeded by the step."""
+    def batch_for_step(step: int) -> dict[str, torch.Tensor]:
+        rows = step_rows(len(blocks), batch_size, seed, step)
+        ids = blocks[rows]
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        inputs, labels = mlm_mask(ids, gen, vocab_size, mask_id, special_ids)
+        return {"input_ids": inputs, "labels": labels}
+
+    return batch_for_step
+
+
+def distill_general(
+    teacher: str | os.PathLike[str] = DEFAULT_MODEL,
+    languages: str | list[str] = "en,el",
+    corpora: Mapping[str, Any] | list[str] | None = None,
+    output: str | os.PathLike[str] = "student",
+    *,
+    every_k: int = 2,
+    block_size: int = 256,
+    max_blocks_per_language: int | None = None,
+    losses: Phase1Losses | None = None,
+    train_config: TrainConfig | None = None,
+    trim_vocabulary: bool = False,
+    overwrite: bool = False,
+    restart: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    stop_after: int | None = None,
+) -> DistillResult:
+    """Phase 1: copy every k-th teacher layer into a student and distil it on the languages' text.
+
+    Resumes an interrupted run to the same output (checkpoints live in a hidden sibling of it).
+    ``trim_vocabulary`` first trims the teacher to the tokens the corpora use (mlcompress trim).
+    """
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
+
+    from mlcompress.vocab_trim.languages import parse_languages
+    from mlcompress.vocab_trim.trim import parse_corpora
+
+    losses = losses or Phase1Losses()
+    config = train_config or TrainConfig()
+    if losses.attention_kind not in ("mse", "kl"):
+        raise InputError(f"unknown attention loss {losses.attention_kind!r}", "use mse or kl")
+    langs = parse_languages(languages)
+    if len(langs) < 2:
+        raise LanguageError("phase 1 needs a source and a target language", "pass two languages, e.g. -l en,el")
+    texts = parse_corpora(corpora)
+    missing = [lang for lang in langs if lang not in texts]
+    if missing:
+        raise LanguageError(f"no text for language(s) {', '.join(missing)}",
+                            "pass --corpus LANG=PATH for the source and the target language")
+    out = Path(output).expanduser().absolute()
+    source = resolve_model(teacher, cache_dir)
+    settings = {"teacher": str(source.path), "languages": langs, "corpora": {k: [c.fingerprint() for c in v] for k, v in texts.items()},
+                "every_k": every_k, "block_size": block_size, "max_blocks": max_blocks_per_language,
+                "losses": asdict(losses), "train": {k: v for k, v in asdict(config).items() if k != "progress"},
+                "trim_vocabulary": trim_vocabulary}
+    accelerator = make_accelerator(config)  # device errors before anything is written
+    work = open_work_dir(out, settings, overwrite, restart)
+
+    teacher_dir = source.path
+    if trim_vocabulary:
+        from mlcompress.vocab_trim import trim
+
+        teacher_dir = work / "teacher-trimmed"
+        if not (teacher_dir / "config.json").is_file():
+            trim(source.path, langs, {k: [c.spec for c in v] for k, v in texts.items()}, teacher_dir, overwrite=True,
+                 cache_dir=cache_dir)
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    model_cls = AutoModelForMaskedLM if (losses.logits or losses.mlm) else AutoModel
+    teacher_model = model_cls.from_pretrained(teacher_dir, dtype=torch.float32)
+    if losses.attention:
+        use_capture_backend(teacher_model)
+    student, mapping = make_student(teacher_model, every_k)
+    pooler = getattr(student.base_model, "pooler", None)
+    if pooler is not None:  # not part of the phase-1 objective: keep it as copied (and out of DDP's gradient sync)
+        pooler.requires_grad_(False)
+    if losses.attention:
+        use_capture_backend(student)
+    teacher_model.eval().requires_grad_(False).to(accelerator.device)
+
+    blocks, per_lang = mixed_blocks(tok, {lang: [line for c in texts[lang] for line in c.lines()] for lang in langs},
+                                    block_size, max_blocks_per_language)
+    specials = sorted(set(tok.all_special_ids))
+    vocab = teacher_model.get_input_embeddings().num_embeddings
+    batches = block_batches(blocks, config.batch_size, config.seed, vocab, tok.mask_token_id, specials)
+    state = train(student, phase1_loss(teacher_model, mapping, losses), batches, config, work, accelerator,
+                  stop_after=stop_after)
+    result = DistillResult(out, mapping, state.step, state.resumed_from, state.seconds,
+                           state.run_tokens / state.seconds if state.seconds else 0.0, state.last,
+                           teacher_model.num_parameters(), student.num_parameters())
+    if state.step < config.steps:  # stopped early (tests): leave the checkpoints for a resume
+        return result
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(student)
+        final.config.mlcompress_layer_map = mapping
+        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+            final.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            write_provenance(tmp, "distill-general", {**settings, "layer_map": mapping},
+                             [source.describe()], {**result.as_dict(), "blocks_per_language": per_lang})
+        close_work_dir(work, out)
+    accelerator.wait_for_everyone()
+    return result

@@ -1,0 +1,56 @@
+"""Distillation losses: hidden-state MSE, attention-distribution MSE or KL, soft cross-entropy at temperature T."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .attention import attention_log_probs
+
+
+def hidden_mse(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...],
+               pairs: list[tuple[int, int]], mask: torch.Tensor | None = None,
+               projection: torch.nn.Module | None = None) -> torch.Tensor:
+    """Mean squared error between matched hidden states over real (unpadded) tokens."""
+    total = student[0].new_zeros((), dtype=torch.float32)
+    for s, t in pairs:
+        hs = student[s].float() if projection is None else projection(student[s]).float()
+        diff = (hs - teacher[t].float()).pow(2).mean(-1)
+        if mask is not None:
+            diff = (diff * mask).sum() / mask.sum().clamp_min(1)
+        else:
+            diff = diff.mean()
+        total = total + diff
+    return total / max(len(pairs), 1)
+
+
+def attention_loss(student: list[list], teacher: list[list], kind: str = "mse") -> torch.Tensor:
+    """Match attention distributions of paired layers (captured query/key); heads are averaged when counts differ."""
+    losses = []
+    for s_store, t_store in zip(student, teacher):
+        (sq, sk, smask, sscale), (tq, tk, tmask, tscale) = s_store[-1], t_store[-1]
+        s_log = attention_log_probs(sq, sk, smask, sscale)
+        with torch.no_grad():
+            t_log = attention_log_probs(tq, tk, tmask, tscale)
+        if s_log.shape[1] != t_log.shape[1]:
+            s_log = torch.logsumexp(s_log, dim=1, keepdim=True) - torch.log(torch.tensor(float(s_log.shape[1])))
+            t_log = torch.logsumexp(t_log, dim=1, keepdim=True) - torch.log(torch.tensor(float(t_log.shape[1])))
+        if kind == "kl":
+            losses.append(F.kl_div(s_log, t_log, log_target=True, reduction="none").sum(-1).mean())
+        elif kind == "mse":
+            losses.append((s_log.exp() - t_log.exp()).pow(2).sum(-1).mean())
+        else:
+            raise ValueError(f"unknown attention loss {kind!r}")
+    return torch.stack(losses).mean() if losses else torch.zeros(())
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Hinton's soft-target loss, scaled by T^2 so its gradients keep their size across temperatures."""
+    t = temperature
+    per = -(F.softmax(teacher_logits.float() / t, -1) * F.log_softmax(student_logits.float() / t, -1)).sum(-1)
+    if mask is not None:
+        per = (per * mask).sum() / mask.sum().clamp_min(1)
+    else:
+        per = per.mean()
+    return per * t * t

@@ -1,0 +1,218 @@
+"""BiStil phase 2: fine-tune a teacher on source-language task data, then distil it into the phase-1 student.
+
+The student learns from the task-tuned teacher's soft labels at temperature T plus hidden-state and
+attention losses; optionally only a sparse subset of its parameters is trained (lottery-ticket
+sparse fine-tuning), which keeps the student close to its general bilingual self.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlcompress.artifacts import atomic_output_dir, write_provenance
+from mlcompress.errors import InputError
+from mlcompress.sources import resolve_model
+
+from .attention import capture_attention, use_capture_backend
+from .general import DistillResult
+from .loop import TrainConfig, make_accelerator, train
+from .losses import attention_loss, hidden_mse, soft_cross_entropy
+from .sparse import SparseUpdate, select_by_movement
+from .student import encoder_layers, hidden_pairs
+from .task_data import TASKS, encode_task, example_batches
+from .workdir import close_work_dir, open_work_dir
+
+
+@dataclass
+class Phase2Losses:
+    """Weights of the phase-2 objective."""
+
+    soft: float = 1.0
+    temperature: float = 2.0
+    hidden: float = 1.0
+    attention: float = 1.0
+    attention_kind: str = "mse"
+    hard: float = 0.0  # cross-entropy with the gold labels
+
+
+def _auto_class(task: str):
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}", f"choose one of: {', '.join(TASKS)}")
+    return AutoModelForTokenClassification if task == "token-classification" else AutoModelForSequenceClassification
+
+
+def finetune_teacher(source: str | os.PathLike[str], task: str, train_file: str | os.PathLike[str],
+                     output: str | os.PathLike[str], *, max_examples: int | None = None, max_length: int = 128,
+                     train_config: TrainConfig | None = None, overwrite: bool = False, restart: bool = False,
+                     cache_dir: str | os.PathLike[str] | None = None, stop_after: int | None = None) -> DistillResult:
+    """Fine-tune the source model on source-language task data (the phase-2 teacher)."""
+    from transformers import AutoTokenizer
+
+    config = train_config or TrainConfig(lr=3e-5)
+    out = Path(output).expanduser().absolute()
+    src = resolve_model(source, cache_dir)
+    settings = {"stage": "teacher", "source": str(src.path), "task": task, "train_file": str(train_file),
+                "max_examples": max_examples, "max_length": max_length,
+                "train": {k: v for k, v in asdict(config).items() if k != "progress"}}
+    accelerator = make_accelerator(config)  # device errors before anything is written
+    work = open_work_dir(out, settings, overwrite, restart)
+    tok = AutoTokenizer.from_pretrained(src.path)
+    data = encode_task(task, train_file, tok, max_length, max_examples)
+    model = _auto_class(task).from_pretrained(
+        src.path, num_labels=len(data.labels), id2label=dict(enumerate(data.labels)),
+        label2id={n: i for i, n in enumerate(data.labels)}, dtype=torch.float32)
+
+    def loss_fn(m: torch.nn.Module, batch: dict[str, torch.Tensor]):
+        loss = m(**batch).loss
+        return loss, {"loss": loss.item()}
+
+    state = train(model, loss_fn, example_batches(data, config.batch_size, config.seed), config, work, accelerator,
+                  stop_after=stop_after)
+    result = DistillResult(out, [], state.step, state.resumed_from, state.seconds,
+                           state.run_tokens / state.seconds if state.seconds else 0.0, state.last,
+                           model.num_parameters(), model.num_parameters())
+    if state.step >= config.steps and accelerator.is_main_process:
+        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+            accelerator.unwrap_model(model).save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            write_provenance(tmp, "distill-teacher", settings, [src.describe()], result.as_dict())
+        close_work_dir(work, out)
+    return result
+
+
+def phase2_loss(teacher: torch.nn.Module, mapping: list[int], losses: Phase2Losses, task: str):
+    """Student vs task-tuned teacher: soft cross-entropy at T, hidden and attention losses, optional gold CE."""
+    pairs = hidden_pairs(mapping)
+    student_layers = list(range(len(mapping)))
+
+    def loss_fn(student: torch.nn.Module, batch: dict[str, torch.Tensor]):
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        with torch.no_grad(), capture_attention(teacher, mapping if losses.attention else []) as t_att:
+            t_out = teacher(**inputs, output_hidden_states=True)
+        with capture_attention(student, student_layers if losses.attention else []) as s_att:
+            s_out = student(**inputs, output_hidden_states=True)
+        mask = batch["attention_mask"].float()
+        parts: dict[str, float] = {}
+        if task == "token-classification":
+            soft = soft_cross_entropy(s_out.logits, t_out.logits, losses.temperature, mask)
+        else:
+            soft = soft_cross_entropy(s_out.logits, t_out.logits, losses.temperature)
+        total = losses.soft * soft
+        parts["soft"] = soft.item()
+        if losses.hidden:
+            h = hidden_mse(s_out.hidden_states, t_out.hidden_states, pairs, mask)
+            total = total + losses.hidden * h
+            parts["hidden"] = h.item()
+        if losses.attention:
+            a = attention_loss(s_att, t_att, losses.attention_kind)
+            total = total + losses.attention * a
+            parts["attention"] = a.item()
+        if losses.hard:
+            logits = s_out.logits.float()
+            ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))
+            total = total + losses.hard * ce
+            parts["hard"] = ce.item()
+        parts["loss"] = total.item()
+        return total, parts
+
+    return loss_fn
+
+
+def distill_task(teacher: str | os.PathLike[str], student: str | os.PathLike[str], task: str,
+                 train_file: str | os.PathLike[str], output: str | os.PathLike[str], *,
+                 losses: Phase2Losses | None = None, density: float | None = None, dense_steps: int | None = None,
+                 max_examples: int | None = None, max_length: int = 128, train_config: TrainConfig | None = None,
+                 overwrite: bool = False, restart: bool = False, cache_dir: str | os.PathLike[str] | None = None,
+                 stop_after: int | None = None) -> DistillResult:
+    """Phase 2: distil the task-tuned ``teacher`` into the phase-1 ``student`` (densely, or sparsely at ``density``)."""
+    from transformers import AutoTokenizer
+
+    losses = losses or Phase2Losses()
+    config = train_config or TrainConfig(lr=5e-5)
+    out = Path(output).expanduser().absolute()
+    t_src, s_src = resolve_model(teacher, cache_dir), resolve_model(student, cache_dir)
+    settings = {"stage": "task", "teacher": str(t_src.path), "student": str(s_src.path), "task": task,
+                "train_file": str(train_file), "losses": asdict(losses), "density": density, "dense_steps": dense_steps,
+                "max_examples": max_examples, "max_length": max_length,
+                "train": {k: v for k, v in asdict(config).items() if k != "progress"}}
+    accelerator = make_accelerator(config)  # device errors before anything is written
+    work = open_work_dir(out, settings, overwrite, restart)
+    cls = _auto_class(task)
+    teacher_model = cls.from_pretrained(t_src.path, dtype=torch.float32)
+    names = [teacher_model.config.id2label[i] for i in range(teacher_model.config.num_labels)]
+    tok = AutoTokenizer.from_pretrained(s_src.path)
+    data = encode_task(task, train_file, tok, max_length, max_examples, labels=names)
+    student_model = cls.from_pretrained(s_src.path, num_labels=len(names), id2label=dict(enumerate(names)),
+                                        label2id={n: i for i, n in enumerate(names)}, dtype=torch.float32)
+    mapping = _layer_map(teacher_model, student_model)
+    if losses.attention:
+        use_capture_backend(teacher_model)
+        use_capture_backend(student_model)
+    teacher_model.eval().requires_grad_(False).to(accelerator.device)
+    loss_fn = phase2_loss(teacher_model, mapping, losses, task)
+    batches = example_batches(data, config.batch_size, config.seed)
+
+    after_step, selected = None, None
+    if density is not None:
+        initial = {k: v.detach().clone() for k, v in student_model.state_dict().items()}
+        masks_file = work / "masks.pt"
+        if masks_file.is_file():
+            masks = torch.load(masks_file)
+        else:
+            dense_config = TrainConfig(**{**asdict(config), "steps": dense_steps or config.steps})
+            train(student_model, loss_fn, batches, dense_config, work / "dense", accelerator)
+            trained = {k: v.detach().cpu() for k, v in accelerator.unwrap_model(student_model).state_dict().items()}
+            head = tuple(n for n, _ in student_model.named_parameters() if n.startswith(("classifier", "score")))
+            params = {n for n, _ in student_model.named_parameters()}
+            masks = select_by_movement({k: v for k, v in initial.items() if k in params}, trained, density, always=head)
+            if accelerator.is_main_process:
+                torch.save(masks, masks_file)
+        student_model = cls.from_pretrained(s_src.path, num_labels=len(names), id2label=dict(enumerate(names)),
+                                            label2id={n: i for i, n in enumerate(names)}, dtype=torch.float32)
+        student_model.load_state_dict(initial)  # the lottery ticket: back to the start, train only the winners
+        if losses.attention:
+            use_capture_backend(student_model)
+        after_step = SparseUpdate(student_model, masks)
+        after_step.freeze_unselected(student_model)
+        selected = int(sum(m.sum() for m in masks.values()))
+    state = train(student_model, loss_fn, batches, config, work / ("sparse" if density else "dense"), accelerator,
+                  after_step=after_step, stop_after=stop_after)
+    result = DistillResult(out, mapping, state.step, state.resumed_from, state.seconds,
+                           state.run_tokens / state.seconds if state.seconds else 0.0, state.last,
+                           teacher_model.num_parameters(), student_model.num_parameters())
+    if state.step >= config.steps and accelerator.is_main_process:
+        final = accelerator.unwrap_model(student_model)
+        final.requires_grad_(True)
+        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+            final.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            if density is not None:  # the selected entries, for users composing sparse fine-tunings
+                from safetensors.torch import save_file
+
+                save_file({k: m.to(torch.uint8).contiguous() for k, m in masks.items()}, str(tmp / "sparse_mask.safetensors"))
+            write_provenance(tmp, "distill-task", {**settings, "layer_map": mapping}, [t_src.describe(), s_src.describe()],
+                             {**result.as_dict(), "selected_parameters": selected})
+        close_work_dir(work, out)
+    return result
+
+
+def _layer_map(teacher: torch.nn.Module, student: torch.nn.Module) -> list[int]:
+    """The student's phase-1 layer map (kept in its config), else every k-th teacher layer."""
+    saved = getattr(student.config, "mlcompress_layer_map", None)
+    n_t, n_s = len(encoder_layers(teacher)), len(encoder_layers(student))
+    if saved and len(saved) == n_s and max(saved) < n_t:
+        return list(saved)
+    if n_t % n_s:
+        raise InputError(f"cannot map {n_s} student layers onto {n_t} teacher layers",
+                         "use a student made by `mlcompress distill general` from this teacher")
+    k = n_t // n_s
+    return list(range(k - 1, n_t, k))
+
+

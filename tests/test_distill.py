@@ -1,0 +1,183 @@
+"""Distillation on a CPU with tiny models: student init, falling loss, exact resume, sparse updates, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+from conftest import DATA, ROOT
+from mlcompress import InputError, LanguageError, OutputExistsError
+from mlcompress.distill import Phase1Losses, TrainConfig, distill_general, distill_task, finetune_teacher, make_student
+from mlcompress.distill.student import layer_map
+from tiny_models import build_bert, training_lines
+
+CORPORA = {"en": str(DATA / "mono" / "en.txt.gz"), "de": str(DATA / "mono" / "de.txt.gz")}
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> Path:
+    """A 4-layer BERT teacher (no dropout, so runs compare exactly) with a real WordPiece tokenizer."""
+    base = tmp_path_factory.mktemp("tiny-bert")
+    tiny = build_bert(base / "tok", training_lines(DATA))
+    tok = AutoTokenizer.from_pretrained(tiny.path)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                 intermediate_size=64, pad_token_id=0, hidden_dropout_prob=0.0,
+                                 attention_probs_dropout_prob=0.0))
+    out = base / "teacher"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _config(**kw) -> TrainConfig:
+    base = dict(steps=6, batch_size=8, lr=1e-3, checkpoint_every=3, log_every=1, progress=False, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def _small(teacher_dir: Path, out: Path, **kw):
+    return distill_general(teacher_dir, "en,de", CORPORA, out, block_size=32, max_blocks_per_language=64,
+                           train_config=kw.pop("train_config", _config()), **kw)
+
+
+def test_student_layers_equal_mapped_teacher_layers_at_step_zero(teacher_dir: Path) -> None:
+    teacher = AutoModel.from_pretrained(teacher_dir)
+    student, mapping = make_student(teacher, every_k=2)
+    assert mapping == [1, 3] and layer_map(12, 2) == [1, 3, 5, 7, 9, 11] and layer_map(12, 3) == [2, 5, 8, 11]
+    assert student.config.num_hidden_layers == 2
+    t_state, s_state = teacher.state_dict(), student.state_dict()
+    for name, value in s_state.items():
+        if name.startswith("encoder.layer."):
+            i, rest = name[len("encoder.layer."):].split(".", 1)
+            assert torch.equal(value, t_state[f"encoder.layer.{mapping[int(i)]}.{rest}"]), name
+        else:
+            assert torch.equal(value, t_state[name]), name
+    ids = AutoTokenizer.from_pretrained(teacher_dir)("Ein kleiner Test.", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(student.embeddings(ids["input_ids"]),
+                           teacher.embeddings(ids["input_ids"]))
+
+
+def test_phase1_loss_falls_on_real_text(teacher_dir: Path, tmp_path: Path) -> None:
+    result = _small(teacher_dir, tmp_path / "student", train_config=_config(steps=40, lr=3e-3, checkpoint_every=40))
+    records = [json.loads(x) for x in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+    first = sum(r["loss"] for r in records[:5]) / 5
+    last = sum(r["loss"] for r in records[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+    assert result.layer_map == [1, 3] and result.params_student < result.params_teacher
+    reloaded = AutoModel.from_pretrained(tmp_path / "student")
+    assert reloaded.config.num_hidden_layers == 2 and reloaded.config.mlcompress_layer_map == [1, 3]
+    record = json.loads((tmp_path / "student" / "mlcompress.json").read_text())
+    assert record["stage"] == "distill-general" and record["metrics"]["blocks_per_language"] == {"en": 64, "de": 64}
+    assert not (tmp_path / ".student.work").exists()
+
+
+def test_kill_and_resume_gives_the_same_weights(teacher_dir: Path, tmp_path: Path) -> None:
+    _small(teacher_dir, tmp_path / "straight")
+    stopped = _small(teacher_dir, tmp_path / "resumed", stop_after=5)  # dies after step 5; last checkpoint: step 3
+    assert stopped.steps == 5 and not (tmp_path / "resumed").exists()
+    assert (tmp_path / ".resumed.work" / "checkpoints" / "step-0000003").is_dir()
+    resumed = _small(teacher_dir, tmp_path / "resumed")
+    assert resumed.resumed_from == 3 and resumed.steps == 6
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_interrupted_run_with_other_settings_is_refused(teacher_dir: Path, tmp_path: Path) -> None:
+    _small(teacher_dir, tmp_path / "s", stop_after=3)
+    with pytest.raises(InputError, match="interrupted run with other settings") as info:
+        _small(teacher_dir, tmp_path / "s", train_config=_config(lr=5e-4))
+    assert "--restart" in info.value.hint
+    done = _small(teacher_dir, tmp_path / "s", train_config=_config(lr=5e-4), restart=True)
+    assert done.resumed_from is None and (tmp_path / "s" / "config.json").is_file()
+
+
+def test_sparse_finetuning_changes_only_selected_parameters(teacher_dir: Path, tmp_path: Path) -> None:
+    student_dir = tmp_path / "general"
+    _small(teacher_dir, student_dir)
+    train_file = DATA / "xtreme_udpos" / "train-en.tsv.gz"
+    finetune_teacher(teacher_dir, "token-classification", train_file, tmp_path / "teacher-pos", max_examples=64,
+                     max_length=32, train_config=_config(steps=4, checkpoint_every=4))
+    density = 0.05
+    result = distill_task(tmp_path / "teacher-pos", student_dir, "token-classification", train_file, tmp_path / "pos",
+                          density=density, dense_steps=4, max_examples=64, max_length=32,
+                          train_config=_config(steps=4, checkpoint_every=4))
+    assert result.layer_map == [1, 3]
+    before = load_file(student_dir / "model.safetensors")
+    after = load_file(tmp_path / "pos" / "model.safetensors")
+    masks = {k: v.bool() for k, v in load_file(tmp_path / "pos" / "sparse_mask.safetensors").items()}
+    body = [k for k in masks if not k.startswith("classifier")]
+    total = sum(masks[k].numel() for k in body)
+    assert sum(int(masks[k].sum()) for k in body) == round(density * total)
+    changed = 0
+    for k in body:
+        src = "bert." + k if ("bert." + k) in before else k.removeprefix("bert.")
+        moved = after[k] != before[src]
+        assert not (moved & ~masks[k]).any(), f"{k} changed outside its mask"
+        changed += int(moved.sum())
+    assert 0 < changed <= round(density * total)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process run")
+def test_two_processes_under_accelerate_launch_match_one(teacher_dir: Path, tmp_path: Path) -> None:
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\n"
+        "from mlcompress.distill import TrainConfig, distill_general\n"
+        f"distill_general({str(teacher_dir)!r}, 'en,de', {CORPORA!r}, sys.argv[1], block_size=32,\n"
+        "    max_blocks_per_language=64, train_config=TrainConfig(steps=6, batch_size=8, lr=1e-3,\n"
+        "    checkpoint_every=3, progress=False, device='cpu'))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    accelerate = Path(sys.executable).with_name("accelerate")
+    two = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a = load_file(tmp_path / "one" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "model.safetensors")
+    start = load_file(teacher_dir / "model.safetensors")
+    assert any(not torch.equal(a[k], start[k]) for k in a if k in start)  # it trained
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-4)
+
+
+def test_bad_input_gets_clear_errors(teacher_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(LanguageError, match="source and a target"):
+        distill_general(teacher_dir, "en", CORPORA, tmp_path / "x")
+    with pytest.raises(LanguageError, match="no text for language"):
+        distill_general(teacher_dir, "en,el", CORPORA, tmp_path / "x")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="GPU was asked for"):
+            _small(teacher_dir, tmp_path / "x", train_config=_config(device="cuda"))
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(OutputExistsError):
+        _small(teacher_dir, tmp_path / "exists")
+    with pytest.raises(InputError, match="attention loss"):
+        _small(teacher_dir, tmp_path / "x", losses=Phase1Losses(attention_kind="cosine"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
+
+
+def test_cli_distill_general(teacher_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli-student"
+    run = subprocess.run([sys.executable, "-m", "mlcompress.cli", "distill", "general", str(teacher_dir), "-l", "en,de",
+                          "--corpus", f"en={CORPORA['en']}", "--corpus", f"de={CORPORA['de']}", "-o", str(out),
+                          "--block-size", "32", "--max-blocks", "32", "--steps", "3", "--batch-size", "4",
+                          "--device", "cpu"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout)["steps"] == 3 and (out / "model.safetensors").is_file()
+    bad = subprocess.run([sys.executable, "-m", "mlcompress.cli", "distill", "general", str(teacher_dir), "-l", "en,de",
+                          "--corpus", f"en={CORPORA['en']}", "-o", str(tmp_path / "y")], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and "no text for language" in bad.stderr and "hint:" in bad.stderr
