@@ -1,9 +1,96 @@
-"""CLI commands of the eval stage, mounted on the root app by `mlcompress.cli` (in progress)."""
+"""CLI of the eval stage: `mlcompress eval SOURCE CANDIDATE -l de,el --tasks ... --data DIR -o REPORT_DIR [--min-retention 0.97]`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+
+_TASKS = "retrieval,pos,nli,sts,fidelity,efficiency"
+
+
+def _parse_hub(items: list[str]) -> dict[str, str]:
+    from mlcompress.errors import InputError
+
+    out = {}
+    for item in items:
+        key, sep, spec = item.partition("=")
+        if not sep or ":" not in key:
+            raise InputError(f"bad --hub-data {item!r}",
+                             "write TASK:LANG=hf://NAME?config=C&split=S&columns=COL1,COL2, e.g. retrieval:de=hf://...")
+        out[key.strip()] = spec.strip()
+    return out
+
+
+def _parse_task_languages(items: list[str]) -> dict[str, str]:
+    from mlcompress.errors import InputError
+
+    out = {}
+    for item in items:
+        task, sep, langs = item.partition("=")
+        if not sep or not langs.strip():
+            raise InputError(f"bad --task-languages {item!r}", "write TASK=LANGS, e.g. --task-languages sts=ar,es,en")
+        out[task.strip()] = langs.strip()
+    return out
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the root app (none yet)."""
+    """Add the `eval` command to the root app."""
+
+    @app.command("eval")
+    def eval_command(
+        source: Annotated[str, typer.Argument(help="Source model: a save_pretrained directory, a Hub id, bundled:multilingual-e5-small, or an export bundle.")],
+        candidate: Annotated[str, typer.Argument(help="Compressed model, in any of the same forms.")],
+        languages: Annotated[str, typer.Option("-l", "--languages", help="Target languages, e.g. de,el.")],
+        output: Annotated[Path, typer.Option("-o", "--output", help="Report folder (report.json, report.md, report.html).")],
+        tasks: Annotated[str, typer.Option("--tasks", help=f"Comma-separated, from {_TASKS}.")] = _TASKS,
+        data: Annotated[Optional[Path], typer.Option("--data", help="A folder laid out like ../shared/data.")] = None,
+        min_retention: Annotated[Optional[float], typer.Option("--min-retention", help="Gate: exit 1 when any task keeps less than this fraction of the source's score.")] = None,
+        hub_data: Annotated[Optional[list[str]], typer.Option("--hub-data", help="TASK:LANG=hf://NAME?config=C&split=S&columns=A,B: a datasets id for one task and language. Repeatable.")] = None,
+        task_languages: Annotated[Optional[list[str]], typer.Option("--task-languages", help="TASK=LANGS: other languages for one task, e.g. sts=ar,es,en. Repeatable.")] = None,
+        transfer: Annotated[str, typer.Option(help="Transfer recipe: probe (frozen encoder), finetune, or auto (finetune on a GPU).")] = "auto",
+        prefix: Annotated[Optional[str], typer.Option(help="Text put before each embedded sentence (default: 'query: ' for E5 models).")] = None,
+        seed: Annotated[int, typer.Option(help="Seed of the transfer recipe (the same for both models).")] = 0,
+        max_examples: Annotated[Optional[int], typer.Option(help="Cap every task's sentence, pair and row counts at N (a quick run).")] = None,
+        overwrite: Annotated[bool, typer.Option(help="Replace the report folder if it exists.")] = False,
+        cache_dir: Annotated[Optional[Path], typer.Option(help="Cache for bundled models.")] = None,
+    ) -> None:
+        """Compare CANDIDATE with SOURCE per task and language; write reports; with --min-retention, a gate (exit 1)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from mlcompress.cli import _quiet_transformers
+        from mlcompress.eval import Limits, evaluate
+        from mlcompress.eval.retention import gate_error
+
+        err = Console(stderr=True, soft_wrap=True)
+        _quiet_transformers()
+        report = evaluate(source, candidate, languages, tasks, data, output, min_retention, overwrite=overwrite,
+                          task_languages=_parse_task_languages(task_languages or []), hub_data=_parse_hub(hub_data or []),
+                          transfer=transfer, prefix=prefix, seed=seed, cache_dir=cache_dir,
+                          limits=Limits().capped(max_examples) if max_examples else None,
+                          progress=lambda msg: err.print(f"[dim]{msg}[/]", highlight=False))
+        out = Console()
+        table = Table(title=f"{candidate} against {source}")
+        for col in ("task", "language", "metric", "source", "candidate", "retention"):
+            table.add_column(col, justify="right" if col in ("source", "candidate", "retention") else "left")
+        bar = report.gate.get("min_retention")
+        for s in report.scores:
+            ret = "-" if s.retention is None else f"{s.retention:.4f}"
+            if bar is not None and s.gated and s.retention is not None and s.retention < bar:
+                ret = f"[bold red]{ret}[/]"
+            table.add_row(s.task, s.language, s.metric, f"{s.source:.4f}", f"{s.candidate:.4f}", ret)
+        out.print(table)
+        if report.efficiency:
+            e = report.efficiency
+            out.print(f"efficiency ({e['source']['device']}): parameters {e['source']['parameters']:,} -> {e['candidate']['parameters']:,}; "
+                      f"p50 {e['source']['latency_ms_p50']:.1f} -> {e['candidate']['latency_ms_p50']:.1f} ms; "
+                      f"throughput {e['source']['throughput_per_s']:.0f} -> {e['candidate']['throughput_per_s']:.0f}/s")
+        for s in report.skipped:
+            out.print(f"[dim]skipped {s['task']} {s['language']}: {s['reason']}[/]")
+        out.print(f"report: {report.output / 'report.html'}")
+        if report.passed is False:
+            raise gate_error(report.gate, str(report.output))
+        if report.passed:
+            out.print(f"[green]gate passed[/]: every gated score keeps at least {bar} of the source's")

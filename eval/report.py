@@ -1,0 +1,217 @@
+"""Reports: report.json (every score, retention and the gate's verdict), report.md, and a self-contained report.html."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlcompress.artifacts import atomic_output_dir, write_provenance
+
+if TYPE_CHECKING:
+    from .run import EvalReport
+
+
+def _mb(n: Any) -> str:
+    return f"{n / 1e6:,.1f} MB" if isinstance(n, (int, float)) else "-"
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    return f"{x:.{digits}f}" if isinstance(x, (int, float)) else "-"
+
+
+def _verdict(report: EvalReport) -> str:
+    g = report.gate
+    if g.get("passed") is None:
+        return "no gate (pass --min-retention to make this a gate)"
+    if g["passed"]:
+        return f"PASSED: all {g['checked']} gated scores keep at least {g['min_retention']} of the source's"
+    return f"FAILED: {len(g['failures'])} of {g['checked']} gated scores below {g['min_retention']}"
+
+
+def write_markdown(report: EvalReport) -> str:
+    """The Markdown report."""
+    d = report.as_dict()
+    lines = [f"# mlcompress eval: {report.candidate['spec']} against {report.source['spec']}", "",
+             f"**Gate: {_verdict(report)}**", "",
+             f"Languages: {', '.join(report.languages)}; tasks: {', '.join(report.tasks)}; "
+             f"transfer recipe: {report.parameters['transfer']} (seed {report.parameters['seed']}); "
+             f"sentence prefix: {report.parameters['prefix']!r}", "",
+             "| task | language | metric | source | candidate | retention | gated | n | data |",
+             "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | --- |"]
+    for s in report.scores:
+        lines.append(f"| {s.task} | {s.language} | {s.metric} | {_fmt(s.source)} | {_fmt(s.candidate)} | "
+                     f"{_fmt(s.retention)} | {'yes' if s.gated else 'no'} | {s.n} | {Path(s.dataset).name if s.dataset else ''} |")
+    if d["summary"]:
+        lines += ["", "## Retention per task", "", "| task | mean | min | scores |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {t} | {v['mean_retention']:.4f} | {v['min_retention']:.4f} | {v['scores']} |" for t, v in d["summary"].items()]
+    if report.gate.get("failures"):
+        lines += ["", "## Below the bar", ""]
+        lines += [f"- {f['task']} {f['language']} {f['metric']}: retention {f['retention']:.4f}" for f in report.gate["failures"]]
+    if report.efficiency:
+        e = report.efficiency
+        lines += ["", f"## Efficiency ({e['source']['device']})", "", "| | source | candidate | candidate / source |",
+                  "| --- | ---: | ---: | ---: |"]
+        for key, fmt in (("parameters", lambda v: f"{v:,}"), ("bytes_on_disk", _mb), ("weight_file_bytes", _mb),
+                         ("latency_ms_p50", lambda v: f"{v:.2f} ms"), ("latency_ms_p95", lambda v: f"{v:.2f} ms"),
+                         ("throughput_per_s", lambda v: f"{v:.1f} /s (batch {e['source']['throughput_batch']})"),
+                         ("peak_memory_bytes", _mb)):
+            a, b = e["source"].get(key), e["candidate"].get(key)
+            r = e["candidate_over_source"].get(key)
+            lines.append(f"| {key} | {fmt(a) if a is not None else '-'} | {fmt(b) if b is not None else '-'} | {_fmt(r, 3)} |")
+        lines.append(f"\nPeak memory: {e['source']['peak_memory_kind']}.")
+    if report.skipped:
+        lines += ["", "## Skipped", ""] + [f"- {s['task']} {s['language']}: {s['reason']}" for s in report.skipped]
+    notes = [s for s in report.scores if s.note]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {s.task} {s.language} {s.metric}: {s.note}" for s in notes]
+    lines += ["", "## Models", "", f"- source: `{json.dumps(report.source, default=str)}`",
+              f"- candidate: `{json.dumps(report.candidate, default=str)}`", ""]
+    return "\n".join(lines)
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def plots(report: EvalReport) -> dict[str, str]:
+    """Base64 PNGs: retention per task and language, size against retention, latency bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, str] = {}
+    bar = report.gate.get("min_retention")
+    rows = [s for s in report.scores if s.retention is not None]
+    if rows:
+        fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.2))
+        labels = [f"{s.task} {s.language} {s.metric}" for s in rows]
+        colors = ["#9aa5b1" if not s.gated else ("#d64545" if bar and s.retention < bar else "#3b8e5a") for s in rows]
+        ax.barh(range(len(rows)), [s.retention for s in rows], color=colors)
+        ax.set_yticks(range(len(rows)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(1.0, color="black", lw=0.8)
+        if bar:
+            ax.axvline(bar, color="#d64545", ls="--", lw=1, label=f"--min-retention {bar}")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_xlabel("retention (candidate / source)")
+        ax.set_xlim(0, max(1.1, max(s.retention for s in rows) * 1.05))
+        ax.set_title("Retention per task and language (grey: not gated)")
+        out["retention"] = _png(fig)
+    src_size = report.source.get("size", {}).get("bytes_on_disk")
+    cand_size = report.candidate.get("size", {}).get("bytes_on_disk")
+    gated = [s for s in rows if s.gated]
+    if src_size and cand_size and gated:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.scatter([src_size / 1e6], [1.0], s=80, color="#333", label="source", zorder=3)
+        tasks = list(dict.fromkeys(s.task for s in gated))
+        for i, task in enumerate(tasks):
+            vals = [s.retention for s in gated if s.task == task]
+            ax.scatter([cand_size / 1e6] * len(vals), vals, s=25, alpha=0.6, color=f"C{i}", label=f"candidate: {task}")
+        mean = sum(s.retention for s in gated) / len(gated)
+        ax.scatter([cand_size / 1e6], [mean], s=120, marker="*", color="black", label=f"candidate mean {mean:.3f}", zorder=3)
+        if bar:
+            ax.axhline(bar, color="#d64545", ls="--", lw=1)
+        ax.set_xlabel("bytes on disk (MB)")
+        ax.set_ylabel("retention")
+        ax.set_title("Size against retention")
+        ax.legend(fontsize=7, loc="best")
+        out["size"] = _png(fig)
+    e = report.efficiency
+    if e:
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+        names = ["source", "candidate"]
+        for k, key in enumerate(("latency_ms_p50", "latency_ms_p95")):
+            axes[0].bar([x + 0.38 * k for x in range(2)], [e[n][key] for n in names], width=0.38,
+                        label=key.split("_")[-1], color=f"C{k}")
+        axes[0].set_xticks([0.19, 1.19], names)
+        axes[0].set_ylabel("ms per sentence (batch 1)")
+        axes[0].legend(fontsize=8)
+        axes[0].set_title(f"Latency ({e['source']['device']})")
+        axes[1].bar(names, [e[n]["throughput_per_s"] for n in names], color=["#555", "#3b8e5a"])
+        axes[1].set_ylabel(f"sentences/s (batch {e['source']['throughput_batch']})")
+        axes[1].set_title("Throughput")
+        fig.tight_layout()
+        out["latency"] = _png(fig)
+    return out
+
+
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#1f2933;padding:0 1rem}
+h1{font-size:1.5rem} h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #e4e7eb;padding-bottom:.3rem}
+.gate{padding:.8rem 1rem;border-radius:6px;font-weight:600;margin:1rem 0}.pass{background:#e3f9e5;color:#05400a}
+.fail{background:#ffe3e3;color:#610404}.none{background:#f0f4f8;color:#334e68}
+table{border-collapse:collapse;font-size:.88rem;margin:.5rem 0}th,td{padding:.3rem .6rem;border-bottom:1px solid #e4e7eb;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums}tr.bad td{background:#fff1f1}.muted{color:#7b8794;font-size:.82rem}
+img{max-width:100%;border:1px solid #e4e7eb;border-radius:4px;margin:.5rem 0}code{font-size:.82rem}"""
+
+
+def write_html(report: EvalReport, figures: dict[str, str]) -> str:
+    """A self-contained HTML page (plots embedded as base64 PNGs, no external resources)."""
+    e = html.escape
+    g = report.gate
+    cls = "none" if g.get("passed") is None else ("pass" if g["passed"] else "fail")
+    bar = g.get("min_retention")
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>mlcompress eval report</title><style>{_CSS}</style></head><body>",
+             f"<h1>mlcompress eval</h1><p><b>candidate</b> <code>{e(report.candidate['spec'])}</code> "
+             f"against <b>source</b> <code>{e(report.source['spec'])}</code></p>",
+             f"<div class='gate {cls}'>Gate: {e(_verdict(report))}</div>",
+             f"<p class='muted'>languages {e(', '.join(report.languages))} &middot; tasks {e(', '.join(report.tasks))} &middot; "
+             f"transfer recipe {e(report.parameters['transfer'])} (seed {report.parameters['seed']}) &middot; "
+             f"prefix {e(repr(report.parameters['prefix']))} &middot; {report.seconds.get('total', 0):.0f} s</p>"]
+    summ = report.as_dict()["summary"]
+    if summ:
+        parts.append("<h2>Retention per task</h2><table><tr><th>task</th><th>mean</th><th>min</th><th>scores</th></tr>")
+        parts += [f"<tr><td>{e(t)}</td><td class='num'>{v['mean_retention']:.4f}</td><td class='num'>{v['min_retention']:.4f}</td>"
+                  f"<td class='num'>{v['scores']}</td></tr>" for t, v in summ.items()]
+        parts.append("</table>")
+    if "retention" in figures:
+        parts.append(f"<img alt='retention per task and language' src='data:image/png;base64,{figures['retention']}'>")
+    parts.append("<h2>Scores</h2><table><tr><th>task</th><th>language</th><th>metric</th><th>source</th><th>candidate</th>"
+                 "<th>retention</th><th>gated</th><th>n</th><th>data</th></tr>")
+    for s in report.scores:
+        bad = s.gated and bar is not None and s.retention is not None and s.retention < bar
+        parts.append(f"<tr class='{'bad' if bad else ''}'><td>{e(s.task)}</td><td>{e(s.language)}</td><td>{e(s.metric)}</td>"
+                     f"<td class='num'>{_fmt(s.source)}</td><td class='num'>{_fmt(s.candidate)}</td><td class='num'>{_fmt(s.retention)}</td>"
+                     f"<td>{'yes' if s.gated else 'no'}</td><td class='num'>{s.n}</td>"
+                     f"<td class='muted'>{e(Path(s.dataset).name if s.dataset else '')}{(' &middot; ' + e(s.note)) if s.note else ''}</td></tr>")
+    parts.append("</table>")
+    if "size" in figures:
+        parts.append(f"<h2>Size and retention</h2><img alt='size against retention' src='data:image/png;base64,{figures['size']}'>")
+    if report.efficiency:
+        ef = report.efficiency
+        parts.append(f"<h2>Efficiency ({e(ef['source']['device'])})</h2><table><tr><th></th><th>source</th><th>candidate</th><th>candidate / source</th></tr>")
+        for key in ("parameters", "bytes_on_disk", "weight_file_bytes", "latency_ms_p50", "latency_ms_p95", "throughput_per_s", "peak_memory_bytes"):
+            a, b = ef["source"].get(key), ef["candidate"].get(key)
+            show = (lambda v: f"{v:,}") if key == "parameters" else (_mb if "bytes" in key else (lambda v: f"{v:.2f}"))
+            parts.append(f"<tr><td>{e(key)}</td><td class='num'>{show(a) if a is not None else '-'}</td>"
+                         f"<td class='num'>{show(b) if b is not None else '-'}</td><td class='num'>{_fmt(ef['candidate_over_source'].get(key), 3)}</td></tr>")
+        parts.append(f"</table><p class='muted'>peak memory: {e(ef['source']['peak_memory_kind'])}; throughput at batch {ef['source']['throughput_batch']}</p>")
+        if "latency" in figures:
+            parts.append(f"<img alt='latency and throughput' src='data:image/png;base64,{figures['latency']}'>")
+    if report.skipped:
+        parts.append("<h2>Skipped</h2><ul>" + "".join(f"<li>{e(s['task'])} {e(s['language'])}: {e(s['reason'])}</li>" for s in report.skipped) + "</ul>")
+    parts.append("<h2>Models</h2><pre class='muted'>" + e(json.dumps({"source": report.source, "candidate": report.candidate}, indent=2, default=str)) + "</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_reports(report: EvalReport, output: Path, overwrite: bool = False) -> Path:
+    """Write report.json, report.md, report.html and mlcompress.json into ``output``, atomically."""
+    with atomic_output_dir(output, overwrite) as tmp:
+        data = report.as_dict()
+        (tmp / "report.json").write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        (tmp / "report.md").write_text(write_markdown(report), encoding="utf-8")
+        (tmp / "report.html").write_text(write_html(report, plots(report)), encoding="utf-8")
+        write_provenance(tmp, "eval", report.parameters,
+                         [{"role": "source", **report.source}, {"role": "candidate", **report.candidate}],
+                         {"gate": report.gate, "summary": data["summary"]})
+    return Path(output).expanduser().absolute()

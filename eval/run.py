@@ -1,0 +1,314 @@
+"""`evaluate`: put a source and a candidate model side by side on the same work, and report retention."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlcompress.errors import InputError, OutputExistsError
+
+from .data import DataSource, parse_languages, parse_tasks
+from .encoders import Encoder, load_encoder
+from .retention import Score, gate, gate_error, summary
+
+DEFAULT_TASKS = "retrieval,pos,nli,sts,fidelity,efficiency"
+E5_PREFIX = "query: "
+_E5 = re.compile(r"(^|[^a-z0-9])e5([^a-z0-9]|$)", re.IGNORECASE)
+_FALLBACK_SENTENCES = ["The weather is nice today.", "Das Wetter ist heute schön.", "Where is the train station?",
+                       "Ich habe das Buch gestern gelesen.", "A man is playing a guitar on the street."]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much data each task reads (bounded so that a CPU run takes minutes)."""
+
+    fidelity_sentences: int = 200
+    mlm_sentences: int = 100
+    retrieval_pairs: int | None = 1000
+    pos_train_sentences: int = 2000
+    pos_test_sentences: int = 500
+    nli_train_rows: int = 1000  # rows [0, n) of xnli/dev-en train; tests read rows from n on
+    nli_test_rows: int | None = 500
+    sts_pairs: int | None = None
+    latency_runs: int = 30
+    throughput_batches: int = 3
+
+    def capped(self, n: int) -> Limits:
+        """These limits with every data count capped at ``n``."""
+        from dataclasses import replace
+
+        if n < 2:
+            raise InputError(f"--max-examples {n} is too small", "give at least 2")
+        counts = {k: min(v, n) if v is not None else n for k, v in asdict(self).items()
+                  if k not in ("latency_runs", "throughput_batches")}
+        return replace(self, **counts)
+
+
+@dataclass
+class EvalReport:
+    """Everything eval measured: scores with retention, efficiency, what was skipped and why, and the gate's verdict."""
+
+    source: dict[str, Any]
+    candidate: dict[str, Any]
+    languages: list[str]
+    tasks: list[str]
+    scores: list[Score]
+    efficiency: dict[str, Any]
+    skipped: list[dict[str, str]]
+    gate: dict[str, Any]
+    parameters: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+    output: Path | None = None
+
+    @property
+    def passed(self) -> bool | None:
+        """The gate's verdict (None when no --min-retention was given)."""
+        return self.gate.get("passed")
+
+    def retention(self, task: str, language: str, metric: str | None = None) -> float | None:
+        """The retention of one score."""
+        for s in self.scores:
+            if s.task == task and s.language == language and (metric is None or s.metric == metric):
+                return s.retention
+        raise KeyError(f"no score for {task} {language} {metric or ''}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form written to report.json."""
+        return {"source": self.source, "candidate": self.candidate, "languages": self.languages, "tasks": self.tasks,
+                "gate": self.gate, "summary": summary(self.scores), "scores": [s.as_dict() for s in self.scores],
+                "efficiency": self.efficiency, "skipped": self.skipped, "parameters": self.parameters,
+                "seconds": self.seconds}
+
+
+def detect_prefix(encoder: Encoder) -> str:
+    """``"query: "`` for E5 models (named so in the spec, path or provenance), else no prefix."""
+    from mlcompress.artifacts import read_provenance
+
+    names = [encoder.spec, str(encoder.path)]
+    record = read_provenance(encoder.path) or {}
+    names += [str(v) for v in (record.get("parameters") or {}).values() if isinstance(v, str)]
+    names += [str(i.get("source", "")) for i in record.get("inputs") or [] if isinstance(i, dict)]
+    return E5_PREFIX if any(_E5.search(n) for n in names) else ""
+
+
+def _check_output(output: str | os.PathLike[str] | None, overwrite: bool) -> None:
+    if output is not None and Path(output).exists() and not overwrite:
+        raise OutputExistsError(f"report folder {output} already exists", "choose another -o, or pass --overwrite")
+
+
+def _plan(data: DataSource, tasks: list[str], languages: list[str],
+          task_languages: dict[str, list[str]]) -> tuple[dict[str, list[str]], list[dict[str, str]]]:
+    """Which languages each task runs on, and what is skipped for lack of data; a task with no data at all is an error."""
+    plan, skipped = {}, []
+    for task in tasks:
+        langs = task_languages.get(task, languages)
+        reasons = {lang: data.missing(task, lang) for lang in langs}
+        ok = [lang for lang, why in reasons.items() if why is None]
+        if not ok and task != "efficiency":
+            detail = "; ".join(f"{lang}: {why}" for lang, why in reasons.items())
+            raise InputError(f"task {task} has no data for any requested language ({detail})",
+                             f"check --data (a folder laid out like ../shared/data), or drop {task} from --tasks")
+        plan[task] = ok
+        skipped += [{"task": task, "language": lang, "reason": why} for lang, why in reasons.items() if why]
+    return plan, skipped
+
+
+def evaluate(
+    source: str | os.PathLike[str],
+    candidate: str | os.PathLike[str],
+    languages: str | list[str],
+    tasks: str | list[str] = DEFAULT_TASKS,
+    data_dir: str | os.PathLike[str] | None = None,
+    output: str | os.PathLike[str] | None = None,
+    min_retention: float | None = None,
+    *,
+    overwrite: bool = False,
+    task_languages: dict[str, str | list[str]] | None = None,
+    hub_data: dict[str, str] | None = None,
+    limits: Limits | None = None,
+    transfer: str = "auto",
+    prefix: str | None = None,
+    pooling: str = "auto",
+    device: str | None = None,
+    seed: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
+    raise_on_fail: bool = False,
+    progress: Callable[[str], None] | None = None,
+    encoders: tuple[Encoder, Encoder] | None = None,
+) -> EvalReport:
+    """Evaluate ``candidate`` against ``source`` on ``tasks`` in ``languages``; write reports to ``output`` when given.
+
+    ``hub_data`` maps "task:lang" to a datasets id (hf://NAME?config=C&split=S&columns=a,b or disk://PATH?columns=..);
+    ``task_languages`` overrides the languages of one task; ``prefix`` is prepended to every sentence embedded
+    (default: "query: " for E5 models); ``encoders`` passes already loaded models (reused across calls).
+    With ``min_retention`` the report carries the gate's verdict; ``raise_on_fail`` raises GateError after writing it.
+    """
+    from .transfer import Recipe, resolve_mode
+
+    limits = limits or Limits()
+    say = progress or (lambda _msg: None)
+    task_list = parse_tasks(tasks)
+    langs = parse_languages(languages)
+    per_task = {t: parse_languages(v) for t, v in (task_languages or {}).items()}
+    parse_tasks(list(per_task) or task_list)
+    if min_retention is not None and not 0 < min_retention <= 10:
+        raise InputError(f"--min-retention {min_retention} is out of range", "give a fraction such as 0.97")
+    data = DataSource.open(data_dir, hub_data)
+    plan, skipped = _plan(data, task_list, langs, per_task)
+    mode = resolve_mode(transfer)
+    _check_output(output, overwrite)
+
+    t0 = time.perf_counter()
+    if encoders is None:
+        say(f"loading {source}")
+        src = load_encoder(source, cache_dir, pooling, device)
+        say(f"loading {candidate}")
+        cand = load_encoder(candidate, cache_dir, pooling, device)
+    else:
+        src, cand = encoders
+    seconds = {"load": time.perf_counter() - t0}
+    pre = detect_prefix(src) if prefix is None else prefix
+    if mode == "finetune" and not ("finetune" in src.capabilities and "finetune" in cand.capabilities):
+        mode = "probe"  # both models always get the same recipe
+    recipe = Recipe(mode=mode, seed=seed)
+    scores: list[Score] = []
+    efficiency: dict[str, Any] = {}
+    runners = {
+        "fidelity": lambda: _fidelity(src, cand, data, plan["fidelity"], limits, pre, skipped),
+        "retrieval": lambda: _retrieval(src, cand, data, plan["retrieval"], limits, pre),
+        "pos": lambda: _pos(src, cand, data, plan["pos"], limits, recipe, skipped),
+        "nli": lambda: _nli(src, cand, data, plan["nli"], limits, recipe, pre),
+        "sts": lambda: _sts(src, cand, data, plan["sts"], limits, pre),
+    }
+    for task in task_list:
+        t = time.perf_counter()
+        say(f"{task}: {', '.join(plan[task]) or '-'}")
+        if task == "efficiency":
+            efficiency = _efficiency(src, cand, data, plan["efficiency"], limits, pre)
+        else:
+            scores += runners[task]()
+        seconds[task] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t0
+    parameters = {"languages": langs, "tasks": task_list, "task_languages": per_task, "min_retention": min_retention,
+                  "transfer": recipe.mode, "seed": seed, "prefix": pre, "data": str(data.root) if data.root else None,
+                  "hub_data": data.hub, "limits": asdict(limits)}
+    report = EvalReport(src.describe() | {"size": src.size()}, cand.describe() | {"size": cand.size()}, langs, task_list, scores, efficiency, skipped,
+                        gate(scores, min_retention), parameters, seconds)
+    if output is not None:
+        from .report import write_reports
+
+        report.output = write_reports(report, Path(output), overwrite)
+    if raise_on_fail and report.passed is False:
+        raise gate_error(report.gate, str(report.output) if report.output else None)
+    return report
+
+
+# --------------------------------------------------------------------------------------------------- tasks
+def _fidelity(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits: Limits, pre: str,
+              skipped: list[dict[str, str]]) -> list[Score]:
+    from .fidelity import embedding_cosine, layer_cka, linear_cka, top1_agreement
+
+    out = []
+    both = src.capabilities & cand.capabilities
+    for lang in langs:
+        sents, origin = data.sentences(lang, limits.fidelity_sentences)
+        a, b = src.embed(sents, pre), cand.embed(sents, pre)
+        if a.shape[1] == b.shape[1]:
+            out.append(Score("fidelity", lang, "embedding_cosine", 1.0, embedding_cosine(a, b), len(sents), dataset=origin))
+        else:
+            out.append(Score("fidelity", lang, "embedding_cka", 1.0, linear_cka(a, b), len(sents), dataset=origin,
+                             note=f"embedding sizes differ ({a.shape[1]} vs {b.shape[1]}): CKA instead of cosine"))
+        if "layers" in both:
+            cka = layer_cka(src.layers(sents, pre), cand.layers(sents, pre))
+            out.append(Score("fidelity", lang, "cka_mean", 1.0, cka["mean"], len(sents), gated=False, dataset=origin,
+                             details={"per_layer": cka["per_layer"], "last": cka["last"]},
+                             note="linear CKA of mean-pooled hidden states at matching depths (diagnostic, not gated)"))
+        else:
+            skipped.append({"task": "fidelity", "language": lang, "reason": "CKA: a backend gives no hidden states"})
+        if "mlm" in both:
+            s_pred = src.mlm_predictions(sents[: limits.mlm_sentences])
+            c_pred = cand.mlm_predictions(sents[: limits.mlm_sentences])
+            same = [(sp, cp) for (st, sp), (ct, cp) in zip(s_pred, c_pred) if st == ct]
+            if same:
+                agree = top1_agreement([p for p, _ in same], [p for _, p in same])
+                out.append(Score("fidelity", lang, "mlm_top1_agreement", 1.0, agree, sum(len(p) for p, _ in same),
+                                 dataset=origin, note=f"{len(same)} of {len(s_pred)} sentences tokenised identically by both"))
+            else:
+                skipped.append({"task": "fidelity", "language": lang, "reason": "MLM: no sentence tokenised identically by both"})
+        else:
+            skipped.append({"task": "fidelity", "language": lang, "reason": "MLM agreement: a model has no masked-LM head"})
+    return out
+
+
+def _retrieval(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits: Limits, pre: str) -> list[Score]:
+    from .retrieval import retrieval_accuracy
+
+    out = []
+    for lang in langs:
+        bt = data.bitext(lang, limits.retrieval_pairs)
+        res = [retrieval_accuracy(m.embed(bt.src, pre), m.embed(bt.tgt, pre)) for m in (src, cand)]
+        out.append(Score("retrieval", f"{lang}-en", "accuracy", res[0]["accuracy"], res[1]["accuracy"], len(bt.src),
+                         dataset=bt.origin, details={"source": res[0], "candidate": res[1]}))
+    return out
+
+
+def _pos(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits: Limits, recipe: Any,
+         skipped: list[dict[str, str]]) -> list[Score]:
+    from .transfer import pos_transfer
+
+    if "tokens" not in (src.capabilities & cand.capabilities):
+        skipped += [{"task": "pos", "language": lang, "reason": "a backend gives no token-level outputs"} for lang in langs]
+        return []
+    train = data.pos_train(limits.pos_train_sentences)
+    tests = {lang: data.pos_test(lang, limits.pos_test_sentences) for lang in langs}
+    s, c = pos_transfer(src, train, tests, recipe), pos_transfer(cand, train, tests, recipe)
+    return [Score("pos", lang, "accuracy", s[lang], c[lang], sum(len(w) for w in tests[lang].words),
+                  dataset=tests[lang].origin, note=f"train: English, {len(train.words)} sentences; {recipe.mode}")
+            for lang in langs]
+
+
+def _nli(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits: Limits, recipe: Any, pre: str) -> list[Score]:
+    from .transfer import nli_transfer
+
+    train = data.nli_train(limits.nli_train_rows)
+    tests = {lang: data.nli_test(lang, len(train.a), limits.nli_test_rows) for lang in langs}
+    s, c = nli_transfer(src, train, tests, recipe, pre), nli_transfer(cand, train, tests, recipe, pre)
+    return [Score("nli", lang, "accuracy", s[lang], c[lang], len(tests[lang].a), dataset=tests[lang].origin,
+                  note=f"train: xnli/dev-en rows 0-{len(train.a)}; {recipe.mode}") for lang in langs]
+
+
+def _sts(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits: Limits, pre: str) -> list[Score]:
+    from .sts import sts_spearman
+
+    out, seen = [], set()
+    for lang in langs:
+        for pairs in data.sts(lang, limits.sts_pairs):
+            if pairs.origin in seen:
+                continue
+            seen.add(pairs.origin)
+            s, c = (sts_spearman(e.embed(pairs.a, pre), e.embed(pairs.b, pre), pairs.labels) for e in (src, cand))
+            out.append(Score("sts", pairs.key or lang, "spearman", s, c, len(pairs.a), dataset=pairs.origin, note=pairs.note))
+    return out
+
+
+def _efficiency(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits: Limits, pre: str) -> dict[str, Any]:
+    from .efficiency import measure
+
+    texts: list[str] = []
+    for lang in langs:
+        if data.missing("fidelity", lang) is None:
+            texts += data.sentences(lang, 64)[0]
+    texts = texts or _FALLBACK_SENTENCES
+    res = {name: measure(m, texts, runs=limits.latency_runs, batches=limits.throughput_batches, prefix=pre)
+           for name, m in (("source", src), ("candidate", cand))}
+    ratio = {}
+    for key in ("parameters", "bytes_on_disk", "weight_file_bytes", "latency_ms_p50", "latency_ms_p95", "throughput_per_s", "peak_memory_bytes"):
+        a, b = res["source"].get(key), res["candidate"].get(key)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a:
+            ratio[key] = b / a
+    return {**res, "candidate_over_source": ratio, "sample_sentences": len(texts)}
