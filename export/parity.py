@@ -1,0 +1,75 @@
+"""Parity of an exported graph with the PyTorch model on target-language text: cosine, max abs difference, label agreement."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+# Minimum mean cosine and label agreement per quantisation; an export below either is refused unless forced.
+COSINE_THRESHOLDS = {"none": 0.9999, "fp16": 0.999, "int8-dynamic": 0.99, "int8-static": 0.98, "int4": 0.98}
+AGREEMENT_THRESHOLDS = {"none": 0.99, "fp16": 0.98, "int8-dynamic": 0.9, "int8-static": 0.85, "int4": 0.85}
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How close an export's outputs are to PyTorch's on the same inputs."""
+
+    texts: int
+    mean_cosine: float
+    min_cosine: float
+    max_abs_diff: float
+    label_agreement: float | None  # classification and masked-LM heads: argmax agreement over sentences or tokens
+    cosine_threshold: float
+    agreement_threshold: float | None
+
+    @property
+    def passed(self) -> bool:
+        """True when cosine (and label agreement, where there are labels) meet their thresholds."""
+        ok = self.mean_cosine >= self.cosine_threshold
+        if self.label_agreement is not None and self.agreement_threshold is not None:
+            ok = ok and self.label_agreement >= self.agreement_threshold
+        return ok
+
+    def as_dict(self) -> dict[str, Any]:
+        """The manifest and provenance entry."""
+        return {**asdict(self), "passed": self.passed}
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    num = (a * b).sum(-1)
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return num / np.maximum(den, 1e-12)
+
+
+def torch_outputs(module: Any, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """The PyTorch module's output for each batch of inputs (fp32, no grad)."""
+    import torch
+
+    with torch.inference_mode():
+        return [module(torch.from_numpy(f["input_ids"]), torch.from_numpy(f["attention_mask"])).float().numpy() for f in feeds]
+
+
+def ort_outputs(session: Any, output_name: str, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """The onnxruntime session's output for each batch of inputs, as float32."""
+    return [session.run([output_name], f)[0].astype(np.float32) for f in feeds]
+
+
+def compare(task: str, reference: list[np.ndarray], exported: list[np.ndarray], feeds: list[dict[str, np.ndarray]],
+            cosine_threshold: float, agreement_threshold: float | None) -> Parity:
+    """Compare outputs batch by batch; per-token heads are compared on real (unpadded) tokens only."""
+    cos, diffs, agree = [], [], []
+    for ref, got, f in zip(reference, exported, feeds):
+        if task in ("token-classification", "masked-lm"):
+            keep = f["attention_mask"].astype(bool)
+            ref, got = ref[keep], got[keep]
+        cos.append(_cosines(ref, got))
+        diffs.append(float(np.abs(ref - got).max()) if ref.size else 0.0)
+        if task != "sentence-embedding":
+            agree.append(ref.argmax(-1) == got.argmax(-1))
+    c = np.concatenate(cos) if cos else np.zeros(0)
+    return Parity(texts=int(sum(len(f["input_ids"]) for f in feeds)), mean_cosine=float(c.mean()) if c.size else 0.0,
+                  min_cosine=float(c.min()) if c.size else 0.0, max_abs_diff=max(diffs, default=0.0),
+                  label_agreement=float(np.concatenate(agree).mean()) if agree else None,
+                  cosine_threshold=cosine_threshold, agreement_threshold=agreement_threshold if agree else None)

@@ -1,0 +1,107 @@
+"""Run an mlcompress edge bundle with onnxruntime, tokenizers and numpy only (no torch, no transformers).
+
+    from mlcompress.export import runtime
+    model = runtime.load("bundle/")          # verifies every file's sha256 first
+    emb = model.encode(["Guten Morgen", "Good morning"])   # (2, dim) float32, L2-normalised
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle import BundleError, open_bundle, verify_dir
+
+
+def make_tokenizer(path: str | os.PathLike[str], pad_id: int, pad_token: str, max_length: int) -> Any:
+    """A tokenizers.Tokenizer from tokenizer.json with the bundle's padding and truncation."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path))
+    tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
+    tok.enable_truncation(max_length=max_length)
+    return tok
+
+
+def tokenize(tok: Any, texts: list[str], prefix: str = "") -> dict[str, np.ndarray]:
+    """The model's inputs for ``texts``: input_ids and attention_mask, int64, padded to the longest."""
+    encs = tok.encode_batch([prefix + t for t in texts])
+    return {"input_ids": np.asarray([e.ids for e in encs], dtype=np.int64),
+            "attention_mask": np.asarray([e.attention_mask for e in encs], dtype=np.int64)}
+
+
+class Bundle:
+    """A loaded, verified bundle: its manifest, tokenizer and onnxruntime session."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], threads: int | None = None,
+                 providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        self.directory = directory
+        self.manifest = manifest
+        t = manifest["tokenizer"]
+        self.prefix = t.get("prefix") or ""
+        self.tokenizer = make_tokenizer(directory / t["file"], t["pad_id"], t["pad_token"], t["max_length"])
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(directory / manifest["model"]), options,
+                                                providers=providers or ["CPUExecutionProvider"])
+        except Exception as exc:
+            raise BundleError(f"onnxruntime cannot load {manifest['model']}: {exc}",
+                              "the bundle may need a newer onnxruntime (it uses contrib operators)") from exc
+        self.task = manifest["head"]["task"]
+        self.output_name = manifest["head"]["output"]
+
+    def run(self, texts: list[str] | str, batch_size: int = 32) -> list[np.ndarray]:
+        """Raw outputs per batch of ``texts`` (embeddings, or logits with the attention mask's padding)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        outs = []
+        for i in range(0, len(texts), batch_size):
+            feeds = tokenize(self.tokenizer, texts[i:i + batch_size], self.prefix)
+            outs.append((self.session.run([self.output_name], feeds)[0], feeds["attention_mask"]))
+        return outs
+
+    def encode(self, texts: list[str] | str, batch_size: int = 32) -> np.ndarray:
+        """Sentence embeddings (normalised when the source model normalises) as a (n, dim) float32 array."""
+        if self.task != "sentence-embedding":
+            raise BundleError(f"this bundle is a {self.task} model; encode() is for sentence-embedding bundles",
+                              "use predict() or run() for classification and masked-LM bundles")
+        single = isinstance(texts, str)
+        parts = [out for out, _ in self.run(texts, batch_size)]
+        dim = self.manifest["outputs"][0]["shape"][-1]
+        emb = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, dim), np.float32)
+        return emb[0] if single else emb
+
+    def predict(self, texts: list[str] | str, batch_size: int = 32) -> list[Any]:
+        """Predicted labels: one per text (sequence classification) or a list per text over its tokens (token heads)."""
+        if self.task == "sentence-embedding":
+            raise BundleError("this bundle makes sentence embeddings, not labels", "use encode()")
+        labels = self.manifest["head"].get("labels") or {}
+        name = (lambda i: labels.get(str(int(i)), int(i))) if labels else int
+        result: list[Any] = []
+        for logits, mask in self.run(texts, batch_size):
+            ids = logits.argmax(-1)
+            if self.task == "sequence-classification":
+                result.extend(name(i) for i in ids)
+            else:
+                result.extend([name(i) for i, m in zip(row, mrow) if m] for row, mrow in zip(ids, mask))
+        return result
+
+
+def load(path: str | os.PathLike[str], threads: int | None = None, providers: list[str] | None = None) -> Bundle:
+    """Open a bundle directory or .tar.gz, verify every file against the manifest, and load it."""
+    directory, tmp = open_bundle(path)
+    try:
+        manifest = verify_dir(directory)
+        bundle = Bundle(directory, manifest, threads=threads, providers=providers)
+    finally:
+        if tmp is not None:  # the session and tokenizer are in memory now
+            shutil.rmtree(tmp, ignore_errors=True)
+    return bundle

@@ -1,0 +1,306 @@
+"""mlcompress export: parity of each head with PyTorch on tiny models, quantised parity, bundles, torch-free runtime, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import read_lines
+from mlcompress.errors import GateError, InputError, OutputExistsError, UnsupportedModelError
+from mlcompress.export import BundleError, export, verify
+from mlcompress.export.quantize import default_reduce_range
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, Path]:
+    """A tiny XLM-R-style encoder with each head (same weights and tokenizer), plus a tiny decoder (GPT-2)."""
+    import torch
+    import transformers
+    from tiny_models import build_gpt2, build_xlmr, training_lines
+
+    base = tmp_path_factory.mktemp("tiny-export")
+    lines = training_lines(data_dir)
+    mlm = build_xlmr(base / "masked-lm", lines)
+    tok = transformers.AutoTokenizer.from_pretrained(mlm.path)
+    config = transformers.AutoConfig.from_pretrained(mlm.path)
+    paths = {"masked-lm": mlm.path}
+    for name, cls, extra in (("sentence-embedding", transformers.XLMRobertaModel, {}),
+                             ("token-classification", transformers.XLMRobertaForTokenClassification, {"num_labels": 5}),
+                             ("sequence-classification", transformers.XLMRobertaForSequenceClassification, {"num_labels": 3})):
+        torch.manual_seed(1)
+        cfg = transformers.XLMRobertaConfig.from_dict({**config.to_dict(), **extra, "architectures": None})
+        model = cls(cfg) if name != "sentence-embedding" else cls(cfg, add_pooling_layer=False)
+        model.save_pretrained(base / name)
+        tok.save_pretrained(base / name)
+        paths[name] = base / name
+    paths["gpt2"] = build_gpt2(base / "gpt2", lines).path
+    return paths
+
+
+@pytest.fixture(scope="module")
+def texts(data_dir: Path) -> dict[str, str]:
+    return {"en": str(data_dir / "mono" / "en.txt.gz"), "de": str(data_dir / "mono" / "de.txt.gz")}
+
+
+FAST = {"measure_latency": False, "parity_texts": 16, "calibration_texts": 16}
+
+
+@pytest.mark.parametrize("head", ["sentence-embedding", "token-classification", "sequence-classification", "masked-lm"])
+def test_each_head_matches_pytorch_unquantised(tiny, texts, tmp_path, head):
+    result = export(tiny[head], tmp_path / "out", quantize="none", texts=texts, **FAST)
+    assert result.task == head
+    p = result.parity
+    assert p["passed"] and p["mean_cosine"] > 0.9999 and p["max_abs_diff"] < 1e-3
+    if head != "sentence-embedding":
+        assert p["label_agreement"] == 1.0
+    assert (tmp_path / "out" / "model.onnx").is_file() and (tmp_path / "out" / "tokenizer.json").is_file()
+    assert json.loads((tmp_path / "out" / "mlcompress.json").read_text())["stage"] == "export"
+    assert not (tmp_path / "out" / "manifest.json").exists()  # only bundles carry a manifest
+
+
+def test_sentence_embedding_graph_pools_and_normalises_with_dynamic_axes(tiny, texts, tmp_path):
+    """The graph itself does mean pooling and L2 normalisation, for any batch size and sequence length."""
+    import onnxruntime as ort
+    import torch
+    import transformers
+
+    export(tiny["sentence-embedding"], tmp_path / "out", quantize="none", texts=texts, **FAST)
+    sess = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    tok = transformers.AutoTokenizer.from_pretrained(tiny["sentence-embedding"])
+    model = transformers.AutoModel.from_pretrained(tiny["sentence-embedding"]).eval()
+    for batch in (["Guten Morgen"], ["a", "Ein deutlich längerer Satz mit vielen Wörtern, damit gepolstert wird.", "Hallo Welt"]):
+        enc = tok(batch, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        ref = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+        got = sess.run(None, {k: enc[k].numpy() for k in ("input_ids", "attention_mask")})[0]
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("quantize", ["int8-dynamic", "int8-static", "int4"])
+def test_quantised_exports_pass_their_thresholds(tiny, texts, tmp_path, quantize):
+    result = export(tiny["sequence-classification"], tmp_path / "q", quantize=quantize, texts=texts,
+                    int4_block_size=32, embedding_block_size=32, **FAST)
+    p = result.parity
+    assert p["passed"], p
+    assert p["mean_cosine"] >= p["cosine_threshold"] and p["label_agreement"] >= p["agreement_threshold"]
+    assert result.quantization["embeddings"]["op"] == "GatherBlockQuantized"
+    if quantize.startswith("int8"):
+        assert result.quantization["per_channel"] is True
+        assert result.quantization["reduce_range"] == default_reduce_range()
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / "model.onnx")).graph.node}
+    expected = {"int8-dynamic": "DynamicQuantizeLinear", "int8-static": "QuantizeLinear", "int4": "MatMulNBits"}[quantize]
+    assert expected in ops or (quantize == "int8-dynamic" and "MatMulInteger" in ops), ops
+
+
+def test_reduce_range_default_follows_vnni():
+    assert default_reduce_range({"avx2", "avx512f"}, "x86_64") is True
+    assert default_reduce_range({"avx2", "avx512_vnni"}, "x86_64") is False
+    assert default_reduce_range({"avx2", "avx_vnni"}, "x86_64") is False
+    assert default_reduce_range(set(), "aarch64") is False
+
+
+def test_parity_gate_refuses_then_force_writes(tiny, texts, tmp_path):
+    out = tmp_path / "gated"
+    with pytest.raises(GateError, match="parity") as info:
+        export(tiny["sentence-embedding"], out, quantize="int8-dynamic", texts=texts, min_cosine=1.5, bundle=True, **FAST)
+    assert info.value.exit_code == 1
+    assert not out.exists() and not list(tmp_path.iterdir())
+    result = export(tiny["sentence-embedding"], out, quantize="int8-dynamic", texts=texts, min_cosine=1.5, bundle=True,
+                    force=True, **FAST)
+    assert result.parity["passed"] is False and result.parity["forced"] is True
+    assert json.loads((out / "manifest.json").read_text())["parity"]["forced"] is True
+
+
+BLOCK_TORCH = textwrap.dedent("""
+    import sys
+    class _NoTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "transformers"):
+                raise ImportError("blocked for this test: " + name)
+            return None
+    sys.meta_path.insert(0, _NoTorch())
+""")
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tiny, texts, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "emb"
+    export(tiny["sentence-embedding"], out, quantize="int8-dynamic", bundle=True, texts=texts, languages="en,de", **FAST)
+    return out
+
+
+def test_bundle_manifest_lists_everything(bundle_dir):
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json", "mlcompress.json"}
+    assert all(len(e["sha256"]) == 64 and e["bytes"] > 0 for e in manifest["files"].values())
+    assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask"]
+    assert manifest["outputs"][0]["name"] == "sentence_embedding" and manifest["outputs"][0]["shape"] == ["batch", 32]
+    assert manifest["languages"] == ["en", "de"] and manifest["quantization"]["name"] == "int8-dynamic"
+    assert manifest["source"]["sha256"] and manifest["parity"]["passed"]
+    assert manifest["head"]["pooling"] == "mean" and manifest["head"]["normalize"] is True
+    assert manifest["size_bytes"] == sum(e["bytes"] for e in manifest["files"].values())
+    assert verify(bundle_dir)["manifest_sha256"] == manifest["manifest_sha256"]
+
+
+def test_runtime_runs_where_torch_cannot_be_imported(bundle_dir, tmp_path, data_dir):
+    from mlcompress.export import runtime
+
+    sentences = read_lines(data_dir / "tatoeba" / "tatoeba.deu-eng.deu.gz", 5)
+    expected = runtime.load(bundle_dir).encode(sentences)
+    np.save(tmp_path / "expected.npy", expected)
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_TORCH)
+    script = textwrap.dedent(f"""
+        import json, sys, numpy as np
+        try:
+            import torch
+        except ImportError:
+            pass
+        else:
+            sys.exit("torch was importable")
+        from mlcompress.export import runtime
+        emb = runtime.load({str(bundle_dir)!r}).encode({json.dumps(sentences)})
+        np.testing.assert_allclose(emb, np.load({str(tmp_path / 'expected.npy')!r}), atol=1e-5)
+        assert emb.shape == (5, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
+        assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')]
+        print("ok")
+    """)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_tar_gz_bundle_loads_and_verifies(tiny, texts, tmp_path):
+    from mlcompress.export import runtime
+
+    archive = tmp_path / "emb.tar.gz"
+    export(tiny["sentence-embedding"], archive, quantize="int4", bundle=True, texts=texts, int4_block_size=32, **FAST)
+    assert verify(archive)["quantization"]["name"] == "int4"
+    emb = runtime.load(archive).encode(["Hallo Welt", "Hello world"])
+    assert emb.shape == (2, 32)
+    with pytest.raises(OutputExistsError):
+        export(tiny["sentence-embedding"], archive, quantize="int4", bundle=True, texts=texts, **FAST)
+
+
+def test_classification_bundle_predicts_labels(tiny, texts, tmp_path):
+    from mlcompress.export import runtime
+
+    export(tiny["token-classification"], tmp_path / "tok", quantize="none", bundle=True, texts=texts, **FAST)
+    labels = runtime.load(tmp_path / "tok").predict(["Hallo Welt", "Guten Morgen allerseits"])
+    assert len(labels) == 2 and all(isinstance(row, list) and row for row in labels)
+    assert len(labels[1]) > len(labels[0])
+    with pytest.raises(BundleError, match="encode"):
+        runtime.load(tmp_path / "tok").encode(["x"])
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("victim", ["model.onnx", "tokenizer.json", "manifest.json"])
+def test_changed_byte_is_refused(bundle_dir, tmp_path, victim):
+    from mlcompress.export import runtime
+
+    bad = _copy(bundle_dir, tmp_path / "bad")
+    data = bytearray((bad / victim).read_bytes())
+    if victim == "manifest.json":
+        data = bytearray(bytes(data).replace(b'"en"', b'"fr"', 1))
+    else:
+        data[len(data) // 2] ^= 0x01
+    (bad / victim).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256|changed|digest"):
+        runtime.load(bad)
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "mlcompress"), "bundle", "verify", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+    ok = subprocess.run([str(ROOT / ".venv" / "bin" / "mlcompress"), "bundle", "verify", str(bundle_dir)],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "ok" in ok.stdout
+
+
+def test_missing_file_and_not_a_bundle(bundle_dir, tmp_path):
+    bad = _copy(bundle_dir, tmp_path / "bad")
+    (bad / "tokenizer.json").unlink()
+    with pytest.raises(BundleError, match="missing tokenizer.json"):
+        verify(bad)
+    with pytest.raises(BundleError, match="no manifest.json"):
+        verify(tmp_path)
+    with pytest.raises(BundleError, match="not found"):
+        verify(tmp_path / "nope")
+
+
+def test_unsupported_architecture_is_refused_and_nothing_written(tiny, texts, tmp_path):
+    with pytest.raises(UnsupportedModelError, match="decoder or encoder-decoder"):
+        export(tiny["gpt2"], tmp_path / "out", texts=texts, **FAST)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_inputs_get_clear_errors(tiny, texts, tmp_path):
+    with pytest.raises(InputError, match="unknown quantisation"):
+        export(tiny["masked-lm"], tmp_path / "o", quantize="int3", texts=texts)
+    with pytest.raises(InputError, match="unknown format"):
+        export(tiny["masked-lm"], tmp_path / "o", format="tflite", texts=texts)
+    with pytest.raises(InputError, match="no target-language text"):
+        export(tiny["masked-lm"], tmp_path / "o")
+    with pytest.raises(InputError, match="--bundle"):
+        export(tiny["masked-lm"], tmp_path / "o.tar.gz", texts=texts)
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(OutputExistsError):
+        export(tiny["masked-lm"], tmp_path / "exists", texts=texts, **FAST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
+
+
+def test_tensorrt_and_bitsandbytes_need_their_package_and_a_gpu(tiny, texts, tmp_path):
+    import importlib.util
+
+    with pytest.raises(InputError, match="tensorrt") as info:
+        export(tiny["sentence-embedding"], tmp_path / "trt", format="tensorrt", quantize="fp16", texts=texts)
+    if importlib.util.find_spec("tensorrt") is None:
+        assert "mlcompress[tensorrt]" in info.value.hint
+    else:
+        assert "CUDA GPU" in info.value.message
+    with pytest.raises(InputError, match="does not take"):
+        export(tiny["sentence-embedding"], tmp_path / "trt", format="tensorrt", quantize="int4", texts=texts)
+    with pytest.raises(InputError, match="bitsandbytes|CUDA GPU"):
+        export(tiny["sentence-embedding"], tmp_path / "bnb", format="bnb", quantize="int4")
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_export_writes_bundle(tiny, texts, tmp_path):
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "mlcompress"), "export", str(tiny["sentence-embedding"]), "-o",
+                           str(tmp_path / "b"), "--format", "onnx", "--quantize", "int8-dynamic", "--bundle",
+                           "--text", f"en={texts['en']}", "--text", f"de={texts['de']}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "parity vs PyTorch" in proc.stdout and (tmp_path / "b" / "manifest.json").is_file()
+    bad = subprocess.run([str(ROOT / ".venv" / "bin" / "mlcompress"), "export", str(tiny["sentence-embedding"]), "-o",
+                          str(tmp_path / "c"), "--text", "de"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "bad --text" in bad.stderr and not (tmp_path / "c").exists()
+
+
+def test_fp16_export_passes_its_threshold(tiny, texts, tmp_path):
+    import onnx
+
+    result = export(tiny["sentence-embedding"], tmp_path / "h", quantize="fp16", texts=texts, **FAST)
+    assert result.parity["passed"] and result.quantization["embeddings"] is None
+    model = onnx.load(str(tmp_path / "h" / "model.onnx"))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
