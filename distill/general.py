@@ -71,22 +71,22 @@ def phase1_loss(teacher: torch.nn.Module, mapping: list[int], losses: Phase1Loss
         if losses.hidden:
             h = hidden_mse(s_out.hidden_states, t_out.hidden_states, pairs)
             total = total + losses.hidden * h
-            parts["hidden"] = h.item()
+            parts["hidden"] = h.detach()
         if losses.attention:
             a = attention_loss(s_att, t_att, losses.attention_kind)
             total = total + losses.attention * a
-            parts["attention"] = a.item()
+            parts["attention"] = a.detach()
         if need_logits:
             selected = batch["labels"] != -100
             if losses.logits:
                 k = soft_cross_entropy(s_out.logits[selected], t_out.logits[selected], losses.temperature)
                 total = total + losses.logits * k
-                parts["logits"] = k.item()
+                parts["logits"] = k.detach()
             if losses.mlm:
                 m = torch.nn.functional.cross_entropy(s_out.logits[selected].float(), batch["labels"][selected])
                 total = total + losses.mlm * m
-                parts["mlm"] = m.item()
-        parts["loss"] = total.item()
+                parts["mlm"] = m.detach()
+        parts["loss"] = total.detach()
         return total, parts
 
     return loss_fn

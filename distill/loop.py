@@ -23,7 +23,7 @@ import torch
 
 from mlcompress.errors import InputError
 
-LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 @dataclass
@@ -135,7 +135,7 @@ def train(model: torch.nn.Module, loss_fn: LossFn, batch_for_step: Callable[[int
         share = rows // world
         local = {k: v[rank * share:(rank + 1) * share] for k, v in batch.items()}
         micro = share // config.grad_accum
-        figures: dict[str, float] = {}
+        figures: dict[str, torch.Tensor] = {}  # detached; turned into floats only when logged (no sync per step)
         for m in range(config.grad_accum):
             part = {k: v[m * micro:(m + 1) * micro].to(accelerator.device) for k, v in local.items()}
             sync = accelerator.no_sync(model) if m < config.grad_accum - 1 else contextlib.nullcontext()
@@ -155,17 +155,18 @@ def train(model: torch.nn.Module, loss_fn: LossFn, batch_for_step: Callable[[int
         if "input_ids" in batch:
             state.tokens += int(batch["input_ids"].numel())
             state.run_tokens += int(batch["input_ids"].numel())
-        state.last = figures
-
+        log_now = state.step % config.log_every == 0 or state.step == config.steps or state.step == stop_after
         elapsed = time.perf_counter() - start_time
-        if accelerator.is_main_process and (state.step % config.log_every == 0 or state.step == config.steps):
+        if log_now:
+            state.last = {k: float(v) for k, v in figures.items()}
+            progress.update(state.step, state.last)
+        if log_now and accelerator.is_main_process:
             done = state.step - start_step
-            record = {"step": state.step, **{k: round(v, 6) for k, v in figures.items()},
+            record = {"step": state.step, **{k: round(v, 6) for k, v in state.last.items()},
                       "lr": scheduler.get_last_lr()[0], "elapsed_s": round(elapsed, 3),
                       "eta_s": round(elapsed / done * (config.steps - state.step), 1)}
             with metrics.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-        progress.update(state.step, figures)
         if state.step % config.checkpoint_every == 0 or state.step == config.steps:
             _save_checkpoint(accelerator, work, state, config.keep_checkpoints)
         if stop_after is not None and state.step >= stop_after:

@@ -71,7 +71,7 @@ def finetune_teacher(source: str | os.PathLike[str], task: str, train_file: str 
 
     def loss_fn(m: torch.nn.Module, batch: dict[str, torch.Tensor]):
         loss = m(**batch).loss
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     state = train(model, loss_fn, example_batches(data, config.batch_size, config.seed), config, work, accelerator,
                   stop_after=stop_after)
@@ -105,21 +105,21 @@ def phase2_loss(teacher: torch.nn.Module, mapping: list[int], losses: Phase2Loss
         else:
             soft = soft_cross_entropy(s_out.logits, t_out.logits, losses.temperature)
         total = losses.soft * soft
-        parts["soft"] = soft.item()
+        parts["soft"] = soft.detach()
         if losses.hidden:
             h = hidden_mse(s_out.hidden_states, t_out.hidden_states, pairs, mask)
             total = total + losses.hidden * h
-            parts["hidden"] = h.item()
+            parts["hidden"] = h.detach()
         if losses.attention:
             a = attention_loss(s_att, t_att, losses.attention_kind)
             total = total + losses.attention * a
-            parts["attention"] = a.item()
+            parts["attention"] = a.detach()
         if losses.hard:
             logits = s_out.logits.float()
             ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))
             total = total + losses.hard * ce
-            parts["hard"] = ce.item()
-        parts["loss"] = total.item()
+            parts["hard"] = ce.detach()
+        parts["loss"] = total.detach()
         return total, parts
 
     return loss_fn
