@@ -304,3 +304,18 @@ def test_fp16_export_passes_its_threshold(tiny, texts, tmp_path):
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_eval_judges_an_export_bundle_like_its_pytorch_source(tiny, texts, tmp_path, data_dir):
+    """An unquantised bundle, evaluated by mlcompress eval against its own PyTorch source, keeps everything."""
+    from mlcompress.eval import Limits, evaluate
+
+    out = tmp_path / "fp32-bundle"
+    export(tiny["sentence-embedding"], out, quantize="none", bundle=True, texts=texts, languages="de", **FAST)
+    report = evaluate(tiny["sentence-embedding"], out, "de", tasks="retrieval,fidelity", data_dir=data_dir,
+                      limits=Limits().capped(40))
+    scores = {(s.task, s.metric): s for s in report.scores}
+    assert scores[("fidelity", "embedding_cosine")].candidate > 0.9999
+    retrieval = scores[("retrieval", "accuracy")]
+    assert retrieval.n == 40 and abs(retrieval.candidate - retrieval.source) <= 1 / 40
+    assert any("hidden states" in str(s) for s in report.skipped)  # CKA needs hidden states a bundle does not give
