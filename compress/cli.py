@@ -88,10 +88,12 @@ def _mount_stage_commands() -> None:
     from mlcompress.distill.cli import register as register_distill
     from mlcompress.eval.cli import register as register_eval
     from mlcompress.export.cli import register as register_export
+    from mlcompress.pipeline_cli import register as register_pipeline
 
     register_distill(app)
     register_export(app)
     register_eval(app)
+    register_pipeline(app)
 
 
 _mount_stage_commands()

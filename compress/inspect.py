@@ -1,0 +1,152 @@
+"""`mlcompress inspect`: what a model directory, export bundle, eval report or pipeline folder is, where it came from
+(its provenance chain, followed through the `mlcompress.json` inputs), its sizes and the figures measured on it.
+
+Light: reads JSON, safetensors headers and (for bundles without a parameter count) ONNX initializer shapes; no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from .artifacts import read_provenance
+from .errors import InputError
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def safetensors_parameters(path: Path) -> int:
+    """Elements in every tensor of a model directory's safetensors files, read from their headers."""
+    total = 0
+    for f in sorted(path.glob("*.safetensors")):
+        with open(f, "rb") as handle:
+            (n,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(n))
+        for name, meta in header.items():
+            if name != "__metadata__":
+                count = 1
+                for d in meta.get("shape", []):
+                    count *= int(d)
+                total += count
+    return total
+
+
+def _onnx_parameters(path: Path) -> int | None:
+    try:
+        import onnx
+    except ImportError:
+        return None
+    total = 0
+    for f in sorted(path.glob("*.onnx")):
+        model = onnx.load(str(f), load_external_data=False)
+        for init in model.graph.initializer:
+            count = 1
+            for d in init.dims:
+                count *= int(d)
+            total += count
+    return total or None
+
+
+def _vocab_size(path: Path, config: dict[str, Any] | None) -> int | None:
+    tok = _read_json(path / "tokenizer.json")
+    if tok:
+        model = tok.get("model") or {}
+        vocab = model.get("vocab")
+        n = len(vocab) if isinstance(vocab, (list, dict)) else 0
+        ids = [t.get("id", -1) for t in tok.get("added_tokens", [])]
+        return max([n - 1] + ids) + 1 if n or ids else None
+    return (config or {}).get("vocab_size")
+
+
+def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """One artifact: kind, model type, vocabulary, parameters, bytes, languages, stage and the metrics it records."""
+    p = Path(path).expanduser().absolute()
+    if not p.exists():
+        raise InputError(f"{p} not found", "pass a model directory, an export bundle, an eval report folder or a pipeline folder")
+    if p.is_file():
+        if p.name.endswith((".tar.gz", ".tgz")):
+            return {"path": str(p), "kind": "bundle archive", "bytes": p.stat().st_size}
+        raise InputError(f"{p} is a file, not an artifact directory", "pass the directory a stage wrote")
+    record = read_provenance(p) or {}
+    info: dict[str, Any] = {"path": str(p), "bytes": dir_bytes(p), "stage": record.get("stage")}
+    manifest = _read_json(p / "manifest.json")
+    config = _read_json(p / "config.json")
+    if (p / "pipeline.json").is_file():
+        state = _read_json(p / "pipeline.json") or {}
+        report = _read_json(p / "report.json") or {}
+        info.update(kind="pipeline", languages=(state.get("config") or {}).get("languages"), source=(state.get("config") or {}).get("source"),
+                    stages={k: {"status": v.get("status"), "output": v.get("output"), "seconds": v.get("seconds")}
+                            for k, v in (state.get("stages") or {}).items()},
+                    passed=report.get("passed"), gate=report.get("gate"), artifacts=report.get("artifacts"))
+        return info
+    if manifest is not None:
+        head = manifest.get("head") or {}
+        params = manifest.get("parameters") or _onnx_parameters(p)
+        info.update(kind="export bundle", model_type=head.get("architecture"), task=head.get("task"), parameters=params,
+                    weight_bytes=sum(f.stat().st_size for f in p.glob("*.onnx*")), vocab_size=_vocab_size(p, None),
+                    languages=manifest.get("languages"), quantization=(manifest.get("quantization") or {}).get("name"),
+                    parity=manifest.get("parity"), latency_ms=manifest.get("latency_ms"), measured_on=manifest.get("measured_on"))
+    elif config is not None:
+        info.update(kind="model", model_type=config.get("model_type"), architectures=config.get("architectures"),
+                    layers=config.get("num_hidden_layers") or config.get("num_layers"), hidden=config.get("hidden_size") or config.get("d_model"),
+                    parameters=safetensors_parameters(p), weight_bytes=sum(f.stat().st_size for f in p.glob("*.safetensors")),
+                    vocab_size=_vocab_size(p, config), config_vocab_size=config.get("vocab_size"),
+                    languages=(record.get("parameters") or {}).get("languages"))
+    elif (p / "report.json").is_file():
+        rep = _read_json(p / "report.json") or {}
+        info.update(kind="eval report", languages=rep.get("languages"), gate=rep.get("gate"), summary=rep.get("summary"))
+    else:
+        raise InputError(f"{p} is not an mlcompress artifact: no config.json, manifest.json, report.json or pipeline.json",
+                         "pass a model directory, an export bundle, an eval report folder or a pipeline folder")
+    if record:
+        info["metrics"] = record.get("metrics")
+        info["parameters_used"] = record.get("parameters")
+    return info
+
+
+def provenance_chain(path: str | os.PathLike[str], limit: int = 20) -> list[dict[str, Any]]:
+    """The artifact, then what it was made from, and so on: each step's stage, path, parameters and inputs."""
+    chain: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    current: Path | None = Path(path).expanduser().absolute()
+    while current is not None and len(chain) < limit and str(current) not in seen:
+        seen.add(str(current))
+        record = read_provenance(current) if current.is_dir() else None
+        if record is None:
+            chain.append({"path": str(current), "stage": "source" if chain else None, "record": False})
+            break
+        inputs = [i for i in record.get("inputs") or [] if isinstance(i, dict)]
+        chain.append({"path": str(current), "stage": record.get("stage"), "created": record.get("created"), "record": True,
+                      "inputs": inputs, "versions": {k: v for k, v in (record.get("versions") or {}).items() if k in ("mlcompress", "torch", "transformers")}})
+        nxt = None
+        for i in inputs:
+            if i.get("role") in (None, "source", "model", "teacher") and i.get("path") and Path(i["path"]).exists():
+                nxt = Path(i["path"])
+                if i.get("role") != "source" or record.get("stage") != "eval":
+                    break
+        if nxt is None:
+            src = next((i for i in inputs if i.get("source") or i.get("path")), None)
+            if src:
+                chain.append({"path": src.get("path"), "source": src.get("source"), "stage": "source", "record": False})
+            break
+        current = nxt
+    return chain
+
+
+def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``describe`` plus the provenance chain."""
+    info = describe(path)
+    info["provenance"] = provenance_chain(path) if info.get("kind") != "pipeline" else []
+    return info
