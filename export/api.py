@@ -345,7 +345,11 @@ def _build(module: Any, spec: Any, config: Any, scratch: Path, quantize: str, fo
 
         texts = [t for t in _take(sources, 32, 0)][:32]
         texts = (texts * (32 // max(1, len(texts)) + 1))[:32]
-        latency = session_latency(session, spec.output_name, tokenize(tok, texts[:1], prefix), tokenize(tok, texts, prefix))
+        feeds_b1, feeds_b32 = tokenize(tok, texts[:1], prefix), tokenize(tok, texts, prefix)
+        latency = session_latency(session, spec.output_name, feeds_b1, feeds_b32)
+        # the figures depend on text length: say what was timed
+        latency["tokens_batch_1"] = int(feeds_b1["input_ids"].shape[1])
+        latency["padded_length_batch_32"] = int(feeds_b32["input_ids"].shape[1])
     if format == "tensorrt":
         from .tensorrt import build_engine
 
