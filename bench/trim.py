@@ -24,7 +24,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from mlcompress.sources import resolve_model
 from mlcompress.vocab_trim import trim
-from mlcompress.vocab_trim.corpus import Corpus
+from mlcompress.corpus import Corpus
 from mlcompress.vocab_trim.counting import count_lines
 
 ROOT = Path(__file__).resolve().parents[1]

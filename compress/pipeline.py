@@ -94,7 +94,7 @@ def _unknown(where: str, key: str, known: list[str]) -> InputError:
 
 def validate_config(raw: dict[str, Any], base_dir: Path | None = None) -> dict[str, Any]:
     """A complete, checked copy of a pipeline config (defaults filled in); InputError names the first bad field."""
-    from mlcompress.vocab_trim.languages import normalize_language
+    from mlcompress.languages import normalize_language
 
     if not isinstance(raw, dict):
         raise InputError(f"config: the top level must be a mapping, not {type(raw).__name__}",

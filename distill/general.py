@@ -129,8 +129,8 @@ def distill_general(
     """
     from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
-    from mlcompress.vocab_trim.languages import parse_languages
-    from mlcompress.vocab_trim.trim import parse_corpora
+    from mlcompress.corpus import parse_corpora
+    from mlcompress.languages import parse_languages
 
     losses = losses or Phase1Losses()
     config = train_config or TrainConfig()

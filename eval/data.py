@@ -43,7 +43,7 @@ def parse_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
 
 def parse_languages(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     """Validate target languages ("de,el"), normalised to ISO 639-1 where one exists."""
-    from mlcompress.vocab_trim.languages import normalize_language
+    from mlcompress.languages import normalize_language
 
     items = [x.strip() for x in (spec.split(",") if isinstance(spec, str) else spec) if x.strip()]
     if not items:
@@ -58,7 +58,7 @@ def parse_languages(spec: str | list[str] | tuple[str, ...]) -> list[str]:
 
 def tatoeba_code(lang: str) -> str:
     """The three-letter code of a language in the LASER Tatoeba file names."""
-    from mlcompress.vocab_trim.languages import LANGUAGES
+    from mlcompress.languages import LANGUAGES
 
     return _TATOEBA_CODE.get(lang) or LANGUAGES[lang][2]
 

@@ -10,7 +10,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from mlcompress.errors import CorpusError
-from mlcompress.vocab_trim.corpus import Corpus
+from mlcompress.corpus import Corpus
 from mlcompress.vocab_trim.counting import count_corpus, count_lines, decomposes
 
 from conftest import read_lines

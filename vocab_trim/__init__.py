@@ -1,6 +1,6 @@
 """mlcompress.vocab_trim: token statistics over corpora, selection policies, tokenizer and model surgery."""
 
-from .corpus import Corpus
+from mlcompress.corpus import Corpus
 from .counting import TokenCounts, count_corpus, count_lines
 from .policies import Coverage, MinCount, Quotas, Scripts, TopK, make_policy
 from .trim import TrimResult, trim

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 
 from mlcompress.errors import CorpusError
 
-from .corpus import Corpus
+from mlcompress.corpus import Corpus
 
 _PROBES = (
     "a b", "a  b", " a", "a ", "  ", "ab  cd e", "x\ty z", "Hello, world! 1 2.", "a \u00a0 b",

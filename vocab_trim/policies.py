@@ -14,7 +14,7 @@ import numpy as np
 
 from mlcompress.errors import InputError
 
-from .languages import scripts_of
+from mlcompress.languages import scripts_of
 
 Counts = Mapping[str, np.ndarray]
 

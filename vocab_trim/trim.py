@@ -22,9 +22,9 @@ from mlcompress.errors import InputError, LanguageError, ModelSourceError, Outpu
 from mlcompress.sources import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
 
 from . import tokenizer_surgery as ts
-from .corpus import Corpus
+from mlcompress.corpus import Corpus, parse_corpora
 from .counting import TokenCounts, count_corpus
-from .languages import normalize_language, parse_languages
+from mlcompress.languages import normalize_language, parse_languages
 from .model_surgery import config_token_ids, trim_model, vocab_rows
 from .policies import make_policy
 from .policies import word_variants as expand_word_variants
@@ -59,27 +59,6 @@ class TrimResult:
         out = asdict(self)
         out["output"] = str(self.output)
         return out
-
-
-def parse_corpora(corpora: Mapping[str, Any] | Iterable[str] | None) -> dict[str, list[Corpus]]:
-    """Corpora per language from a mapping {lang: spec or [specs]} or CLI items 'lang=spec'."""
-    if corpora is None:
-        return {}
-    items: list[tuple[str, Any]] = []
-    if isinstance(corpora, Mapping):
-        for lang, spec in corpora.items():
-            specs = spec if isinstance(spec, (list, tuple)) else [spec]
-            items += [(lang, s) for s in specs]
-    else:
-        for item in corpora:
-            lang, sep, spec = str(item).partition("=")
-            if not sep or not lang or not spec:
-                raise InputError(f"bad --corpus {item!r}", "write it as LANG=PATH, e.g. --corpus de=data/de.txt.gz")
-            items.append((lang, spec))
-    out: dict[str, list[Corpus]] = {}
-    for lang, spec in items:
-        out.setdefault(normalize_language(lang), []).append(Corpus.parse(spec))
-    return out
 
 
 def _params(model: Any) -> int:

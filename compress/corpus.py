@@ -5,12 +5,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl
 
-from mlcompress.errors import CorpusError
+from mlcompress.errors import CorpusError, InputError
+from mlcompress.languages import normalize_language
 
 _TEXT_SUFFIXES = (".txt", ".txt.gz", ".gz", ".text", ".tsv", ".tsv.gz")
 
@@ -169,3 +171,24 @@ def _text_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(_TEXT_SUFFIXES) and not p.name.startswith("."))
+
+
+def parse_corpora(corpora: Mapping[str, Any] | Iterable[str] | None) -> dict[str, list[Corpus]]:
+    """Corpora per language from a mapping {lang: spec or [specs]} or CLI items 'lang=spec'."""
+    if corpora is None:
+        return {}
+    items: list[tuple[str, Any]] = []
+    if isinstance(corpora, Mapping):
+        for lang, spec in corpora.items():
+            specs = spec if isinstance(spec, (list, tuple)) else [spec]
+            items += [(lang, s) for s in specs]
+    else:
+        for item in corpora:
+            lang, sep, spec = str(item).partition("=")
+            if not sep or not lang or not spec:
+                raise InputError(f"bad --corpus {item!r}", "write it as LANG=PATH, e.g. --corpus de=data/de.txt.gz")
+            items.append((lang, spec))
+    out: dict[str, list[Corpus]] = {}
+    for lang, spec in items:
+        out.setdefault(normalize_language(lang), []).append(Corpus.parse(spec))
+    return out
