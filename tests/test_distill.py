@@ -181,3 +181,26 @@ def test_cli_distill_general(teacher_dir: Path, tmp_path: Path) -> None:
                           "--corpus", f"en={CORPORA['en']}", "-o", str(tmp_path / "y")], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "no text for language" in bad.stderr and "hint:" in bad.stderr
+
+
+def test_captured_attention_equals_eager_attention_probabilities(teacher_dir: Path) -> None:
+    """The SDPA-capturing backend recovers exactly the probabilities eager attention returns, padding included."""
+    from mlcompress.distill.attention import attention_log_probs, capture_attention, use_capture_backend
+
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    batch = tok(["Ein kurzer Satz.", "A rather longer English sentence with more tokens in it."], padding=True,
+                return_tensors="pt")
+    eager = AutoModel.from_pretrained(teacher_dir, attn_implementation="eager").eval()
+    captured = AutoModel.from_pretrained(teacher_dir).eval()
+    use_capture_backend(captured)
+    with torch.no_grad():
+        reference = eager(**batch, output_attentions=True).attentions
+        with capture_attention(captured, [1, 3]) as stores:
+            hidden = captured(**batch).last_hidden_state
+        assert torch.allclose(hidden, eager(**batch).last_hidden_state, atol=1e-5)
+    real = batch["attention_mask"].bool()
+    for layer, store in zip([1, 3], stores):
+        probs = attention_log_probs(*store[-1]).exp()
+        # compare where both query and key are real tokens (rows of padded queries are arbitrary in both)
+        keep = real[:, None, :, None] & real[:, None, None, :]
+        assert torch.allclose(probs[keep.expand_as(probs)], reference[layer][keep.expand_as(probs)], atol=1e-5)
