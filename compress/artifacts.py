@@ -64,6 +64,11 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def json_digest(obj: Any) -> str:
+    """Hex sha256 of an object's canonical JSON (sorted keys; non-JSON values as str): a fingerprint of settings."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape an artifact, for its provenance record."""
     versions = {"python": platform.python_version()}

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .artifacts import json_digest
 from .errors import GateError, InputError, LanguageError, OutputExistsError
 from .sources import DEFAULT_MODEL
 
@@ -250,10 +251,6 @@ def in_scope(language: str, languages: list[str]) -> bool:
     return bool(codes) and all(c in languages for c in codes)
 
 
-def _json_digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 class _Digests:
     """Content digests of artifact directories, cached by (size, mtime) of every file so that a rerun does not rehash."""
 
@@ -265,7 +262,7 @@ class _Digests:
 
         path = Path(path).absolute()
         files = sorted(p for p in (path.rglob("*") if path.is_dir() else [path]) if p.is_file())
-        sig = _json_digest([(str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+        sig = json_digest([(str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
         hit = self.cache.get(str(path))
         if hit and hit.get("signature") == sig:
             return hit["sha256"]
@@ -392,7 +389,7 @@ class Pipeline:
         def do_stage(name: str, options: dict[str, Any], inputs: dict[str, Any], body: Callable[[Path, dict[str, Any]], dict[str, Any]],
                      note: str | None = None) -> dict[str, Any]:
             target = out / STAGE_DIRS[name]
-            fp = _json_digest({"stage": name, "options": options, "inputs": inputs})
+            fp = json_digest({"stage": name, "options": options, "inputs": inputs})
             prev = state["stages"].get(name) or {}
             marker = "mlcompress.json"
             if (not force and prev.get("status") == "done" and prev.get("fingerprint") == fp and (target / marker).is_file()
@@ -552,7 +549,7 @@ class Pipeline:
                     st = p.stat()
                     fps.append(f"{p}:{st.st_size}:{st.st_mtime_ns}")
                 elif p.is_dir():
-                    fps.append(_json_digest([(str(q), q.stat().st_size, q.stat().st_mtime_ns) for q in sorted(p.rglob("*")) if q.is_file()]))
+                    fps.append(json_digest([(str(q), q.stat().st_size, q.stat().st_mtime_ns) for q in sorted(p.rglob("*")) if q.is_file()]))
                 else:
                     fps.append(s)
             out[lang] = fps

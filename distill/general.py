@@ -14,10 +14,11 @@ from mlcompress.artifacts import atomic_output_dir, write_provenance
 from mlcompress.errors import InputError, LanguageError
 from mlcompress.sources import DEFAULT_MODEL, resolve_model
 
-from .attention import capture_attention, use_capture_backend
+from .attention import use_capture_backend
 from .data import mixed_blocks, mlm_mask, step_rows
-from .losses import attention_loss, hidden_mse, soft_cross_entropy
+from .losses import soft_cross_entropy
 from .loop import TrainConfig, make_accelerator, train
+from .objective import add_representation_terms, paired_forward
 from .student import hidden_pairs, make_student
 from .workdir import close_work_dir, open_work_dir
 
@@ -57,25 +58,14 @@ class DistillResult:
 def phase1_loss(teacher: torch.nn.Module, mapping: list[int], losses: Phase1Losses):
     """The loss function of phase 1 for the training loop: student vs teacher on the same masked blocks."""
     pairs = hidden_pairs(mapping)
-    student_layers = list(range(len(mapping)))
     need_logits = losses.logits > 0 or losses.mlm > 0
 
     def loss_fn(student: torch.nn.Module, batch: dict[str, torch.Tensor]):
-        inputs = {"input_ids": batch["input_ids"]}
-        with torch.no_grad(), capture_attention(teacher, mapping if losses.attention else []) as t_att:
-            t_out = teacher(**inputs, output_hidden_states=True)
-        with capture_attention(student, student_layers if losses.attention else []) as s_att:
-            s_out = student(**inputs, output_hidden_states=True)
-        total = torch.zeros((), device=batch["input_ids"].device)
-        parts: dict[str, float] = {}
-        if losses.hidden:
-            h = hidden_mse(s_out.hidden_states, t_out.hidden_states, pairs)
-            total = total + losses.hidden * h
-            parts["hidden"] = h.detach()
-        if losses.attention:
-            a = attention_loss(s_att, t_att, losses.attention_kind)
-            total = total + losses.attention * a
-            parts["attention"] = a.detach()
+        t_out, s_out, t_att, s_att = paired_forward(teacher, student, {"input_ids": batch["input_ids"]}, mapping,
+                                                    bool(losses.attention))
+        parts: dict[str, torch.Tensor] = {}
+        total = add_representation_terms(torch.zeros((), device=batch["input_ids"].device), parts, s_out, t_out,
+                                         s_att, t_att, pairs, losses.hidden, losses.attention, losses.attention_kind)
         if need_logits:
             selected = batch["labels"] != -100
             if losses.logits:

@@ -15,9 +15,8 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -209,8 +208,3 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
-
-
-def config_dict(config: TrainConfig) -> dict[str, Any]:
-    """The config as a plain dict, for provenance."""
-    return asdict(config)

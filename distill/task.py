@@ -18,10 +18,11 @@ from mlcompress.artifacts import atomic_output_dir, write_provenance
 from mlcompress.errors import InputError
 from mlcompress.sources import resolve_model
 
-from .attention import capture_attention, use_capture_backend
+from .attention import use_capture_backend
 from .general import DistillResult
 from .loop import TrainConfig, make_accelerator, train
-from .losses import attention_loss, hidden_mse, soft_cross_entropy
+from .losses import soft_cross_entropy
+from .objective import add_representation_terms, paired_forward
 from .sparse import SparseUpdate, select_by_movement
 from .student import encoder_layers, hidden_pairs
 from .task_data import TASKS, encode_task, example_batches
@@ -90,30 +91,19 @@ def finetune_teacher(source: str | os.PathLike[str], task: str, train_file: str 
 def phase2_loss(teacher: torch.nn.Module, mapping: list[int], losses: Phase2Losses, task: str):
     """Student vs task-tuned teacher: soft cross-entropy at T, hidden and attention losses, optional gold CE."""
     pairs = hidden_pairs(mapping)
-    student_layers = list(range(len(mapping)))
 
     def loss_fn(student: torch.nn.Module, batch: dict[str, torch.Tensor]):
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        with torch.no_grad(), capture_attention(teacher, mapping if losses.attention else []) as t_att:
-            t_out = teacher(**inputs, output_hidden_states=True)
-        with capture_attention(student, student_layers if losses.attention else []) as s_att:
-            s_out = student(**inputs, output_hidden_states=True)
+        t_out, s_out, t_att, s_att = paired_forward(teacher, student, inputs, mapping, bool(losses.attention))
         mask = batch["attention_mask"].float()
-        parts: dict[str, float] = {}
+        parts: dict[str, torch.Tensor] = {}
         if task == "token-classification":
             soft = soft_cross_entropy(s_out.logits, t_out.logits, losses.temperature, mask)
         else:
             soft = soft_cross_entropy(s_out.logits, t_out.logits, losses.temperature)
-        total = losses.soft * soft
         parts["soft"] = soft.detach()
-        if losses.hidden:
-            h = hidden_mse(s_out.hidden_states, t_out.hidden_states, pairs, mask)
-            total = total + losses.hidden * h
-            parts["hidden"] = h.detach()
-        if losses.attention:
-            a = attention_loss(s_att, t_att, losses.attention_kind)
-            total = total + losses.attention * a
-            parts["attention"] = a.detach()
+        total = add_representation_terms(losses.soft * soft, parts, s_out, t_out, s_att, t_att, pairs, losses.hidden,
+                                         losses.attention, losses.attention_kind, mask)
         if losses.hard:
             logits = s_out.logits.float()
             ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))
@@ -149,8 +139,12 @@ def distill_task(teacher: str | os.PathLike[str], student: str | os.PathLike[str
     names = [teacher_model.config.id2label[i] for i in range(teacher_model.config.num_labels)]
     tok = AutoTokenizer.from_pretrained(s_src.path)
     data = encode_task(task, train_file, tok, max_length, max_examples, labels=names)
-    student_model = cls.from_pretrained(s_src.path, num_labels=len(names), id2label=dict(enumerate(names)),
-                                        label2id={n: i for i, n in enumerate(names)}, dtype=torch.float32)
+
+    def load_student() -> torch.nn.Module:
+        return cls.from_pretrained(s_src.path, num_labels=len(names), id2label=dict(enumerate(names)),
+                                   label2id={n: i for i, n in enumerate(names)}, dtype=torch.float32)
+
+    student_model = load_student()
     mapping = _layer_map(teacher_model, student_model)
     if losses.attention:
         use_capture_backend(teacher_model)
@@ -174,8 +168,7 @@ def distill_task(teacher: str | os.PathLike[str], student: str | os.PathLike[str
             masks = select_by_movement({k: v for k, v in initial.items() if k in params}, trained, density, always=head)
             if accelerator.is_main_process:
                 torch.save(masks, masks_file)
-        student_model = cls.from_pretrained(s_src.path, num_labels=len(names), id2label=dict(enumerate(names)),
-                                            label2id={n: i for i, n in enumerate(names)}, dtype=torch.float32)
+        student_model = load_student()
         student_model.load_state_dict(initial)  # the lottery ticket: back to the start, train only the winners
         if losses.attention:
             use_capture_backend(student_model)

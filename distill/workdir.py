@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
+from mlcompress.artifacts import json_digest
 from mlcompress.errors import InputError, OutputExistsError
 
 
@@ -21,7 +21,7 @@ def open_work_dir(output: Path, settings: dict[str, Any], overwrite: bool, resta
     if output.exists() and not overwrite:
         raise OutputExistsError(f"output {output} already exists", "choose another output path, or pass --overwrite")
     work = work_dir_for(output)
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    digest = json_digest(settings)
     marker = work / "settings.json"
     if work.exists() and restart:
         shutil.rmtree(work)

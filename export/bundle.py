@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mlcompress.artifacts import sha256_file
 from mlcompress.errors import InputError
 
 MANIFEST = "manifest.json"
@@ -24,14 +25,6 @@ class BundleError(InputError):
     """A bundle is missing, incomplete, or does not match its manifest."""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _manifest_digest(manifest: dict[str, Any]) -> str:
     """sha256 of the manifest's canonical JSON without its own digest field, so a changed manifest byte shows too."""
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
@@ -40,7 +33,7 @@ def _manifest_digest(manifest: dict[str, Any]) -> str:
 
 def write_manifest(directory: Path, fields: dict[str, Any], files: list[str]) -> dict[str, Any]:
     """Write ``manifest.json`` listing ``files`` (relative to ``directory``) with their sha256 and size."""
-    entries = {name: {"sha256": _sha256(directory / name), "bytes": (directory / name).stat().st_size} for name in files}
+    entries = {name: {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size} for name in files}
     manifest = {"format": BUNDLE_FORMAT, **fields, "files": entries,
                 "size_bytes": sum(e["bytes"] for e in entries.values())}
     manifest["manifest_sha256"] = _manifest_digest(manifest)
@@ -75,7 +68,7 @@ def verify_dir(directory: Path) -> dict[str, Any]:
             raise BundleError(f"manifest names a file outside the bundle: {name!r}", "re-export the bundle")
         if not path.is_file():
             raise BundleError(f"bundle {directory} is missing {name}", "copy the whole bundle directory, or re-export it")
-        if path.stat().st_size != entry.get("bytes") or _sha256(path) != entry.get("sha256"):
+        if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
             raise BundleError(f"bundle file {name} does not match its sha256 in {MANIFEST}: it is corrupt or was modified",
                               "re-copy or re-export the bundle; a modified model is never loaded")
     return manifest
