@@ -43,6 +43,7 @@ def general(
     corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="LANG=PATH (file, folder, datasets id), once per language.")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Output directory of the student.")] = Path("student"),
     every_k: Annotated[int, typer.Option(help="Keep every k-th teacher layer (2 halves the depth).")] = 2,
+    hidden_size: Annotated[Optional[int], typer.Option(help="A narrower student of this width, initialised by projection (default: the teacher's).")] = None,
     block_size: Annotated[int, typer.Option(help="Tokens per packed block.")] = 256,
     max_blocks: Annotated[Optional[int], typer.Option(help="At most N blocks per language.")] = None,
     hidden_weight: Annotated[float, typer.Option(help="Weight of the hidden-state MSE.")] = 1.0,
@@ -61,7 +62,7 @@ def general(
 
     losses = Phase1Losses(hidden=hidden_weight, attention=attention_weight, attention_kind=attention_loss,
                           logits=logit_weight, mlm=mlm_weight)
-    result = distill_general(teacher, languages, corpus, output, every_k=every_k, block_size=block_size,
+    result = distill_general(teacher, languages, corpus, output, every_k=every_k, hidden_size=hidden_size, block_size=block_size,
                              max_blocks_per_language=max_blocks, losses=losses,
                              train_config=_config(steps, batch_size, grad_accum, lr, device, precision, checkpoint_every, seed),
                              trim_vocabulary=trim_vocab, overwrite=overwrite, restart=restart, cache_dir=cache_dir)

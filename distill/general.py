@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from mlcompress.artifacts import atomic_output_dir, write_provenance
 from mlcompress.errors import InputError, LanguageError
@@ -19,7 +20,7 @@ from .data import mixed_blocks, mlm_mask, step_rows
 from .losses import soft_cross_entropy
 from .loop import TrainConfig, make_accelerator, train
 from .objective import add_representation_terms, paired_forward
-from .student import hidden_pairs, make_student
+from .student import PROJECTION_FILE, check_hidden_size, hidden_pairs, make_student, narrow_student, principal_basis
 from .workdir import close_work_dir, open_work_dir
 
 
@@ -55,7 +56,7 @@ class DistillResult:
         return d
 
 
-def phase1_loss(teacher: torch.nn.Module, mapping: list[int], losses: Phase1Losses):
+def phase1_loss(teacher: torch.nn.Module, mapping: list[int], losses: Phase1Losses, basis: torch.Tensor | None = None):
     """The loss function of phase 1 for the training loop: student vs teacher on the same masked blocks."""
     pairs = hidden_pairs(mapping)
     need_logits = losses.logits > 0 or losses.mlm > 0
@@ -65,7 +66,8 @@ def phase1_loss(teacher: torch.nn.Module, mapping: list[int], losses: Phase1Loss
                                                     bool(losses.attention))
         parts: dict[str, torch.Tensor] = {}
         total = add_representation_terms(torch.zeros((), device=batch["input_ids"].device), parts, s_out, t_out,
-                                         s_att, t_att, pairs, losses.hidden, losses.attention, losses.attention_kind)
+                                         s_att, t_att, pairs, losses.hidden, losses.attention, losses.attention_kind,
+                                         basis=basis)
         if need_logits:
             selected = batch["labels"] != -100
             if losses.logits:
@@ -80,6 +82,17 @@ def phase1_loss(teacher: torch.nn.Module, mapping: list[int], losses: Phase1Loss
         return total, parts
 
     return loss_fn
+
+
+def teacher_basis(teacher: torch.nn.Module, blocks: torch.Tensor, mapping: list[int], width: int,
+                  max_blocks: int = 16) -> torch.Tensor:
+    """Principal basis of the teacher's hidden states (embeddings and mapped layers) on the first training blocks."""
+    device = next(teacher.parameters()).device
+    with torch.no_grad():
+        out = teacher(input_ids=blocks[:max_blocks].to(device), output_hidden_states=True)
+    states = torch.cat([out.hidden_states[t].reshape(-1, out.hidden_states[t].shape[-1]).cpu()
+                        for _, t in hidden_pairs(mapping)])
+    return principal_basis(states, width)
 
 
 def block_batches(blocks: torch.Tensor, batch_size: int, seed: int, vocab_size: int, mask_id: int | None,
@@ -102,6 +115,7 @@ def distill_general(
     output: str | os.PathLike[str] = "student",
     *,
     every_k: int = 2,
+    hidden_size: int | None = None,
     block_size: int = 256,
     max_blocks_per_language: int | None = None,
     losses: Phase1Losses | None = None,
@@ -116,6 +130,8 @@ def distill_general(
 
     Resumes an interrupted run to the same output (checkpoints live in a hidden sibling of it).
     ``trim_vocabulary`` first trims the teacher to the tokens the corpora use (mlcompress trim).
+    ``hidden_size`` makes a narrower student, initialised by projection onto the principal subspace of the
+    teacher's hidden states on the training text (the basis is saved as ``hidden_projection.safetensors``).
     """
     from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
@@ -137,9 +153,17 @@ def distill_general(
     out = Path(output).expanduser().absolute()
     source = resolve_model(teacher, cache_dir)
     settings = {"teacher": str(source.path), "languages": langs, "corpora": {k: [c.fingerprint() for c in v] for k, v in texts.items()},
-                "every_k": every_k, "block_size": block_size, "max_blocks": max_blocks_per_language,
+                "every_k": every_k, "hidden_size": hidden_size, "block_size": block_size, "max_blocks": max_blocks_per_language,
                 "losses": asdict(losses), "train": {k: v for k, v in asdict(config).items() if k != "progress"},
                 "trim_vocabulary": trim_vocabulary}
+    narrow = hidden_size is not None
+    if narrow:  # a width the teacher cannot be narrowed to fails before anything is written
+        from transformers import AutoConfig
+
+        teacher_config = AutoConfig.from_pretrained(source.path)
+        narrow = hidden_size != teacher_config.hidden_size
+        if narrow:
+            check_hidden_size(teacher_config, hidden_size)
     accelerator = make_accelerator(config)  # device errors before anything is written
     work = open_work_dir(out, settings, overwrite, restart)
 
@@ -157,6 +181,15 @@ def distill_general(
     if losses.attention:
         use_capture_backend(teacher_model)
     student, mapping = make_student(teacher_model, every_k)
+    blocks, per_lang = mixed_blocks(tok, {lang: [line for c in texts[lang] for line in c.lines()] for lang in langs},
+                                    block_size, max_blocks_per_language)
+    basis = None
+    if narrow:  # the basis is kept in the work dir, so that a resumed run uses exactly the same one
+        saved = work / PROJECTION_FILE
+        basis = load_file(str(saved))["basis"] if saved.is_file() else teacher_basis(teacher_model, blocks, mapping, hidden_size)
+        if accelerator.is_main_process and not saved.is_file():
+            save_file({"basis": basis}, str(saved))
+        student, basis = narrow_student(student, hidden_size, basis)
     pooler = getattr(student.base_model, "pooler", None)
     if pooler is not None:  # not part of the phase-1 objective: keep it as copied (and out of DDP's gradient sync)
         pooler.requires_grad_(False)
@@ -164,12 +197,10 @@ def distill_general(
         use_capture_backend(student)
     teacher_model.eval().requires_grad_(False).to(accelerator.device)
 
-    blocks, per_lang = mixed_blocks(tok, {lang: [line for c in texts[lang] for line in c.lines()] for lang in langs},
-                                    block_size, max_blocks_per_language)
     specials = sorted(set(tok.all_special_ids))
     vocab = teacher_model.get_input_embeddings().num_embeddings
     batches = block_batches(blocks, config.batch_size, config.seed, vocab, tok.mask_token_id, specials)
-    state = train(student, phase1_loss(teacher_model, mapping, losses), batches, config, work, accelerator,
+    state = train(student, phase1_loss(teacher_model, mapping, losses, basis), batches, config, work, accelerator,
                   stop_after=stop_after)
     result = DistillResult(out, mapping, state.step, state.resumed_from, state.seconds,
                            state.run_tokens / state.seconds if state.seconds else 0.0, state.last,
@@ -182,6 +213,8 @@ def distill_general(
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
             final.save_pretrained(tmp)
             tok.save_pretrained(tmp)
+            if basis is not None:  # phase 2 matches hidden states through the same basis
+                save_file({"basis": basis.contiguous()}, str(tmp / PROJECTION_FILE))
             write_provenance(tmp, "distill-general", {**settings, "layer_map": mapping},
                              [source.describe()], {**result.as_dict(), "blocks_per_language": per_lang})
         close_work_dir(work, out)

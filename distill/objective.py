@@ -23,10 +23,14 @@ def paired_forward(teacher: torch.nn.Module, student: torch.nn.Module, inputs: d
 def add_representation_terms(total: torch.Tensor, parts: dict[str, torch.Tensor], s_out: Any, t_out: Any,
                              s_att: list[list], t_att: list[list], pairs: list[tuple[int, int]], hidden_weight: float,
                              attention_weight: float, attention_kind: str,
-                             mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Add the weighted hidden-state MSE and attention loss to ``total`` (and their detached values to ``parts``)."""
+                             mask: torch.Tensor | None = None, basis: torch.Tensor | None = None) -> torch.Tensor:
+    """Add the weighted hidden-state MSE and attention loss to ``total`` (and their detached values to ``parts``).
+
+    ``basis`` (teacher width x student width) maps a narrower student's hidden states into the teacher's space.
+    """
     if hidden_weight:
-        h = hidden_mse(s_out.hidden_states, t_out.hidden_states, pairs, mask)
+        projection = None if basis is None else (lambda h: h @ basis.to(h.device, h.dtype).T)
+        h = hidden_mse(s_out.hidden_states, t_out.hidden_states, pairs, mask, projection)
         total = total + hidden_weight * h
         parts["hidden"] = h.detach()
     if attention_weight:

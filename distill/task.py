@@ -24,7 +24,7 @@ from .loop import TrainConfig, make_accelerator, train
 from .losses import soft_cross_entropy
 from .objective import add_representation_terms, paired_forward
 from .sparse import SparseUpdate, select_by_movement
-from .student import encoder_layers, hidden_pairs
+from .student import PROJECTION_FILE, encoder_layers, hidden_pairs
 from .task_data import TASKS, encode_task, example_batches
 from .workdir import close_work_dir, open_work_dir
 
@@ -88,7 +88,8 @@ def finetune_teacher(source: str | os.PathLike[str], task: str, train_file: str 
     return result
 
 
-def phase2_loss(teacher: torch.nn.Module, mapping: list[int], losses: Phase2Losses, task: str):
+def phase2_loss(teacher: torch.nn.Module, mapping: list[int], losses: Phase2Losses, task: str,
+                basis: torch.Tensor | None = None):
     """Student vs task-tuned teacher: soft cross-entropy at T, hidden and attention losses, optional gold CE."""
     pairs = hidden_pairs(mapping)
 
@@ -103,7 +104,7 @@ def phase2_loss(teacher: torch.nn.Module, mapping: list[int], losses: Phase2Loss
             soft = soft_cross_entropy(s_out.logits, t_out.logits, losses.temperature)
         parts["soft"] = soft.detach()
         total = add_representation_terms(losses.soft * soft, parts, s_out, t_out, s_att, t_att, pairs, losses.hidden,
-                                         losses.attention, losses.attention_kind, mask)
+                                         losses.attention, losses.attention_kind, mask, basis)
         if losses.hard:
             logits = s_out.logits.float()
             ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))
@@ -146,11 +147,12 @@ def distill_task(teacher: str | os.PathLike[str], student: str | os.PathLike[str
 
     student_model = load_student()
     mapping = _layer_map(teacher_model, student_model)
+    basis = _student_basis(teacher_model, student_model, s_src.path)
     if losses.attention:
         use_capture_backend(teacher_model)
         use_capture_backend(student_model)
     teacher_model.eval().requires_grad_(False).to(accelerator.device)
-    loss_fn = phase2_loss(teacher_model, mapping, losses, task)
+    loss_fn = phase2_loss(teacher_model, mapping, losses, task, basis)
     batches = example_batches(data, config.batch_size, config.seed)
 
     after_step, selected = None, None
@@ -209,3 +211,21 @@ def _layer_map(teacher: torch.nn.Module, student: torch.nn.Module) -> list[int]:
     return list(range(k - 1, n_t, k))
 
 
+
+
+def _student_basis(teacher: torch.nn.Module, student: torch.nn.Module, student_dir: Path) -> torch.Tensor | None:
+    """The phase-1 projection basis of a narrower student (None when the widths match)."""
+    d_t, d_s = int(teacher.config.hidden_size), int(student.config.hidden_size)
+    if d_t == d_s:
+        return None
+    path = Path(student_dir) / PROJECTION_FILE
+    if not path.is_file():
+        raise InputError(f"the student is {d_s} wide and the teacher {d_t}, and {path} is missing",
+                         "use a narrower student made by `mlcompress distill general --hidden-size`, which saves it")
+    from safetensors.torch import load_file
+
+    basis = load_file(str(path))["basis"]
+    if tuple(basis.shape) != (d_t, d_s):
+        raise InputError(f"{path} has shape {tuple(basis.shape)}, expected ({d_t}, {d_s})",
+                         "was the student distilled from a teacher of another width?")
+    return basis

@@ -166,6 +166,9 @@ def test_bad_input_gets_clear_errors(teacher_dir: Path, tmp_path: Path) -> None:
         _small(teacher_dir, tmp_path / "exists")
     with pytest.raises(InputError, match="attention loss"):
         _small(teacher_dir, tmp_path / "x", losses=Phase1Losses(attention_kind="cosine"))
+    with pytest.raises(InputError, match="multiple of its 2 attention heads") as info:
+        _small(teacher_dir, tmp_path / "x", hidden_size=15)
+    assert "16" in info.value.hint
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
 
 
@@ -204,3 +207,85 @@ def test_captured_attention_equals_eager_attention_probabilities(teacher_dir: Pa
         # compare where both query and key are real tokens (rows of padded queries are arbitrary in both)
         keep = real[:, None, :, None] & real[:, None, None, :]
         assert torch.allclose(probs[keep.expand_as(probs)], reference[layer][keep.expand_as(probs)], atol=1e-5)
+
+
+def _hidden_error(teacher, student, basis, ids, mapping) -> float:
+    from mlcompress.distill.losses import hidden_mse
+    from mlcompress.distill.student import hidden_pairs
+
+    with torch.no_grad():
+        t = teacher(input_ids=ids, output_hidden_states=True).hidden_states
+        s = student(input_ids=ids, output_hidden_states=True).hidden_states
+        return float(hidden_mse(s, t, hidden_pairs(mapping), projection=lambda h: h @ basis.T))
+
+
+def test_narrower_student_is_initialised_by_projection(teacher_dir: Path) -> None:
+    """A half-width student projected from the teacher starts far closer to it than a fresh one of the same shape."""
+    from mlcompress.distill.general import teacher_basis
+    from mlcompress.distill.student import narrow_student
+
+    teacher = AutoModel.from_pretrained(teacher_dir).eval()
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    deep, mapping = make_student(teacher, every_k=2)
+    ids = tok(training_lines(DATA)[:16], padding="max_length", truncation=True, max_length=32,
+              return_tensors="pt")["input_ids"]
+    basis = teacher_basis(teacher, ids[:8], mapping, 16)
+    narrow, P = narrow_student(deep, 16, basis)
+    assert narrow.config.hidden_size == 16 and narrow.config.intermediate_size == 32
+    assert narrow.config.num_attention_heads == 2 and narrow.config.num_hidden_layers == 2
+    assert torch.allclose(P.T @ P, torch.eye(16), atol=1e-5)
+    assert narrow.num_parameters() < 0.55 * deep.num_parameters()
+    torch.manual_seed(0)
+    fresh = BertModel(narrow.config).eval()
+    projected_error = _hidden_error(teacher, narrow.eval(), P, ids[8:], mapping)
+    fresh_error = _hidden_error(teacher, fresh, P, ids[8:], mapping)
+    assert projected_error < 0.5 * fresh_error, (projected_error, fresh_error)
+    with pytest.raises(InputError, match="multiple of its 2 attention heads"):
+        narrow_student(deep, 15)
+    with pytest.raises(InputError, match="below the teacher"):
+        narrow_student(deep, 32)
+
+
+def test_narrower_student_through_both_phases(teacher_dir: Path, tmp_path: Path) -> None:
+    """Phase 1 closes the part of the hidden-state gap a half-width student can close; phase 2 reuses its basis."""
+    from mlcompress.distill.losses import hidden_mse
+    from mlcompress.distill.student import hidden_pairs, narrow_student
+
+    result = _small(teacher_dir, tmp_path / "narrow", hidden_size=16,
+                    train_config=_config(steps=80, lr=3e-3, checkpoint_every=80))
+    assert result.params_student < 0.45 * result.params_teacher  # half the depth, half the width
+    trained = AutoModel.from_pretrained(tmp_path / "narrow").eval()
+    assert trained.config.hidden_size == 16
+    P = load_file(tmp_path / "narrow" / "hidden_projection.safetensors")["basis"]
+    assert P.shape == (32, 16)
+    teacher = AutoModel.from_pretrained(teacher_dir).eval()
+    start, mapping = narrow_student(make_student(teacher, 2)[0], 16, P)[0].eval(), result.layer_map
+    ids = AutoTokenizer.from_pretrained(teacher_dir)(training_lines(DATA)[-16:], padding="max_length", truncation=True,
+                                                     max_length=32, return_tensors="pt")["input_ids"]
+    with torch.no_grad():  # what no 16-wide student can match: the teacher's states outside span(P)
+        states = teacher(input_ids=ids, output_hidden_states=True).hidden_states
+        floor = float(hidden_mse(tuple(h @ P for h in states), states, hidden_pairs(mapping), projection=lambda h: h @ P.T))
+    gap_before = _hidden_error(teacher, start, P, ids, mapping) - floor
+    gap_after = _hidden_error(teacher, trained, P, ids, mapping) - floor
+    assert 0 < gap_after < 0.8 * gap_before, (floor, gap_before, gap_after)
+    train_file = DATA / "xtreme_udpos" / "train-en.tsv.gz"
+    finetune_teacher(teacher_dir, "token-classification", train_file, tmp_path / "teacher-pos", max_examples=32,
+                     max_length=32, train_config=_config(steps=2, checkpoint_every=2))
+    task = distill_task(tmp_path / "teacher-pos", tmp_path / "narrow", "token-classification", train_file,
+                        tmp_path / "pos", max_examples=32, max_length=32, train_config=_config(steps=2, checkpoint_every=2))
+    assert task.steps == 2 and "hidden" in task.final
+    (tmp_path / "narrow" / "hidden_projection.safetensors").unlink()
+    with pytest.raises(InputError, match="hidden_projection.safetensors is missing"):
+        distill_task(tmp_path / "teacher-pos", tmp_path / "narrow", "token-classification", train_file,
+                     tmp_path / "pos2", max_examples=32, max_length=32, train_config=_config(steps=2))
+    assert not (tmp_path / "pos2").exists()
+
+
+def test_narrower_student_resumes_exactly(teacher_dir: Path, tmp_path: Path) -> None:
+    _small(teacher_dir, tmp_path / "straight", hidden_size=16)
+    _small(teacher_dir, tmp_path / "resumed", hidden_size=16, stop_after=5)
+    assert (tmp_path / ".resumed.work" / "hidden_projection.safetensors").is_file()
+    assert _small(teacher_dir, tmp_path / "resumed", hidden_size=16).resumed_from == 3
+    for name in ("model.safetensors", "hidden_projection.safetensors"):
+        a, b = load_file(tmp_path / "straight" / name), load_file(tmp_path / "resumed" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
