@@ -1,7 +1,7 @@
 """`mlcompress.Pipeline`: trim -> distill (GPU) -> export (bundle) -> eval against the source, from one validated config.
 
 Each stage writes its artifact under ``OUT/<nn-stage>/`` (with ``mlcompress.json``); ``OUT/pipeline.json`` records, per
-stage, a fingerprint of its options and of the content of its inputs. A rerun skips a stage whose fingerprint is
+stage, a fingerprint of its options, of the content of its inputs and of the stage's code. A rerun skips a stage whose fingerprint is
 unchanged and whose artifact is still there; an interrupted stage left no artifact (stages write atomically) and is
 redone (distill resumes from its own checkpoints). The run ends with ``OUT/report.json`` (the gate's verdict) and
 ``OUT/report.html`` (sizes, speed and retention at every stage).
@@ -28,6 +28,21 @@ from .sources import DEFAULT_MODEL
 STATE_FILE = "pipeline.json"
 STAGES = ("trim", "distill", "export", "eval")
 STAGE_DIRS = {"trim": "01-trim", "distill": "02-distill", "export": "03-export", "eval": "04-eval"}
+STAGE_PACKAGES = {"trim": "vocab_trim", "distill": "distill", "export": "export", "eval": "eval"}
+
+
+def code_digest(stage: str) -> str:
+    """sha256 of the stage package's source files: after an upgrade that changed a stage, a rerun redoes it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(f"mlcompress.{STAGE_PACKAGES[stage]}")
+    if spec is None or spec.origin is None:
+        return "unknown"
+    root = Path(spec.origin).parent
+    h = hashlib.sha256()
+    for file in sorted(root.rglob("*.py")):
+        h.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes())
+    return h.hexdigest()
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # the default eval: tasks a vocabulary trim + int8 export can be judged on with an embedding-only bundle, on a CPU, in minutes
@@ -389,7 +404,7 @@ class Pipeline:
         def do_stage(name: str, options: dict[str, Any], inputs: dict[str, Any], body: Callable[[Path, dict[str, Any]], dict[str, Any]],
                      note: str | None = None) -> dict[str, Any]:
             target = out / STAGE_DIRS[name]
-            fp = json_digest({"stage": name, "options": options, "inputs": inputs})
+            fp = json_digest({"stage": name, "options": options, "inputs": inputs, "code": code_digest(name)})
             prev = state["stages"].get(name) or {}
             marker = "mlcompress.json"
             if (not force and prev.get("status") == "done" and prev.get("fingerprint") == fp and (target / marker).is_file()

@@ -209,6 +209,21 @@ def test_changed_upstream_artifact_is_noticed(chain: dict, tiny: dict[str, Path]
     assert [(s["name"], s["action"]) for s in r.stages][0] == ("trim", "ran")  # its own artifact no longer matches its record
 
 
+def test_changed_stage_code_reruns_that_stage(chain: dict, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an upgrade that changed the export code, a rerun redoes export (and eval after it), not trim."""
+    import mlcompress.pipeline as pl
+
+    out = chain["out"]
+    Pipeline(_config(tiny, quantize="int8-dynamic")).run(out)  # settle after the tests before
+    real = pl.code_digest
+    monkeypatch.setattr(pl, "code_digest", lambda stage: real(stage) + ("-upgraded" if stage == "export" else ""))
+    r = Pipeline(_config(tiny, quantize="int8-dynamic")).run(out)
+    assert [(s["name"], s["action"]) for s in r.stages] == [("trim", "reused"), ("distill", "skipped"), ("export", "ran"), ("eval", "ran")]
+    assert len(real("export")) == 64 and real("export") != real("trim")
+    monkeypatch.undo()  # back to the installed code: export is redone once more, and the tests after see a settled folder
+    assert Pipeline(_config(tiny, quantize="int8-dynamic")).run(out).stage("export")["action"] == "ran"
+
+
 def test_failed_gate_is_reported_and_raised(tiny: dict[str, Path], chain: dict, tmp_path: Path) -> None:
     cfg = _config(tiny)
     cfg["stages"]["eval"]["min_retention"] = 1.5  # no candidate keeps 150 %
