@@ -20,6 +20,7 @@ from .parity import AGREEMENT_THRESHOLDS, COSINE_THRESHOLDS
 # How far ORT fuses attention before each quantisation: dynamic int8 quantises the fused Attention op itself
 # (QAttention); static int8 and int4 quantise MatMuls only, so they keep the projections apart; fp16 graphs
 # are checked on CPU, whose fused attention kernels are fp32-only.
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # static int8 activation ranges
 ATTENTION_FUSION = {"none": "fused", "int8-dynamic": "fused", "int8-static": "mha", "int4": "mha", "fp16": "none"}
 from .quantize import QUANTIZE_CHOICES
 
@@ -119,6 +120,19 @@ def _check_output(output: Path, bundle: bool, overwrite: bool) -> bool:
     return archive
 
 
+def _common_length(feeds: list[dict[str, Any]], pad_id: int) -> list[dict[str, Any]]:
+    """Pad every batch to the longest one: ORT's histogram calibrators (percentile, entropy) stack all batches."""
+    import numpy as np
+
+    width = max(f["input_ids"].shape[1] for f in feeds)
+    out = []
+    for f in feeds:
+        extra = width - f["input_ids"].shape[1]
+        out.append({"input_ids": np.pad(f["input_ids"], ((0, 0), (0, extra)), constant_values=pad_id),
+                    "attention_mask": np.pad(f["attention_mask"], ((0, 0), (0, extra)), constant_values=0)})
+    return out
+
+
 def _batches(tok: Any, texts: list[str], prefix: str, size: int) -> list[dict[str, Any]]:
     from .runtime import tokenize
 
@@ -160,6 +174,8 @@ def export(
         raise InputError(f"unknown format {format!r}", f"choose one of {', '.join(FORMATS)}")
     if quantize not in QUANTIZE_CHOICES:
         raise InputError(f"unknown quantisation {quantize!r}", f"choose one of {', '.join(QUANTIZE_CHOICES)}")
+    if calibration not in CALIBRATION_METHODS:
+        raise InputError(f"unknown calibration method {calibration!r}", f"choose one of {', '.join(CALIBRATION_METHODS)}")
     output = Path(output).expanduser().absolute()
     langs = [x.strip() for x in languages.split(",") if x.strip()] if isinstance(languages, str) else list(languages or [])
     if format == "tensorrt":
@@ -307,6 +323,8 @@ def _build(module: Any, spec: Any, config: Any, scratch: Path, quantize: str, fo
     elif quantize == "int8-static":
         n = max(1, opts["calibration_texts"] // opts["n_langs"])
         feeds = _batches(tok, _take(sources, n, 0), prefix, 8)
+        if opts["calibration"] != "minmax":
+            feeds = _common_length(feeds, pad_id)
         qinfo = q.quantize_int8_static(current, step, feeds, per_channel=opts["per_channel"], reduce_range=opts["reduce_range"],
                                        method=opts["calibration"])
         current = step

@@ -34,6 +34,7 @@ def export_command(
     task: Annotated[Optional[str], typer.Option(help="sentence-embedding, token-classification, sequence-classification or masked-lm (default: from the architecture).")] = None,
     prefix: Annotated[Optional[str], typer.Option(help="Text put before each input (default: 'query: ' for E5 models, else none).")] = None,
     reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", help="7-bit int8 weights (default: on for x86 CPUs without VNNI).")] = None,
+    calibration: Annotated[str, typer.Option(help="int8-static activation ranges: minmax, percentile or entropy.")] = "minmax",
     quantize_embeddings: Annotated[Optional[bool], typer.Option("--quantize-embeddings/--no-quantize-embeddings", help="4-bit block-quantise embedding tables (default: on for int8 and int4).")] = None,
     min_cosine: Annotated[Optional[float], typer.Option(help="Parity threshold: minimum mean cosine with PyTorch (default per quantisation).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Write the export even if it fails its parity threshold.")] = False,
@@ -48,7 +49,7 @@ def export_command(
 
     result = export(model, output, format=format, quantize=quantize, bundle=bundle, languages=languages,
                     texts=_parse_texts(text or []) or None, task=task, prefix=prefix, reduce_range=reduce_range,
-                    quantize_embeddings=quantize_embeddings, min_cosine=min_cosine, force=force, overwrite=overwrite,
+                    calibration=calibration, quantize_embeddings=quantize_embeddings, min_cosine=min_cosine, force=force, overwrite=overwrite,
                     cache_dir=cache_dir)
     out = Console()
     if as_json:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import logging
 import platform
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 QUANTIZE_CHOICES = ("none", "fp16", "int8-dynamic", "int8-static", "int4")
 
@@ -32,11 +37,22 @@ def default_reduce_range(flags: set[str] | None = None, machine: str | None = No
     return not ({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
 
 
-def _quiet() -> None:
-    """ORT's quantisers log advice at INFO/WARNING on the root logger; a CLI user needs none of it."""
-    for name in ("onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    logging.getLogger().setLevel(logging.ERROR)
+def _quiet(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run an ORT quantiser without its advice (INFO/WARNING on the root logger, calibrator prints), then restore
+    the caller's logging: a library must not change its host application's log levels."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        loggers = [logging.getLogger(n) for n in ("", "onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer")]
+        saved = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                return fn(*args, **kwargs)
+        finally:
+            for logger, level in zip(loggers, saved):
+                logger.setLevel(level)
+    return wrapper
 
 
 def _fp16_gather_scales(model: Any) -> None:
@@ -60,6 +76,7 @@ def _fp16_gather_scales(model: Any) -> None:
         model.graph.node.insert(list(model.graph.node).index(node) + 1, cast)
 
 
+@_quiet
 def quantize_embeddings(src: Path, dst: Path, block_size: int = 32) -> int:
     """Quantise every constant Gather (word, position, token-type embeddings) to 4-bit blocks with fp16 scales; return how many.
 
@@ -68,7 +85,6 @@ def quantize_embeddings(src: Path, dst: Path, block_size: int = 32) -> int:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    _quiet()
     axes = (("MatMul", 0), ("Gather", 1))
     config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, op_types_to_quantize=("Gather",),
                                           quant_axes=axes, bits=4)
@@ -83,11 +99,11 @@ def quantize_embeddings(src: Path, dst: Path, block_size: int = 32) -> int:
     return sum(n.op_type == "GatherBlockQuantized" for n in quantizer.model.model.graph.node)
 
 
+@_quiet
 def quantize_int8_dynamic(src: Path, dst: Path, per_channel: bool = True, reduce_range: bool | None = None) -> dict[str, Any]:
     """Dynamic int8 of constant-weight MatMuls and fused Attention (weights per channel, activations at run time)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    _quiet()
     reduce_range = default_reduce_range() if reduce_range is None else reduce_range
     quantize_dynamic(str(src), str(dst), per_channel=per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8,
                      op_types_to_quantize=["MatMul", "Attention"],
@@ -118,6 +134,7 @@ def _after_gelu_matmuls(path: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[0] in gelu_out]
 
 
+@_quiet
 def quantize_int8_static(src: Path, dst: Path, feeds: list[dict[str, Any]], per_channel: bool = True,
                          reduce_range: bool | None = None, method: str = "minmax") -> dict[str, Any]:
     """Static int8 (QDQ) of constant-weight MatMuls, activation ranges calibrated on ``feeds`` (target-language text).
@@ -127,7 +144,6 @@ def quantize_int8_static(src: Path, dst: Path, feeds: list[dict[str, Any]], per_
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    _quiet()
     reduce_range = default_reduce_range() if reduce_range is None else reduce_range
     calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
              "percentile": CalibrationMethod.Percentile}[method]
@@ -149,12 +165,12 @@ def quantize_int8_static(src: Path, dst: Path, feeds: list[dict[str, Any]], per_
             "ops": ["MatMul"], "dynamic_int8_after_gelu": len(dynamic_nodes)}
 
 
+@_quiet
 def quantize_int4(src: Path, dst: Path, block_size: int = 128) -> dict[str, Any]:
     """Weight-only int4 of constant-weight MatMuls (MatMulNBits, symmetric blocks along the input dimension)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    _quiet()
     config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, op_types_to_quantize=("MatMul",), bits=4,
                                           accuracy_level=4)
     quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=block_size, is_symmetric=True, accuracy_level=4,

@@ -112,6 +112,24 @@ def test_quantised_exports_pass_their_thresholds(tiny, texts, tmp_path, quantize
     assert ("MultiHeadAttention" in ops) == (quantize != "int8-dynamic"), ops
 
 
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_static_int8_with_histogram_calibration(tiny, texts, tmp_path, method):
+    """ORT's histogram calibrators stack every batch, so calibration batches are padded to one length first."""
+    import logging
+
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.INFO)  # the host application's choice, which quantising must leave as it was
+    try:
+        result = export(tiny["sequence-classification"], tmp_path / "q", quantize="int8-static", calibration=method,
+                        texts=texts, **FAST)
+        assert root.level == logging.INFO
+    finally:
+        root.setLevel(before)
+    assert result.parity["passed"], result.parity
+    assert result.quantization["calibration"] == method
+
+
 def test_reduce_range_default_follows_vnni():
     assert default_reduce_range({"avx2", "avx512f"}, "x86_64") is True
     assert default_reduce_range({"avx2", "avx512_vnni"}, "x86_64") is False
@@ -262,6 +280,9 @@ def test_bad_inputs_get_clear_errors(tiny, texts, tmp_path):
         export(tiny["masked-lm"], tmp_path / "o", quantize="int3", texts=texts)
     with pytest.raises(InputError, match="unknown format"):
         export(tiny["masked-lm"], tmp_path / "o", format="tflite", texts=texts)
+    with pytest.raises(InputError, match="unknown calibration method") as info:
+        export(tiny["masked-lm"], tmp_path / "o", quantize="int8-static", calibration="kl", texts=texts)
+    assert "percentile" in info.value.hint
     with pytest.raises(InputError, match="no target-language text"):
         export(tiny["masked-lm"], tmp_path / "o")
     with pytest.raises(InputError, match="--bundle"):
