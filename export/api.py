@@ -193,9 +193,7 @@ def export(
     from .heads import detect_head, load_for_export, wrap
     from .runtime import make_tokenizer
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    source = resolve_model(model, cache_dir)
+    source = resolve_model(model, cache_dir)  # transformers' own verbosity is the caller's (the CLI turns it down)
     config = transformers.AutoConfig.from_pretrained(source.path)
     spec = detect_head(config, source.path, task=task, pooling=pooling, normalize=normalize)
     sources = _text_sources(texts, source.path, langs)

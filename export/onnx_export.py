@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,6 +9,7 @@ from typing import Any
 from mlcompress.errors import UnsupportedModelError
 
 from .heads import INPUT_NAMES
+from .quiet import quiet
 
 
 def export_onnx(module: Any, output_name: str, path: Path, pad_id: int = 0, vocab: int = 100) -> Path:
@@ -25,11 +23,9 @@ def export_onnx(module: Any, output_name: str, path: Path, pad_id: int = 0, voca
     ids[1, 6:] = pad_id
     batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=1, max=8192)
     shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
-    sink = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        with warnings.catch_warnings(), quiet("torch"):
             warnings.simplefilter("ignore")
-            logging.getLogger("torch").setLevel(logging.ERROR)
             program = torch.onnx.export(module, (ids, mask), dynamo=True, input_names=INPUT_NAMES,
                                         output_names=[output_name], dynamic_shapes=shapes, optimize=True,
                                         external_data=False, report=False, verbose=False)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 from pathlib import Path
 from typing import Any
+
+from .quiet import quiet
 
 
 def strip_metadata(model: Any) -> Any:
@@ -100,10 +99,7 @@ def optimize_graph(src: Path, dst: Path, model_type: str, num_heads: int, hidden
     ort_type = model_type if model_type in ("bert", "roberta", "distilbert", "bart", "gpt2") else "bert"
     if model_type in ("xlm-roberta", "camembert"):
         ort_type = "bert"
-    for name in ("onnxruntime.transformers", "onnx_model", "fusion_base", "onnxruntime"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    sink = io.StringIO()
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+    with quiet("onnxruntime.transformers", "onnx_model", "fusion_base", "onnxruntime"):
         options = FusionOptions(ort_type)
         options.enable_attention = fuse_attention
         options.use_multi_head_attention = attention == "mha"

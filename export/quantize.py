@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
-import logging
 import platform
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from .quiet import quiet
 
 T = TypeVar("T")
 
@@ -38,20 +37,12 @@ def default_reduce_range(flags: set[str] | None = None, machine: str | None = No
 
 
 def _quiet(fn: Callable[..., T]) -> Callable[..., T]:
-    """Run an ORT quantiser without its advice (INFO/WARNING on the root logger, calibrator prints), then restore
-    the caller's logging: a library must not change its host application's log levels."""
+    """Run an ORT quantiser without its advice (INFO/WARNING on the root logger, calibrator prints); the caller's
+    log levels are restored after: a library must not change its host application's logging."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
-        loggers = [logging.getLogger(n) for n in ("", "onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer")]
-        saved = [logger.level for logger in loggers]
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                return fn(*args, **kwargs)
-        finally:
-            for logger, level in zip(loggers, saved):
-                logger.setLevel(level)
+        with quiet("", "onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer"):
+            return fn(*args, **kwargs)
     return wrapper
 
 
