@@ -92,6 +92,22 @@ def _pooling_of(path: Path) -> str:
     return "mean"
 
 
+WORD_BOUNDARY_PIECES = ("▁", "Ġ")  # SentencePiece and byte-level BPE pieces that only mark a word start
+
+
+def word_positions(word_ids: list[int | None], input_ids: list[int], markers: set[int]) -> dict[int, int]:
+    """For each word, the position of its first sub-token that is not a bare word-boundary piece (else its first)."""
+    first: dict[int, int] = {}
+    content: dict[int, int] = {}
+    for pos, w in enumerate(word_ids):
+        if w is None:
+            continue
+        first.setdefault(w, pos)
+        if w not in content and input_ids[pos] not in markers:
+            content[w] = pos
+    return {w: content.get(w, p) for w, p in first.items()}
+
+
 class TorchEncoder(Encoder):
     """A ``save_pretrained`` checkpoint run with PyTorch and transformers."""
 
@@ -161,20 +177,23 @@ class TorchEncoder(Encoder):
         return self._run([prefix + t for t in texts], all_layers=True)
 
     def word_features(self, sentences: list[list[str]], layer: int = -1) -> list[np.ndarray]:
-        """One vector per word (its first sub-token's hidden state at ``layer``), per sentence; truncated words get zeros."""
+        """One vector per word (its first sub-token's hidden state at ``layer``), per sentence; truncated words get zeros.
+
+        A bare word-boundary piece ("▁" alone, as SentencePiece starts most Chinese and Japanese words) says
+        nothing about the word: the word's next piece stands for it then.
+        """
         out: list[np.ndarray | None] = [None] * len(sentences)
         order = np.argsort([sum(len(w) for w in s) for s in sentences], kind="stable")
+        vocab = self.tokenizer.get_vocab()
+        markers = {vocab[m] for m in WORD_BOUNDARY_PIECES if m in vocab}
         for i in range(0, len(sentences), self.batch_size):
             idx = order[i : i + self.batch_size]
             enc = self._tok([sentences[j] for j in idx], is_split_into_words=True)
             hidden = self._forward(enc).hidden_states[layer].float().cpu().numpy()
             for b, j in enumerate(idx):
                 feats = np.zeros((len(sentences[j]), hidden.shape[-1]), dtype=np.float32)
-                seen: set[int] = set()
-                for pos, w in enumerate(enc.word_ids(b)):
-                    if w is not None and w not in seen:
-                        seen.add(w)
-                        feats[w] = hidden[b, pos]
+                for w, pos in word_positions(enc.word_ids(b), enc["input_ids"][b].tolist(), markers).items():
+                    feats[w] = hidden[b, pos]
                 out[j] = feats
         return out  # type: ignore[return-value]
 

@@ -319,3 +319,23 @@ def test_import_is_light() -> None:
     code = "import sys, mlcompress.eval.cli, mlcompress.eval; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_word_features_stand_for_a_word_by_its_first_content_piece(models: dict[str, Path]) -> None:
+    """SentencePiece starts many words (most Chinese ones) with a bare "▁": the POS probe reads the next piece."""
+    import torch
+
+    from mlcompress.eval.encoders import TorchEncoder
+
+    enc = TorchEncoder("src", models["src"], device="cpu")
+    words = ["同樣", "Haus", "，"]
+    feats = enc.word_features([words])[0]
+    batch = enc._tok([words], is_split_into_words=True)
+    tokens = batch.tokens(0)
+    with torch.no_grad():
+        hidden = enc.model(**batch, output_hidden_states=True).hidden_states[-1][0].numpy()
+    for w in range(len(words)):
+        positions = [p for p, x in enumerate(batch.word_ids(0)) if x == w]
+        content = [p for p in positions if tokens[p] != "▁"] or positions
+        np.testing.assert_allclose(feats[w], hidden[content[0]], atol=1e-5)
+    assert any(tokens[p] == "▁" for p, x in enumerate(batch.word_ids(0)) if x == 0)  # the case this is about occurs

@@ -113,3 +113,14 @@ def test_retention_and_the_gate_both_ways() -> None:
     err = gate_error(failed, "/tmp/r")
     assert err.exit_code == 1 and "pos de accuracy: retention 0.750" in err.message and "/tmp/r" in err.hint
     assert summary([good, bad, diag])["pos"]["min_retention"] == pytest.approx(0.75)
+
+
+def test_word_positions_skip_a_bare_word_boundary_piece() -> None:
+    from mlcompress.eval.encoders import word_positions
+
+    # <s> ▁ 同 樣 ▁施 力 ▁ ， </s>: word 0 starts with a bare ▁ (id 6), word 1 does not, word 2 is only ▁ + piece
+    word_ids = [None, 0, 0, 0, 1, 1, 2, 2, None]
+    input_ids = [0, 6, 100, 101, 200, 201, 6, 300, 2]
+    assert word_positions(word_ids, input_ids, {6}) == {0: 2, 1: 4, 2: 7}
+    assert word_positions([None, 0, None], [0, 6, 2], {6}) == {0: 1}  # a word that is only the marker keeps it
+    assert word_positions(word_ids, input_ids, set()) == {0: 1, 1: 4, 2: 6}  # no markers: first sub-token
