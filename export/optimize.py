@@ -96,16 +96,18 @@ def optimize_graph(src: Path, dst: Path, model_type: str, num_heads: int, hidden
             src = dst.with_name(dst.stem + ".mask.onnx")
             onnx.save(model, str(src))
 
-    ort_type = model_type if model_type in ("bert", "roberta", "distilbert", "bart", "gpt2") else "bert"
-    if model_type in ("xlm-roberta", "camembert"):
-        ort_type = "bert"
+    from onnxruntime.transformers.optimizer import MODEL_TYPES
+
+    # ORT's optimiser knows encoders as "bert" (its list has no roberta or distilbert: those would come back unfused)
+    ort_type = model_type if model_type in MODEL_TYPES and model_type != "bart" else "bert"
     with quiet("onnxruntime.transformers", "onnx_model", "fusion_base", "onnxruntime"):
         options = FusionOptions(ort_type)
         options.enable_attention = fuse_attention
         options.use_multi_head_attention = attention == "mha"
         optimized = optimize_model(str(src), model_type=ort_type, num_heads=num_heads, hidden_size=hidden_size,
                                    opt_level=0, optimization_options=options)
-    stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+    statistics = getattr(optimized, "get_fused_operator_statistics", dict)
+    stats = {k: int(v) for k, v in statistics().items() if v}
     strip_metadata(optimized.model)
     optimized.save_model_to_file(str(dst), use_external_data_format=False)  # adds the com.microsoft opset import
     return stats

@@ -269,6 +269,30 @@ def test_missing_file_and_not_a_bundle(bundle_dir, tmp_path):
         verify(tmp_path / "nope")
 
 
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
+def test_other_encoder_families_export_with_fused_attention(family, texts, tmp_path, data_dir):
+    """ORT's optimiser lists no roberta or distilbert type: they are optimised as BERT, not returned unfused."""
+    import torch
+    import transformers
+    from tiny_models import build_bert, training_lines
+
+    tok_dir = build_bert(tmp_path / "tok", training_lines(data_dir)).path
+    tok = transformers.AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(0)
+    if family == "distilbert":
+        model = transformers.DistilBertModel(transformers.DistilBertConfig(vocab_size=len(tok), dim=32, n_layers=2,
+                                                                           n_heads=2, hidden_dim=64))
+    else:
+        cls, cfg = {"bert": (transformers.BertModel, transformers.BertConfig),
+                    "roberta": (transformers.RobertaModel, transformers.RobertaConfig)}[family]
+        model = cls(cfg(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, pad_token_id=tok.pad_token_id, max_position_embeddings=130))
+    model.save_pretrained(tmp_path / family)
+    tok.save_pretrained(tmp_path / family)
+    result = export(tmp_path / family, tmp_path / "out", quantize="int8-dynamic", texts=texts, **FAST)
+    assert result.parity["passed"] and result.fused_operators.get("Attention") == 2, result.fused_operators
+
+
 def test_unsupported_architecture_is_refused_and_nothing_written(tiny, texts, tmp_path):
     with pytest.raises(UnsupportedModelError, match="decoder or encoder-decoder"):
         export(tiny["gpt2"], tmp_path / "out", texts=texts, **FAST)
