@@ -30,19 +30,6 @@ STAGES = ("trim", "distill", "export", "eval")
 STAGE_DIRS = {"trim": "01-trim", "distill": "02-distill", "export": "03-export", "eval": "04-eval"}
 STAGE_PACKAGES = {"trim": "vocab_trim", "distill": "distill", "export": "export", "eval": "eval"}
 
-
-def code_digest(stage: str) -> str:
-    """sha256 of the stage package's source files: after an upgrade that changed a stage, a rerun redoes it."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(f"mlcompress.{STAGE_PACKAGES[stage]}")
-    if spec is None or spec.origin is None:
-        return "unknown"
-    root = Path(spec.origin).parent
-    h = hashlib.sha256()
-    for file in sorted(root.rglob("*.py")):
-        h.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes())
-    return h.hexdigest()
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # the default eval: tasks a vocabulary trim + int8 export can be judged on with an embedding-only bundle, on a CPU, in minutes
@@ -85,6 +72,20 @@ _STAGE_OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
 }
 _CHOICES = {("distill", "enabled"): ("auto", True, False), ("distill", "device"): ("auto", "cpu", "cuda"),
             ("eval", "candidates"): ("all", "final"), ("export", "format"): ("onnx", "tensorrt", "bnb")}
+
+
+def code_digest(stage: str) -> str:
+    """sha256 of the stage package's source files: after an upgrade that changed a stage, a rerun redoes it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(f"mlcompress.{STAGE_PACKAGES[stage]}")
+    if spec is None or spec.origin is None:
+        return "unknown"
+    root = Path(spec.origin).parent
+    h = hashlib.sha256()
+    for file in sorted(root.rglob("*.py")):
+        h.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes())
+    return h.hexdigest()
 
 
 def _type_names(types: tuple[type, ...]) -> str:

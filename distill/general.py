@@ -186,9 +186,12 @@ def distill_general(
     basis = None
     if narrow:  # the basis is kept in the work dir, so that a resumed run uses exactly the same one
         saved = work / PROJECTION_FILE
-        basis = load_file(str(saved))["basis"] if saved.is_file() else teacher_basis(teacher_model, blocks, mapping, hidden_size)
-        if accelerator.is_main_process and not saved.is_file():
-            save_file({"basis": basis}, str(saved))
+        if saved.is_file():
+            basis = load_file(str(saved))["basis"]
+        else:
+            basis = teacher_basis(teacher_model, blocks, mapping, hidden_size)
+            if accelerator.is_main_process:
+                save_file({"basis": basis}, str(saved))
         student, basis = narrow_student(student, hidden_size, basis)
     pooler = getattr(student.base_model, "pooler", None)
     if pooler is not None:  # not part of the phase-1 objective: keep it as copied (and out of DDP's gradient sync)

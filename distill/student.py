@@ -100,6 +100,11 @@ def check_hidden_size(config: object, hidden_size: int) -> None:
                          f"{heads} attention heads", f"pick one of: {valid}")
 
 
+def _narrow_norm(value: torch.Tensor, kind: str, P: torch.Tensor) -> torch.Tensor:
+    """A LayerNorm parameter in the subspace: the diagonal of P^T diag(gain) P for the gain, P^T b for the bias."""
+    return (P * P).T @ value if kind == "weight" else P.T @ value
+
+
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
     return scores.topk(k).indices.sort().values
 
@@ -115,7 +120,7 @@ def narrow_student(student: torch.nn.Module, hidden_size: int,
     check_hidden_size(config, hidden_size)
     d_t, heads, ff_t = int(config.hidden_size), int(config.num_attention_heads), int(config.intermediate_size)
     d_s, hd_t, hd_s = hidden_size, d_t // heads, hidden_size // heads
-    ff_s = max(1, round(int(ff_t) * d_s / d_t))
+    ff_s = max(1, round(ff_t * d_s / d_t))
     if basis is None:
         basis = principal_basis(student.get_input_embeddings().weight.detach(), d_s)
     if tuple(basis.shape) != (d_t, d_s):
@@ -134,7 +139,7 @@ def narrow_student(student: torch.nn.Module, hidden_size: int,
         if name.endswith(_READS):
             out[name] = value @ P
         elif "LayerNorm" in name or "layer_norm" in name:
-            out[name] = (P * P).T @ value if name.endswith("weight") else P.T @ value
+            out[name] = _narrow_norm(value, name.rpartition(".")[2], P)
         elif any(f"{s}.weight" in name for s in _SQUARE):
             out[name] = P.T @ value @ P
         elif any(f"{s}.bias" in name for s in _SQUARE):
@@ -185,7 +190,7 @@ def _narrow_layer(w: dict[str, torch.Tensor], P: torch.Tensor, heads: int, hd_t:
             cols = vo if module == o else ff
             out[rest] = P.T @ value[:, cols] if kind == "weight" else P.T @ value
         elif "LayerNorm" in module:
-            out[rest] = (P * P).T @ value if kind == "weight" else P.T @ value
+            out[rest] = _narrow_norm(value, kind, P)
         else:
             raise UnsupportedModelError(f"do not know how to narrow layer weight {rest}",
                                         "narrower students support BERT/XLM-R-style encoders; leave --hidden-size unset")

@@ -211,8 +211,6 @@ def _layer_map(teacher: torch.nn.Module, student: torch.nn.Module) -> list[int]:
     return list(range(k - 1, n_t, k))
 
 
-
-
 def _student_basis(teacher: torch.nn.Module, student: torch.nn.Module, student_dir: Path) -> torch.Tensor | None:
     """The phase-1 projection basis of a narrower student (None when the widths match)."""
     d_t, d_s = int(teacher.config.hidden_size), int(student.config.hidden_size)

@@ -16,13 +16,13 @@ from mlcompress.artifacts import atomic_output_dir, read_provenance, sha256_file
 from mlcompress.errors import GateError, InputError, OutputExistsError
 
 from .parity import AGREEMENT_THRESHOLDS, COSINE_THRESHOLDS
+from .quantize import QUANTIZE_CHOICES
 
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # static int8 activation ranges
 # How far ORT fuses attention before each quantisation: dynamic int8 quantises the fused Attention op itself
 # (QAttention); static int8 and int4 quantise MatMuls only, so they keep the projections apart; fp16 graphs
 # are checked on CPU, whose fused attention kernels are fp32-only.
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # static int8 activation ranges
 ATTENTION_FUSION = {"none": "fused", "int8-dynamic": "fused", "int8-static": "mha", "int4": "mha", "fp16": "none"}
-from .quantize import QUANTIZE_CHOICES
 
 FORMATS = ("onnx", "tensorrt", "bnb")
 MODEL_FILE = "model.onnx"

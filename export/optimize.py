@@ -85,19 +85,16 @@ def optimize_graph(src: Path, dst: Path, model_type: str, num_heads: int, hidden
     """
     if attention not in ("fused", "mha", "none"):
         raise ValueError(f"attention must be fused, mha or none, not {attention!r}")
-    fuse_attention = attention != "none"
     import onnx
     from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
+    from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
 
+    fuse_attention = attention != "none"
     if fuse_attention:
         model = onnx.load(str(src))
         if padding_mask_for_fusion(model):
             src = dst.with_name(dst.stem + ".mask.onnx")
             onnx.save(model, str(src))
-
-    from onnxruntime.transformers.optimizer import MODEL_TYPES
-
     # ORT's optimiser knows encoders as "bert" (its list has no roberta or distilbert: those would come back unfused)
     ort_type = model_type if model_type in MODEL_TYPES and model_type != "bart" else "bert"
     with quiet("onnxruntime.transformers", "onnx_model", "fusion_base", "onnxruntime"):
