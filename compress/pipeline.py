@@ -57,7 +57,8 @@ _STAGE_OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "enabled": ((bool, str), "auto"), "device": ((str,), "auto"), "every_k": ((int,), 2), "block_size": ((int,), 256),
         "max_blocks_per_language": ((int, _NONE), None), "steps": ((int,), 2000), "batch_size": ((int,), 32),
         "grad_accum": ((int,), 1), "lr": ((float, int), 1e-4), "mixed_precision": ((str,), "auto"),
-        "checkpoint_every": ((int,), 200), "seed": ((int,), 0),
+        "checkpoint_every": ((int,), 200), "seed": ((int,), 0), "time_budget": ((str, int, float, _NONE), None),
+        "objective": ((str,), "auto"), "layers": ((str, list, _NONE), None), "max_length": ((int,), 128),
     },
     "export": {
         "format": ((str,), "onnx"), "quantize": ((str,), "int8-dynamic"), "bundle": ((bool,), True),
@@ -71,6 +72,7 @@ _STAGE_OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     },
 }
 _CHOICES = {("distill", "enabled"): ("auto", True, False), ("distill", "device"): ("auto", "cpu", "cuda"),
+            ("distill", "objective"): ("auto", "embedding", "bistil"),
             ("eval", "candidates"): ("all", "final"), ("export", "format"): ("onnx", "tensorrt", "bnb")}
 
 
@@ -213,6 +215,14 @@ def validate_config(raw: dict[str, Any], base_dir: Path | None = None) -> dict[s
             raise InputError(f"config: stages.eval.min_retention is {ev['min_retention']}", "give a fraction such as 0.95")
         if ev["max_examples"] is not None and ev["max_examples"] < 2:
             raise InputError(f"config: stages.eval.max_examples is {ev['max_examples']}", "give at least 2 (or null for no cap)")
+    di = cfg["stages"].get("distill")
+    if di is not None and di["time_budget"] is not None:
+        from mlcompress.distill import parse_duration
+
+        try:
+            parse_duration(di["time_budget"])
+        except InputError as exc:
+            raise InputError(f"config: stages.distill.time_budget: {exc.message}", exc.hint) from exc
     ex = cfg["stages"].get("export")
     if ex is not None:
         from mlcompress.export.quantize import QUANTIZE_CHOICES
@@ -456,12 +466,14 @@ class Pipeline:
 
             def distill_body(target: Path, ctx: dict[str, Any]) -> dict[str, Any]:
                 from mlcompress.distill import distill_general
-                from mlcompress.distill.loop import TrainConfig
+                from mlcompress.distill import TrainConfig, parse_duration
 
                 tc = TrainConfig(steps=opts["steps"], batch_size=opts["batch_size"], grad_accum=opts["grad_accum"], lr=float(opts["lr"]),
                                  device=opts["device"], mixed_precision=opts["mixed_precision"],
-                                 checkpoint_every=opts["checkpoint_every"], seed=opts["seed"])
+                                 checkpoint_every=opts["checkpoint_every"], seed=opts["seed"],
+                                 time_budget=parse_duration(opts["time_budget"]), progress=False)
                 r = distill_general(current["path"], cfg["languages"], corpora, target, every_k=opts["every_k"],
+                                    layers=opts["layers"], objective=opts["objective"], max_length=opts["max_length"],
                                     block_size=opts["block_size"], max_blocks_per_language=opts["max_blocks_per_language"],
                                     train_config=tc, overwrite=True, restart=not ctx["resume"], cache_dir=cfg["cache_dir"])
                 return r.as_dict() if hasattr(r, "as_dict") else {}

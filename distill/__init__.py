@@ -10,7 +10,7 @@ from typing import Any
 
 _EXPORTS = {
     "DistillResult": "general", "Phase1Losses": "general", "distill_general": "general",
-    "TrainConfig": "loop", "layer_map": "student", "make_student": "student",
+    "TrainConfig": "loop", "parse_duration": "loop", "layer_map": "student", "make_student": "student",
     "Phase2Losses": "task", "distill_task": "task", "finetune_teacher": "task",
 }
 __all__ = sorted(_EXPORTS)

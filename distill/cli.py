@@ -14,7 +14,8 @@ Steps = Annotated[int, typer.Option(help="Optimizer steps.")]
 Batch = Annotated[int, typer.Option(help="Sequences per optimizer step, over all processes.")]
 Accum = Annotated[int, typer.Option(help="Gradient accumulation steps.")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda (an error if cuda is asked for and absent).")]
-Precision = Annotated[str, typer.Option(help="auto (bf16 on a GPU that has it), no, bf16 or fp16.")]
+Precision = Annotated[str, typer.Option(help="auto (bf16 on a GPU or an AVX512-BF16/AMX CPU), no, bf16 or fp16.")]
+Budget = Annotated[Optional[str], typer.Option(help="Time for the whole run, e.g. 30m or 1h: the step count is sized from the measured speed to end inside it (replaces --steps).")]
 Ckpt = Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps.")]
 Seed = Annotated[int, typer.Option(help="Seed of data order, masking and initialisation.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace OUTPUT if it exists (only once the new one is complete).")]
@@ -23,17 +24,35 @@ CacheDir = Annotated[Optional[Path], typer.Option(help="Cache for bundled models
 
 
 def _config(steps: int, batch_size: int, grad_accum: int, lr: float, device: str, precision: str, checkpoint_every: int,
-            seed: int):
-    from .loop import TrainConfig
+            seed: int, time_budget: str | None = None):
+    from .loop import TrainConfig, parse_duration
 
     return TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, device=device,
-                       mixed_precision=precision, checkpoint_every=checkpoint_every, seed=seed)
+                       mixed_precision=precision, checkpoint_every=checkpoint_every, seed=seed,
+                       time_budget=parse_duration(time_budget))
 
 
 def _report(result) -> None:
     from rich.console import Console
 
     Console().print_json(json.dumps(result.as_dict()))
+
+
+def _phase1_losses(objective: str, teacher: str, cache_dir, hidden: float, attention: float | None,
+                   pooled: float | None, relational: float | None, kind: str, logits: float, mlm: float):
+    """The objective's preset weights, with the ones given on the command line in their place."""
+    from mlcompress.embedding_profile import embedding_profile
+    from mlcompress.sources import resolve_model
+
+    from .general import Phase1Losses
+
+    if objective == "auto":
+        objective = "embedding" if embedding_profile(resolve_model(teacher, cache_dir).path, teacher).sentence_model else "bistil"
+    preset = Phase1Losses.preset(objective)
+    return Phase1Losses(hidden=hidden, attention=preset.attention if attention is None else attention,
+                        attention_kind=kind, logits=logits, mlm=mlm,
+                        pooled=preset.pooled if pooled is None else pooled,
+                        relational=preset.relational if relational is None else relational)
 
 
 @distill_app.command("general")
@@ -43,28 +62,36 @@ def general(
     corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="LANG=PATH (file, folder, datasets id), once per language.")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Output directory of the student.")] = Path("student"),
     every_k: Annotated[int, typer.Option(help="Keep every k-th teacher layer (2 halves the depth).")] = 2,
+    layers: Annotated[Optional[str], typer.Option(help="Teacher layers to copy, 0-based, e.g. 0,2,4,6,8,10 (overrides --every-k).")] = None,
+    objective: Annotated[str, typer.Option(help="auto (embedding for sentence-embedding teachers), embedding (single sentences with the prefix, pooled + relational + hidden terms) or bistil (hidden + attention on packed MLM blocks).")] = "auto",
+    prefix: Annotated[Optional[str], typer.Option(help="Text before each sentence (default: the model's own, e.g. 'query: ' for E5).")] = None,
+    max_length: Annotated[int, typer.Option(help="Longest sentence in tokens (embedding objective).")] = 128,
     hidden_size: Annotated[Optional[int], typer.Option(help="A narrower student of this width, initialised by projection (default: the teacher's).")] = None,
     block_size: Annotated[int, typer.Option(help="Tokens per packed block.")] = 256,
     max_blocks: Annotated[Optional[int], typer.Option(help="At most N blocks per language.")] = None,
     hidden_weight: Annotated[float, typer.Option(help="Weight of the hidden-state MSE.")] = 1.0,
-    attention_weight: Annotated[float, typer.Option(help="Weight of the attention-distribution loss.")] = 1.0,
+    attention_weight: Annotated[Optional[float], typer.Option(help="Weight of the attention-distribution loss (default: 1 for bistil, 0 for embedding).")] = None,
+    pooled_weight: Annotated[Optional[float], typer.Option(help="Weight of 1 - cosine of pooled embeddings (default: 10 for embedding, 0 for bistil).")] = None,
+    relational_weight: Annotated[Optional[float], typer.Option(help="Weight of the in-batch similarity MSE (default: 10 for embedding, 0 for bistil).")] = None,
     attention_loss: Annotated[str, typer.Option(help="mse or kl.")] = "mse",
     logit_weight: Annotated[float, typer.Option(help="Weight of MLM-logit KD (needs an MLM head).")] = 0.0,
     mlm_weight: Annotated[float, typer.Option(help="Weight of plain MLM (needs an MLM head).")] = 0.0,
     trim_vocab: Annotated[bool, typer.Option("--trim-vocab", help="First trim the teacher to the corpora's tokens.")] = False,
     steps: Steps = 2000, batch_size: Batch = 32, grad_accum: Accum = 1,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,
-    device: Device = "auto", precision: Precision = "auto", checkpoint_every: Ckpt = 200, seed: Seed = 0,
-    overwrite: Overwrite = False, restart: Restart = False, cache_dir: CacheDir = None,
+    device: Device = "auto", precision: Precision = "auto", time_budget: Budget = None, checkpoint_every: Ckpt = 200,
+    seed: Seed = 0, overwrite: Overwrite = False, restart: Restart = False, cache_dir: CacheDir = None,
 ) -> None:
     """Phase 1: distil a general bilingual student (every k-th layer of the teacher) on source and target text."""
-    from .general import Phase1Losses, distill_general
+    from .general import distill_general
 
-    losses = Phase1Losses(hidden=hidden_weight, attention=attention_weight, attention_kind=attention_loss,
-                          logits=logit_weight, mlm=mlm_weight)
-    result = distill_general(teacher, languages, corpus, output, every_k=every_k, hidden_size=hidden_size, block_size=block_size,
+    losses = _phase1_losses(objective, teacher, cache_dir, hidden_weight, attention_weight, pooled_weight,
+                            relational_weight, attention_loss, logit_weight, mlm_weight)
+    result = distill_general(teacher, languages, corpus, output, every_k=every_k, layers=layers, objective=objective,
+                             prefix=prefix, max_length=max_length, hidden_size=hidden_size, block_size=block_size,
                              max_blocks_per_language=max_blocks, losses=losses,
-                             train_config=_config(steps, batch_size, grad_accum, lr, device, precision, checkpoint_every, seed),
+                             train_config=_config(steps, batch_size, grad_accum, lr, device, precision, checkpoint_every,
+                                                  seed, time_budget),
                              trim_vocabulary=trim_vocab, overwrite=overwrite, restart=restart, cache_dir=cache_dir)
     _report(result)
 
@@ -85,15 +112,15 @@ def task(
     max_examples: Annotated[Optional[int], typer.Option(help="Use at most N training examples.")] = None,
     steps: Steps = 1000, batch_size: Batch = 32, grad_accum: Accum = 1,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
-    device: Device = "auto", precision: Precision = "auto", checkpoint_every: Ckpt = 200, seed: Seed = 0,
-    overwrite: Overwrite = False, restart: Restart = False, cache_dir: CacheDir = None,
+    device: Device = "auto", precision: Precision = "auto", time_budget: Budget = None, checkpoint_every: Ckpt = 200,
+    seed: Seed = 0, overwrite: Overwrite = False, restart: Restart = False, cache_dir: CacheDir = None,
 ) -> None:
     """Phase 2: distil a task-tuned teacher into the phase-1 student (optionally sparse)."""
     from mlcompress.errors import InputError
 
     from .task import Phase2Losses, distill_task, finetune_teacher
 
-    config = _config(steps, batch_size, grad_accum, lr, device, precision, checkpoint_every, seed)
+    config = _config(steps, batch_size, grad_accum, lr, device, precision, checkpoint_every, seed, time_budget)
     if (teacher is None) == (source is None):
         raise InputError("give exactly one of --teacher (already task-tuned) and --source (to fine-tune first)",
                          "e.g. --source bundled:multilingual-e5-small")

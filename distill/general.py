@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +23,17 @@ from .data import mixed_blocks, mlm_mask, step_rows
 from .losses import soft_cross_entropy
 from .loop import TrainConfig, make_accelerator, train
 from .objective import add_representation_terms, paired_forward
+from .sentence_objective import sentence_loss, sentence_pool
 from .student import PROJECTION_FILE, check_hidden_size, hidden_pairs, make_student, narrow_student, principal_basis
-from .workdir import close_work_dir, open_work_dir
+from .workdir import close_work_dir, open_work_dir, work_dir_for
 
 
 @dataclass
 class Phase1Losses:
-    """Weights of the phase-1 objective; BiStil uses hidden-state and attention losses."""
+    """Weights of the phase-1 objective; BiStil uses hidden-state and attention losses.
+
+    ``pooled`` and ``relational`` weigh the sentence-embedding terms of the ``embedding`` objective.
+    """
 
     hidden: float = 1.0
     attention: float = 1.0
@@ -34,6 +41,18 @@ class Phase1Losses:
     logits: float = 0.0  # KD on MLM logits (teacher and student need an MLM head)
     mlm: float = 0.0  # plain MLM cross-entropy on masked tokens
     temperature: float = 2.0
+    pooled: float = 0.0  # 1 - cosine of pooled sentence embeddings (embedding objective)
+    relational: float = 0.0  # MSE of in-batch similarity matrices (embedding objective)
+
+    @classmethod
+    def preset(cls, objective: str) -> Phase1Losses:
+        """The default weights of an objective: ``bistil`` (hidden + attention) or ``embedding``."""
+        if objective == "embedding":
+            return cls(hidden=1.0, attention=0.0, pooled=10.0, relational=10.0)
+        return cls()
+
+
+OBJECTIVES = ("auto", "bistil", "embedding")
 
 
 @dataclass
@@ -49,6 +68,8 @@ class DistillResult:
     final: dict[str, float] = field(default_factory=dict)
     params_teacher: int = 0
     params_student: int = 0
+    objective: str = "bistil"
+    tokens: int = 0  # real (unpadded) tokens seen over the whole run
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -115,33 +136,44 @@ def distill_general(
     output: str | os.PathLike[str] = "student",
     *,
     every_k: int = 2,
+    layers: str | list[int] | None = None,
+    objective: str = "auto",
     hidden_size: int | None = None,
     block_size: int = 256,
     max_blocks_per_language: int | None = None,
+    max_length: int = 128,
+    short_span_share: float = 0.3,
+    max_sentences_per_language: int | None = None,
+    prefix: str | None = None,
     losses: Phase1Losses | None = None,
     train_config: TrainConfig | None = None,
     trim_vocabulary: bool = False,
     overwrite: bool = False,
     restart: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    snapshots: tuple[float, ...] = (),
     stop_after: int | None = None,
 ) -> DistillResult:
-    """Phase 1: copy every k-th teacher layer into a student and distil it on the languages' text.
+    """Phase 1: copy every k-th teacher layer (or ``layers``) into a student and distil it on the languages' text.
 
-    Resumes an interrupted run to the same output (checkpoints live in a hidden sibling of it).
-    ``trim_vocabulary`` first trims the teacher to the tokens the corpora use (mlcompress trim).
-    ``hidden_size`` makes a narrower student, initialised by projection onto the principal subspace of the
-    teacher's hidden states on the training text (the basis is saved as ``hidden_projection.safetensors``).
+    ``objective``: ``bistil`` matches hidden states and attention on packed MLM blocks; ``embedding`` trains on
+    single sentences with the model's prefix and adds pooled-embedding and relational terms; ``auto`` picks
+    ``embedding`` for sentence-embedding teachers (known from their configuration or provenance).
+    Resumes an interrupted run to the same output (checkpoints live in a hidden sibling of it). A
+    ``train_config.time_budget`` sizes the run to end inside it. ``trim_vocabulary`` first trims the
+    teacher to the tokens the corpora use. ``hidden_size`` makes a narrower student, initialised by
+    projection onto the principal subspace of the teacher's hidden states (saved as
+    ``hidden_projection.safetensors``). ``snapshots`` (shares of the run, e.g. ``(0.25, 0.5)``) also save
+    the student part-way, under ``OUTPUT/snapshots/``.
     """
-    from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
-
     from mlcompress.corpus import parse_corpora
+    from mlcompress.embedding_profile import embedding_profile
     from mlcompress.languages import parse_languages
 
-    losses = losses or Phase1Losses()
+    started = time.perf_counter()
     config = train_config or TrainConfig()
-    if losses.attention_kind not in ("mse", "kl"):
-        raise InputError(f"unknown attention loss {losses.attention_kind!r}", "use mse or kl")
+    if objective not in OBJECTIVES:
+        raise InputError(f"unknown objective {objective!r}", "use auto, bistil or embedding")
     langs = parse_languages(languages)
     if len(langs) < 2:
         raise LanguageError("phase 1 needs a source and a target language", "pass two languages, e.g. -l en,el")
@@ -152,74 +184,164 @@ def distill_general(
                             "pass --corpus LANG=PATH for the source and the target language")
     out = Path(output).expanduser().absolute()
     source = resolve_model(teacher, cache_dir)
+    profile = embedding_profile(source.path, str(teacher))
+    if prefix is not None:
+        profile = replace(profile, prefix=prefix)
+    if objective == "auto":
+        objective = "embedding" if profile.sentence_model else "bistil"
+    losses = losses or Phase1Losses.preset(objective)
+    if losses.attention_kind not in ("mse", "kl"):
+        raise InputError(f"unknown attention loss {losses.attention_kind!r}", "use mse or kl")
+    data = {"block_size": block_size, "max_blocks": max_blocks_per_language} if objective == "bistil" else \
+        {"prefix": profile.prefix, "pooling": profile.pooling, "max_length": max_length,
+         "short_span_share": short_span_share, "max_sentences": max_sentences_per_language}
     settings = {"teacher": str(source.path), "languages": langs, "corpora": {k: [c.fingerprint() for c in v] for k, v in texts.items()},
-                "every_k": every_k, "hidden_size": hidden_size, "block_size": block_size, "max_blocks": max_blocks_per_language,
+                "every_k": every_k, "layers": layers, "objective": objective, "data": data, "hidden_size": hidden_size,
                 "losses": asdict(losses), "train": {k: v for k, v in asdict(config).items() if k != "progress"},
                 "trim_vocabulary": trim_vocabulary}
-    narrow = hidden_size is not None
-    if narrow:  # a width the teacher cannot be narrowed to fails before anything is written
-        from transformers import AutoConfig
-
-        teacher_config = AutoConfig.from_pretrained(source.path)
-        narrow = hidden_size != teacher_config.hidden_size
-        if narrow:
-            check_hidden_size(teacher_config, hidden_size)
+    narrow = _check_width(source.path, hidden_size)
     accelerator = make_accelerator(config)  # device errors before anything is written
     work = open_work_dir(out, settings, overwrite, restart)
+    teacher_dir = _teacher_dir(source.path, langs, texts, work, trim_vocabulary, cache_dir)
+    run = _Phase1Run(teacher_dir, langs, texts, objective, losses, data, config, every_k, layers)
+    if narrow:
+        run.narrow(work, hidden_size, accelerator.is_main_process)
+    run.teacher.eval().requires_grad_(False).to(accelerator.device)
+    save_profile = profile if objective == "embedding" or profile.sentence_model else None
+    on_step = _snapshotter(run, out, snapshots, accelerator, save_profile) if snapshots else None
+    state = train(run.student, run.loss_fn(), run.batches(), config, work, accelerator, stop_after=stop_after,
+                  started_at=started, on_step=on_step)
+    result = DistillResult(out, run.mapping, state.step, state.resumed_from, state.seconds,
+                           state.run_tokens / state.seconds if state.seconds else 0.0, state.last,
+                           run.teacher.num_parameters(), run.student.num_parameters(), objective, state.tokens)
+    if state.step < state.planned:  # stopped early (tests): leave the checkpoints for a resume
+        return result
+    if accelerator.is_main_process:
+        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+            run.save(accelerator.unwrap_model(run.student), tmp, save_profile)
+            write_provenance(tmp, "distill-general", {**settings, "layer_map": run.mapping},
+                             [source.describe()], {**result.as_dict(), run.sizes_key: run.sizes})
+            snap = work_dir_for(out) / "snapshots"
+            if snap.is_dir():
+                shutil.move(str(snap), str(tmp / "snapshots"))
+        close_work_dir(work, out)
+    accelerator.wait_for_everyone()
+    return result
 
-    teacher_dir = source.path
-    if trim_vocabulary:
-        from mlcompress.vocab_trim import trim
 
-        teacher_dir = work / "teacher-trimmed"
-        if not (teacher_dir / "config.json").is_file():
-            trim(source.path, langs, {k: [c.spec for c in v] for k, v in texts.items()}, teacher_dir, overwrite=True,
-                 cache_dir=cache_dir)
-    tok = AutoTokenizer.from_pretrained(teacher_dir)
-    model_cls = AutoModelForMaskedLM if (losses.logits or losses.mlm) else AutoModel
-    teacher_model = model_cls.from_pretrained(teacher_dir, dtype=torch.float32)
-    if losses.attention:
-        use_capture_backend(teacher_model)
-    student, mapping = make_student(teacher_model, every_k)
-    blocks, per_lang = mixed_blocks(tok, {lang: [line for c in texts[lang] for line in c.lines()] for lang in langs},
-                                    block_size, max_blocks_per_language)
-    basis = None
-    if narrow:  # the basis is kept in the work dir, so that a resumed run uses exactly the same one
+def _check_width(teacher_dir: Path, hidden_size: int | None) -> bool:
+    """Whether a narrower student is asked for; a width the teacher cannot be narrowed to fails here."""
+    if hidden_size is None:
+        return False
+    from transformers import AutoConfig
+
+    teacher_config = AutoConfig.from_pretrained(teacher_dir)
+    if hidden_size == teacher_config.hidden_size:
+        return False
+    check_hidden_size(teacher_config, hidden_size)
+    return True
+
+
+def _teacher_dir(source: Path, langs: list[str], texts: dict[str, Any], work: Path, trim_vocabulary: bool,
+                 cache_dir: str | os.PathLike[str] | None) -> Path:
+    """The teacher to distil from: the source, or its trim to the corpora's tokens (kept in the work dir)."""
+    if not trim_vocabulary:
+        return source
+    from mlcompress.vocab_trim import trim
+
+    teacher_dir = work / "teacher-trimmed"
+    if not (teacher_dir / "config.json").is_file():
+        trim(source, langs, {k: [c.spec for c in v] for k, v in texts.items()}, teacher_dir, overwrite=True,
+             cache_dir=cache_dir)
+    return teacher_dir
+
+
+def _snapshotter(run: _Phase1Run, out: Path, shares: tuple[float, ...], accelerator, profile: Any):
+    """An ``on_step`` hook that saves the student when the run passes each share of its planned steps."""
+    done: set[float] = set()
+    target = work_dir_for(out) / "snapshots"
+
+    def on_step(step: int, planned: int, model: torch.nn.Module) -> None:
+        for share in shares:
+            if share not in done and share < 1 and step >= max(1, round(share * planned)):
+                done.add(share)
+                if accelerator.is_main_process:
+                    run.save(model, target / f"at-{round(share * 100):03d}pct-step-{step:07d}", profile, extra={"share": share, "planned": planned})
+
+    return on_step
+
+
+class _Phase1Run:
+    """Teacher, student, data and loss of one phase-1 run, built from its settings."""
+
+    def __init__(self, teacher_dir: Path, langs: list[str], texts: dict[str, Any], objective: str,
+                 losses: Phase1Losses, data: dict[str, Any], config: TrainConfig, every_k: int,
+                 layers: str | list[int] | None) -> None:
+        from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
+
+        self.objective, self.losses, self.data, self.config = objective, losses, data, config
+        self.tok = AutoTokenizer.from_pretrained(teacher_dir)
+        model_cls = AutoModelForMaskedLM if (losses.logits or losses.mlm) else AutoModel
+        self.teacher = model_cls.from_pretrained(teacher_dir, dtype=torch.float32)
+        if losses.attention:
+            use_capture_backend(self.teacher)
+        self.student, self.mapping = make_student(self.teacher, every_k, layers)
+        lines = {lang: [line for c in texts[lang] for line in c.lines()] for lang in langs}
+        if objective == "bistil":
+            self.blocks, self.sizes = mixed_blocks(self.tok, lines, data["block_size"], data["max_blocks"])
+        else:
+            self.pool = sentence_pool(self.tok, lines, data["prefix"], data["max_length"], data["short_span_share"],
+                                      config.seed, data["max_sentences"])
+            self.sizes = self.pool.sizes()
+        self.sizes_key = "blocks_per_language" if objective == "bistil" else "sentences_per_language"
+        self.basis: torch.Tensor | None = None
+        pooler = getattr(self.student.base_model, "pooler", None)
+        if pooler is not None:  # not part of the phase-1 objective: keep it as copied (and out of DDP's gradient sync)
+            pooler.requires_grad_(False)
+        if losses.attention:
+            use_capture_backend(self.student)
+
+    def narrow(self, work: Path, hidden_size: int, main_process: bool) -> None:
+        """Make the student narrower; the basis is kept in the work dir, so that a resumed run uses the same one."""
         saved = work / PROJECTION_FILE
         if saved.is_file():
             basis = load_file(str(saved))["basis"]
         else:
-            basis = teacher_basis(teacher_model, blocks, mapping, hidden_size)
-            if accelerator.is_main_process:
+            sample = self.blocks if self.objective == "bistil" else self.batches()(0)["input_ids"]
+            basis = teacher_basis(self.teacher, sample, self.mapping, hidden_size)
+            if main_process:
                 save_file({"basis": basis}, str(saved))
-        student, basis = narrow_student(student, hidden_size, basis)
-    pooler = getattr(student.base_model, "pooler", None)
-    if pooler is not None:  # not part of the phase-1 objective: keep it as copied (and out of DDP's gradient sync)
-        pooler.requires_grad_(False)
-    if losses.attention:
-        use_capture_backend(student)
-    teacher_model.eval().requires_grad_(False).to(accelerator.device)
+        self.student, self.basis = narrow_student(self.student, hidden_size, basis)
+        pooler = getattr(self.student.base_model, "pooler", None)
+        if pooler is not None:
+            pooler.requires_grad_(False)
+        if self.losses.attention:
+            use_capture_backend(self.student)
 
-    specials = sorted(set(tok.all_special_ids))
-    vocab = teacher_model.get_input_embeddings().num_embeddings
-    batches = block_batches(blocks, config.batch_size, config.seed, vocab, tok.mask_token_id, specials)
-    state = train(student, phase1_loss(teacher_model, mapping, losses, basis), batches, config, work, accelerator,
-                  stop_after=stop_after)
-    result = DistillResult(out, mapping, state.step, state.resumed_from, state.seconds,
-                           state.run_tokens / state.seconds if state.seconds else 0.0, state.last,
-                           teacher_model.num_parameters(), student.num_parameters())
-    if state.step < config.steps:  # stopped early (tests): leave the checkpoints for a resume
-        return result
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(student)
-        final.config.mlcompress_layer_map = mapping
-        with atomic_output_dir(out, overwrite=overwrite) as tmp:
-            final.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            if basis is not None:  # phase 2 matches hidden states through the same basis
-                save_file({"basis": basis.contiguous()}, str(tmp / PROJECTION_FILE))
-            write_provenance(tmp, "distill-general", {**settings, "layer_map": mapping},
-                             [source.describe()], {**result.as_dict(), "blocks_per_language": per_lang})
-        close_work_dir(work, out)
-    accelerator.wait_for_everyone()
-    return result
+    def loss_fn(self):
+        if self.objective == "bistil":
+            return phase1_loss(self.teacher, self.mapping, self.losses, self.basis)
+        return sentence_loss(self.teacher, self.mapping, self.losses, self.data["pooling"], self.basis)
+
+    def batches(self):
+        if self.objective == "bistil":
+            specials = sorted(set(self.tok.all_special_ids))
+            vocab = self.teacher.get_input_embeddings().num_embeddings
+            return block_batches(self.blocks, self.config.batch_size, self.config.seed, vocab, self.tok.mask_token_id,
+                                 specials)
+        return self.pool.batch_for_step(self.config.batch_size, self.config.seed)
+
+    def save(self, model: torch.nn.Module, directory: Path, profile: Any, extra: dict[str, Any] | None = None) -> None:
+        """Write the student as a loadable model directory (weights, tokenizer, layer map, basis, prompts)."""
+        from mlcompress.embedding_profile import write_sentence_transformers_config
+
+        directory.mkdir(parents=True, exist_ok=True)
+        model.config.mlcompress_layer_map = self.mapping
+        model.save_pretrained(directory)
+        self.tok.save_pretrained(directory)
+        if self.basis is not None:  # phase 2 matches hidden states through the same basis
+            save_file({"basis": self.basis.contiguous()}, str(directory / PROJECTION_FILE))
+        if profile is not None:
+            write_sentence_transformers_config(directory, profile)
+        if extra is not None:
+            (directory / "snapshot.json").write_text(json.dumps(extra) + "\n", encoding="utf-8")

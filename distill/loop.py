@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -37,7 +38,8 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0
     device: str = "auto"  # auto, cpu or cuda
-    mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it), no, bf16 or fp16
+    mixed_precision: str = "auto"  # auto (bf16 on a GPU or CPU that has it), no, bf16 or fp16
+    time_budget: float | None = None  # seconds for the whole run: the step count is sized to end inside it
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -52,6 +54,36 @@ class TrainConfig:
             raise InputError(f"unknown device {self.device!r}", "use auto, cpu or cuda")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise InputError(f"unknown mixed precision {self.mixed_precision!r}", "use auto, no, bf16 or fp16")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise InputError(f"time budget {self.time_budget} s is not positive", "e.g. --time-budget 30m")
+
+
+def parse_duration(text: str | float | int | None) -> float | None:
+    """Seconds in a duration such as ``90``, ``90s``, ``30m``, ``1.5h`` or ``1h30m`` (None stays None)."""
+    if text is None or isinstance(text, (int, float)):
+        return None if text is None else float(text)
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms]?)", text.strip().lower())
+    if not parts or re.sub(r"[\d.\shms]", "", text.lower()) or "".join(n + u for n, u in parts) != re.sub(r"\s", "", text.lower()):
+        raise InputError(f"cannot read the duration {text!r}", "write it as 45m, 1h, 1h30m or 900s")
+    seconds = sum(float(n) * units[u] for n, u in parts)
+    if seconds <= 0:
+        raise InputError(f"duration {text!r} is not positive", "e.g. 30m")
+    return seconds
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix products natively (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(check()) for check in checks if check is not None)
+
+
+def auto_precision(use_cpu: bool) -> str:
+    """bf16 where the device computes it natively (a GPU with bf16, or an AVX512-BF16/AMX CPU), else fp32."""
+    if use_cpu:
+        return "bf16" if cpu_has_bf16() else "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "no"
 
 
 @dataclass
@@ -64,6 +96,7 @@ class TrainState:
     seconds: float = 0.0
     tokens: int = 0  # over the whole run, resumed parts included
     run_tokens: int = 0  # in this process's run only, for throughput
+    planned: int = 0  # the step count of the schedule (config.steps, or the time budget's plan)
 
 
 def make_accelerator(config: TrainConfig):
@@ -78,7 +111,7 @@ def make_accelerator(config: TrainConfig):
     use_cpu = config.device == "cpu" or not torch.cuda.is_available()
     precision = config.mixed_precision
     if precision == "auto":
-        precision = "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "no"
+        precision = auto_precision(use_cpu)
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=precision, step_scheduler_with_optimizer=False)
     set_seed(config.seed)
     return accelerator
@@ -90,16 +123,78 @@ def _checkpoints(work_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+class LinearSchedule:
+    """Linear warm-up then linear decay to zero at ``total`` steps; ``total`` may be set once a time budget is planned.
+
+    An object (not a closure), so that LambdaLR saves and restores ``total`` and ``warmup_ratio`` with a checkpoint.
+    """
+
+    def __init__(self, total: int, warmup_ratio: float) -> None:
+        self.total, self.warmup_ratio = int(total), float(warmup_ratio)
+
+    def __call__(self, step: int) -> float:
+        warmup = math.ceil(self.warmup_ratio * self.total)
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (self.total - step) / max(1, self.total - warmup))
+
+
+class BudgetPlan:
+    """Sizes the step count to a time budget: time a few warm-up steps, then fit the schedule into what is left.
+
+    The plan is re-checked at each log step and shrunk if the run has slowed down enough to overrun.
+    """
+
+    WARMUP_STEPS = 1  # untimed (allocations, first-call costs)
+    TIMED_STEPS = 5  # timed, or fewer once they take TIMED_SHARE of the budget
+    TIMED_SHARE = 0.03
+    RESERVE = 0.03  # share of the budget kept for the final save
+
+    def __init__(self, budget: float | None, started_at: float, planned: int | None) -> None:
+        self.budget, self.started_at, self.planned = budget, started_at, planned
+        self.timer: tuple[int, float] | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.budget is not None
+
+    def deadline(self) -> float:
+        return self.started_at + self.budget * (1 - self.RESERVE)
+
+    def observe(self, step: int, now: float, schedule: LinearSchedule) -> bool:
+        """Called after each step; returns True when the plan (``self.planned``) changed."""
+        if not self.active:
+            return False
+        if self.timer is None:
+            if step >= self.WARMUP_STEPS or self.planned is not None:
+                self.timer = (step, now)
+            return False
+        first, t0 = self.timer
+        done = step - first
+        if done < 1 or (done < self.TIMED_STEPS and now - t0 < self.TIMED_SHARE * self.budget):
+            return False
+        per_step = (now - t0) / done
+        fits = step + max(0, int((self.deadline() - now) / per_step))
+        if self.planned is None or fits < self.planned - max(2, 0.02 * self.planned):
+            self.planned = max(step + 1, fits)
+            schedule.total = self.planned
+            return True
+        return False
+
+
 def train(model: torch.nn.Module, loss_fn: LossFn, batch_for_step: Callable[[int], dict[str, torch.Tensor]],
           config: TrainConfig, work_dir: str | os.PathLike[str], accelerator=None, *,
-          after_step: Callable[[torch.nn.Module], None] | None = None, stop_after: int | None = None) -> TrainState:
+          after_step: Callable[[torch.nn.Module], None] | None = None, stop_after: int | None = None,
+          started_at: float | None = None,
+          on_step: Callable[[int, int, torch.nn.Module], None] | None = None) -> TrainState:
     """Run ``config.steps`` optimizer steps of ``loss_fn``, resuming from the newest checkpoint in ``work_dir``.
 
+    With ``config.time_budget`` the step count is planned from the measured speed instead, so that the
+    schedule ends inside the budget counted from ``started_at`` (default: now); a resumed run keeps its plan.
     ``after_step`` runs on the unwrapped model after every optimizer step (sparse fine-tuning resets
-    unselected entries there). ``stop_after`` ends the run early, as a kill would (for tests).
+    unselected entries there); ``on_step(step, planned_steps, model)`` after it. ``stop_after`` ends the run
+    early, as a kill would (for tests).
     """
-    from transformers import get_linear_schedule_with_warmup
-
     accelerator = accelerator or make_accelerator(config)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -107,66 +202,33 @@ def train(model: torch.nn.Module, loss_fn: LossFn, batch_for_step: Callable[[int
     if config.batch_size % (world * config.grad_accum):
         raise InputError(f"batch size {config.batch_size} does not split over {world} process(es) x "
                          f"{config.grad_accum} accumulation step(s)", "choose a batch size divisible by their product")
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * config.steps), config.steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-
+    model, optimizer, scheduler, schedule = _prepare(model, config, accelerator)
     state = TrainState()
     existing = _checkpoints(work)
+    saved_plan = None
     if existing:
         accelerator.load_state(str(existing[-1]))
         saved = json.loads((existing[-1] / "trainer_state.json").read_text())
         state.step = state.resumed_from = saved["step"]
         state.tokens = saved.get("tokens", 0)
-    metrics = work / "metrics.jsonl"
+        saved_plan = saved.get("planned_steps")
+    plan = BudgetPlan(config.time_budget, time.perf_counter() if started_at is None else started_at, saved_plan)
+    state.planned = schedule.total = saved_plan or (config.steps if not plan.active else schedule.total)
     start_time, start_step = time.perf_counter(), state.step
-    progress = _Progress(config.steps, state.step, enabled=config.progress and accelerator.is_main_process)
-
+    progress = _Progress(state.planned, state.step, enabled=config.progress and accelerator.is_main_process)
     model.train()
-    while state.step < config.steps:
-        batch = batch_for_step(state.step)
-        rows = next(iter(batch.values())).shape[0]
-        share = rows // world
-        local = {k: v[rank * share:(rank + 1) * share] for k, v in batch.items()}
-        micro = share // config.grad_accum
-        figures: dict[str, torch.Tensor] = {}  # detached; turned into floats only when logged (no sync per step)
-        for m in range(config.grad_accum):
-            part = {k: v[m * micro:(m + 1) * micro].to(accelerator.device) for k, v in local.items()}
-            sync = accelerator.no_sync(model) if m < config.grad_accum - 1 else contextlib.nullcontext()
-            with sync, accelerator.autocast():
-                loss, parts = loss_fn(model, part)
-                accelerator.backward(loss / config.grad_accum)
-            for k, v in parts.items():
-                figures[k] = figures.get(k, 0.0) + v / config.grad_accum
-        if config.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    while state.step < state.planned:
+        figures = _step(model, loss_fn, batch_for_step(state.step), config, accelerator, optimizer, scheduler, state)
         if after_step is not None:
             after_step(accelerator.unwrap_model(model))
-        state.step += 1
-        if "input_ids" in batch:
-            state.tokens += int(batch["input_ids"].numel())
-            state.run_tokens += int(batch["input_ids"].numel())
-        log_now = state.step % config.log_every == 0 or state.step == config.steps or state.step == stop_after
-        elapsed = time.perf_counter() - start_time
-        if log_now:
-            state.last = {k: float(v) for k, v in figures.items()}
-            progress.update(state.step, state.last)
-        if log_now and accelerator.is_main_process:
-            done = state.step - start_step
-            record = {"step": state.step, **{k: round(v, 6) for k, v in state.last.items()},
-                      "lr": scheduler.get_last_lr()[0], "elapsed_s": round(elapsed, 3),
-                      "eta_s": round(elapsed / done * (config.steps - state.step), 1)}
-            with metrics.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-        if state.step % config.checkpoint_every == 0 or state.step == config.steps:
+        if plan.observe(state.step, time.perf_counter(), schedule):
+            state.planned = plan.planned
+            progress.resize(state.planned)
+        if on_step is not None:
+            on_step(state.step, state.planned, accelerator.unwrap_model(model))
+        _log(state, figures, config, accelerator, scheduler, progress, work / "metrics.jsonl", start_time, start_step,
+             stop_after)
+        if state.step % _checkpoint_every(config, state) == 0 or state.step == state.planned:
             _save_checkpoint(accelerator, work, state, config.keep_checkpoints)
         if stop_after is not None and state.step >= stop_after:
             break
@@ -176,11 +238,81 @@ def train(model: torch.nn.Module, loss_fn: LossFn, batch_for_step: Callable[[int
     return state
 
 
+def _prepare(model: torch.nn.Module, config: TrainConfig, accelerator):
+    """AdamW (no decay on biases and norms) and the linear schedule, prepared by Accelerate."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    # with a time budget the total is provisional (a generous guess) until the warm-up steps are timed
+    schedule = LinearSchedule(config.steps if config.time_budget is None else 10**6, config.warmup_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    return model, optimizer, scheduler, schedule
+
+
+def _step(model, loss_fn: LossFn, batch: dict[str, torch.Tensor], config: TrainConfig, accelerator, optimizer,
+          scheduler, state: TrainState) -> dict[str, torch.Tensor]:
+    """One optimizer step over this process's share of the global batch; returns the detached loss parts."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    rows = next(iter(batch.values())).shape[0]
+    share = rows // world
+    local = {k: v[rank * share:(rank + 1) * share] for k, v in batch.items()}
+    micro = share // config.grad_accum
+    figures: dict[str, torch.Tensor] = {}  # detached; turned into floats only when logged (no sync per step)
+    for m in range(config.grad_accum):
+        part = {k: v[m * micro:(m + 1) * micro].to(accelerator.device) for k, v in local.items()}
+        sync = accelerator.no_sync(model) if m < config.grad_accum - 1 else contextlib.nullcontext()
+        with sync, accelerator.autocast():
+            loss, parts = loss_fn(model, part)
+            accelerator.backward(loss / config.grad_accum)
+        for k, v in parts.items():
+            figures[k] = figures.get(k, 0.0) + v / config.grad_accum
+    if config.max_grad_norm:
+        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    if "input_ids" in batch:  # real tokens: padding is not counted
+        mask = batch.get("attention_mask")
+        n = int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+        state.tokens += n
+        state.run_tokens += n
+    return figures
+
+
+def _checkpoint_every(config: TrainConfig, state: TrainState) -> int:
+    """Steps between checkpoints: the configured interval, and with a time budget at least five per run."""
+    if config.time_budget is None:
+        return config.checkpoint_every
+    return max(1, min(config.checkpoint_every, state.planned // 5))
+
+
+def _log(state: TrainState, figures: dict[str, torch.Tensor], config: TrainConfig, accelerator, scheduler,
+         progress, metrics: Path, start_time: float, start_step: int, stop_after: int | None) -> None:
+    """Every ``log_every`` steps (and at the end): update the progress bar and append a line to metrics.jsonl."""
+    if not (state.step % config.log_every == 0 or state.step == state.planned or state.step == stop_after):
+        return
+    elapsed = time.perf_counter() - start_time
+    state.last = {k: float(v) for k, v in figures.items()}
+    progress.update(state.step, state.last)
+    if accelerator.is_main_process:
+        done = state.step - start_step
+        record = {"step": state.step, "planned_steps": state.planned, **{k: round(v, 6) for k, v in state.last.items()},
+                  "lr": scheduler.get_last_lr()[0], "tokens": state.tokens, "elapsed_s": round(elapsed, 3),
+                  "eta_s": round(elapsed / done * (state.planned - state.step), 1)}
+        with metrics.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
 def _save_checkpoint(accelerator, work: Path, state: TrainState, keep: int) -> None:
     target = work / "checkpoints" / f"step-{state.step:07d}"
     accelerator.save_state(str(target))
     if accelerator.is_main_process:
-        (target / "trainer_state.json").write_text(json.dumps({"step": state.step, "tokens": state.tokens}) + "\n")
+        (target / "trainer_state.json").write_text(json.dumps({"step": state.step, "tokens": state.tokens,
+                                                               "planned_steps": state.planned}) + "\n")
         for old in _checkpoints(work)[:-max(keep, 1)]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -199,6 +331,10 @@ class _Progress:
                                 TextColumn("{task.fields[figures]}"), transient=not sys.stderr.isatty())
             self.task = self.bar.add_task("steps", total=total, completed=done, figures="")
             self.bar.start()
+
+    def resize(self, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, total=total)
 
     def update(self, step: int, figures: dict[str, float]) -> None:
         if self.bar is not None:

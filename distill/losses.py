@@ -54,3 +54,21 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     else:
         per = per.mean()
     return per * t * t
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the hidden states over real tokens, in fp32 (sentence-transformers' mean pooling)."""
+    m = mask.unsqueeze(-1).to(torch.float32)
+    return (hidden.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def pooled_cosine_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """1 - cosine between student and teacher sentence embeddings, averaged over the batch."""
+    return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
+
+
+def relational_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """MSE between the in-batch cosine-similarity matrices of student and teacher embeddings (all languages)."""
+    s = F.normalize(student.float(), dim=-1)
+    t = F.normalize(teacher.float(), dim=-1)
+    return (s @ s.T - t @ t.T).pow(2).mean()

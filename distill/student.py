@@ -37,10 +37,25 @@ def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
                                 "distillation supports BERT-style encoders (BERT, XLM-R, multilingual-e5)")
 
 
-def make_student(teacher: torch.nn.Module, every_k: int = 2) -> tuple[torch.nn.Module, list[int]]:
-    """A copy of ``teacher`` that keeps every k-th layer; returns the student and its layer map."""
-    layers = encoder_layers(teacher)
-    mapping = layer_map(len(layers), every_k)
+def parse_layers(layers: str | list[int] | None, n_teacher_layers: int) -> list[int] | None:
+    """Teacher layers (0-based) to copy, from ``"1,3,5"`` or a list; sorted, distinct and in range."""
+    if layers is None or layers == "":
+        return None
+    try:
+        picked = [int(x) for x in (layers.split(",") if isinstance(layers, str) else layers)]
+    except ValueError as exc:
+        raise InputError(f"cannot read teacher layers {layers!r}", "give 0-based layer numbers, e.g. 0,2,4,7,9,11") from exc
+    if not picked or sorted(set(picked)) != picked or picked[0] < 0 or picked[-1] >= n_teacher_layers:
+        raise InputError(f"teacher layers {layers!r} must be distinct, increasing and within 0..{n_teacher_layers - 1}",
+                         "e.g. 1,3,5,7,9,11 (every second layer)")
+    return picked
+
+
+def make_student(teacher: torch.nn.Module, every_k: int = 2,
+                 layers: str | list[int] | None = None) -> tuple[torch.nn.Module, list[int]]:
+    """A copy of ``teacher`` that keeps every k-th layer (or the listed ``layers``); returns it and its layer map."""
+    n_layers = len(encoder_layers(teacher))
+    mapping = parse_layers(layers, n_layers) or layer_map(n_layers, every_k)
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(mapping)
     student = type(teacher)(config)

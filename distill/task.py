@@ -8,11 +8,13 @@ sparse fine-tuning), which keeps the student close to its general bilingual self
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from mlcompress.artifacts import atomic_output_dir, write_provenance
 from mlcompress.errors import InputError
@@ -27,6 +29,8 @@ from .sparse import SparseUpdate, select_by_movement
 from .student import PROJECTION_FILE, encoder_layers, hidden_pairs
 from .task_data import TASKS, encode_task, example_batches
 from .workdir import close_work_dir, open_work_dir
+
+DENSE_SHARE = 1 / 3  # of a time budget, for the dense pass that picks the sparse parameters
 
 
 @dataclass
@@ -79,7 +83,7 @@ def finetune_teacher(source: str | os.PathLike[str], task: str, train_file: str 
     result = DistillResult(out, [], state.step, state.resumed_from, state.seconds,
                            state.run_tokens / state.seconds if state.seconds else 0.0, state.last,
                            model.num_parameters(), model.num_parameters())
-    if state.step >= config.steps and accelerator.is_main_process:
+    if state.step >= state.planned and accelerator.is_main_process:
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
             accelerator.unwrap_model(model).save_pretrained(tmp)
             tok.save_pretrained(tmp)
@@ -133,6 +137,7 @@ def distill_task(teacher: str | os.PathLike[str], student: str | os.PathLike[str
                 "train_file": str(train_file), "losses": asdict(losses), "density": density, "dense_steps": dense_steps,
                 "max_examples": max_examples, "max_length": max_length,
                 "train": {k: v for k, v in asdict(config).items() if k != "progress"}}
+    started = time.perf_counter()
     accelerator = make_accelerator(config)  # device errors before anything is written
     work = open_work_dir(out, settings, overwrite, restart)
     cls = _auto_class(task)
@@ -158,18 +163,21 @@ def distill_task(teacher: str | os.PathLike[str], student: str | os.PathLike[str
     after_step, selected = None, None
     if density is not None:
         initial = {k: v.detach().clone() for k, v in student_model.state_dict().items()}
-        masks_file = work / "masks.pt"
+        masks_file = work / "masks.safetensors"
         if masks_file.is_file():
-            masks = torch.load(masks_file)
-        else:
-            dense_config = TrainConfig(**{**asdict(config), "steps": dense_steps or config.steps})
-            train(student_model, loss_fn, batches, dense_config, work / "dense", accelerator)
+            masks = {k: v.bool() for k, v in load_file(str(masks_file)).items()}
+        else:  # with a time budget, the dense pass that picks the parameters gets a third of it
+            dense_budget = None if config.time_budget is None else config.time_budget * DENSE_SHARE
+            dense_config = TrainConfig(**{**asdict(config), "steps": dense_steps or config.steps, "time_budget": dense_budget})
+            train(student_model, loss_fn, batches, dense_config, work / "dense", accelerator, started_at=started)
             trained = {k: v.detach().cpu() for k, v in accelerator.unwrap_model(student_model).state_dict().items()}
             head = tuple(n for n, _ in student_model.named_parameters() if n.startswith(("classifier", "score")))
             params = {n for n, _ in student_model.named_parameters()}
             masks = select_by_movement({k: v for k, v in initial.items() if k in params}, trained, density, always=head)
-            if accelerator.is_main_process:
-                torch.save(masks, masks_file)
+            if accelerator.is_main_process:  # safetensors (no pickle), renamed into place (a kill leaves no half file)
+                partial = masks_file.with_suffix(".partial")
+                save_file({k: m.to(torch.uint8).contiguous() for k, m in masks.items()}, str(partial))
+                os.replace(partial, masks_file)
         student_model = load_student()
         student_model.load_state_dict(initial)  # the lottery ticket: back to the start, train only the winners
         if losses.attention:
@@ -178,19 +186,17 @@ def distill_task(teacher: str | os.PathLike[str], student: str | os.PathLike[str
         after_step.freeze_unselected(student_model)
         selected = int(sum(m.sum() for m in masks.values()))
     state = train(student_model, loss_fn, batches, config, work / ("sparse" if density else "dense"), accelerator,
-                  after_step=after_step, stop_after=stop_after)
+                  after_step=after_step, stop_after=stop_after, started_at=started)
     result = DistillResult(out, mapping, state.step, state.resumed_from, state.seconds,
                            state.run_tokens / state.seconds if state.seconds else 0.0, state.last,
                            teacher_model.num_parameters(), student_model.num_parameters())
-    if state.step >= config.steps and accelerator.is_main_process:
+    if state.step >= state.planned and accelerator.is_main_process:
         final = accelerator.unwrap_model(student_model)
         final.requires_grad_(True)
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
             final.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             if density is not None:  # the selected entries, for users composing sparse fine-tunings
-                from safetensors.torch import save_file
-
                 save_file({k: m.to(torch.uint8).contiguous() for k, m in masks.items()}, str(tmp / "sparse_mask.safetensors"))
             write_provenance(tmp, "distill-task", {**settings, "layer_map": mapping}, [t_src.describe(), s_src.describe()],
                              {**result.as_dict(), "selected_parameters": selected})

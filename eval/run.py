@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -17,8 +16,6 @@ from .encoders import Encoder, load_encoder
 from .retention import Score, gate, gate_error, summary
 
 DEFAULT_TASKS = "retrieval,pos,nli,sts,fidelity,efficiency"
-E5_PREFIX = "query: "
-_E5 = re.compile(r"(^|[^a-z0-9])e5([^a-z0-9]|$)", re.IGNORECASE)
 _FALLBACK_SENTENCES = ["The weather is nice today.", "Das Wetter ist heute schön.", "Where is the train station?",
                        "Ich habe das Buch gestern gelesen.", "A man is playing a guitar on the street."]
 
@@ -86,14 +83,10 @@ class EvalReport:
 
 
 def detect_prefix(encoder: Encoder) -> str:
-    """``"query: "`` for E5 models (named so in the spec, path or provenance), else no prefix."""
-    from mlcompress.artifacts import read_provenance
+    """The model's own prefix ("query: " for E5 models), from its configuration or provenance (one detector for all stages)."""
+    from mlcompress.embedding_profile import embedding_profile
 
-    names = [encoder.spec, str(encoder.path)]
-    record = read_provenance(encoder.path) or {}
-    names += [str(v) for v in (record.get("parameters") or {}).values() if isinstance(v, str)]
-    names += [str(i.get("source", "")) for i in record.get("inputs") or [] if isinstance(i, dict)]
-    return E5_PREFIX if any(_E5.search(n) for n in names) else ""
+    return embedding_profile(encoder.path, encoder.spec).prefix
 
 
 def _check_output(output: str | os.PathLike[str] | None, overwrite: bool) -> None:

@@ -104,10 +104,10 @@ def _take(sources: dict[str, Any], n: int, skip: int) -> list[str]:
 
 
 def _auto_prefix(spec: str, model_dir: Path) -> str:
-    """E5 models expect "query: " before a sentence; detect them by name in the spec or the provenance chain."""
-    names = [spec, model_dir.name] + [str(e.get("source", "")) for e in (read_provenance(model_dir) or {}).get("inputs", [])
-                                      if isinstance(e, dict)]
-    return "query: " if any("e5" in n.lower() for n in names) else ""
+    """The model's own prefix ("query: " for E5 models), from its configuration or provenance (one detector for all stages)."""
+    from mlcompress.embedding_profile import embedding_profile
+
+    return embedding_profile(model_dir, spec).prefix
 
 
 def _check_output(output: Path, bundle: bool, overwrite: bool) -> bool:
