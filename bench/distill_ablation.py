@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from mlcompress.distill import TrainConfig, distill_general
+from mlcompress.distill import Phase1Losses, TrainConfig, distill_general
 from mlcompress.distill.loop import parse_duration
 from mlcompress.distill.student import make_student
 from mlcompress.sources import resolve_model
@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "mlcompress-bench-ablation")
     ap.add_argument("--time-budget", default="5m")
     ap.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS,
-                    help="space-separated key=value settings: layers, lr, batch, objective")
+                    help="space-separated key=value settings: layers, lr, batch, objective, hidden, attention, pooled, relational")
     args = ap.parse_args()
     transformers.utils.logging.set_verbosity_error()
     teacher_path = resolve_model("bundled:multilingual-e5-small").path
@@ -93,9 +93,11 @@ def main() -> None:
                              lr=float(opts.get("lr", 2e-4)), device="cpu", time_budget=parse_duration(args.time_budget),
                              checkpoint_every=10**6, log_every=10, progress=False)
         target = args.out / variant.replace(" ", "_").replace("=", "-").replace(",", "")
+        weights = {k: float(opts[k]) for k in ("hidden", "attention", "pooled", "relational") if k in opts}
+        losses = Phase1Losses(**{**Phase1Losses.preset(objective).__dict__, **weights})
         r = distill_general("bundled:multilingual-e5-small", "en,el",
                             {"en": str(args.data / "mono/en.txt.gz"), "el": str(args.data / "mono/el.txt.gz")}, target,
-                            objective=objective, layers=opts.get("layers"), trim_vocabulary=True, overwrite=True,
+                            objective=objective, layers=opts.get("layers"), losses=losses, trim_vocabulary=True, overwrite=True,
                             restart=True, train_config=config)
         student = transformers.AutoModel.from_pretrained(target).eval()  # its vocabulary is trimmed: its own tokenizer
         trained = dev_scores(student, transformers.AutoTokenizer.from_pretrained(target), pairs, held, teacher_held)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from mlcompress.distill.attention import use_capture_backend
 from mlcompress.distill.general import Phase1Losses, block_batches, phase1_loss
 from mlcompress.distill.loop import auto_precision, cpu_has_bf16
 from mlcompress.distill.sentence_objective import sentence_loss, sentence_pool
@@ -43,6 +44,8 @@ def setting_step(name: str, teacher, tok, texts, args):
         blocks, _ = mixed_blocks(tok, texts, 256, 64)
         batches = block_batches(blocks, 16, 0, teacher.get_input_embeddings().num_embeddings, tok.mask_token_id,
                                 sorted(set(tok.all_special_ids)))
+        use_capture_backend(teacher)  # attention probabilities from captured Q/K, as distill_general does
+        use_capture_backend(student)
         loss_fn = phase1_loss(teacher, mapping, Phase1Losses.preset("bistil"))
     model = torch.compile(student, dynamic=True) if compiled == "compile" else student
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
@@ -81,8 +84,9 @@ def main() -> None:
     from mlcompress.corpus import parse_corpora
 
     texts = {lang: [line for c in cs for line in c.lines()][:3000] for lang, cs in parse_corpora(texts_spec).items()}
+    # torch.compile is tried on the fp32 embedding objective (compiling takes minutes here)
     names = [f"{p}/{c}/{o}" for o in ("embedding", "bistil") for p in ("fp32", "bf16")
-             for c in (["eager"] + ([] if args.no_compile or p == "bf16" else ["compile"]))]
+             for c in (["eager"] + ([] if args.no_compile or p == "bf16" or o == "bistil" else ["compile"]))]
     threads = [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
     steps, rates = {}, {}
     for name in names:

@@ -53,11 +53,14 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
     mono = {lang: str(args.data / "mono" / f"{lang}.txt.gz") for lang in ("en", "el")}
     trimmed = trim("bundled:multilingual-e5-small", "en,el", mono, args.out / "e5-small-en-el", overwrite=True)
-    models = {"12-layer trimmed": trimmed.output, "6-layer student": args.student}
+    # (model, embedding block size): the student also with 64-wide blocks of its 4-bit embedding table (half the scales)
+    models = {"12-layer trimmed": (trimmed.output, 32), "6-layer student": (args.student, 32),
+              "6-layer student, emb blocks 64": (args.student, 64)}
     bundles = {}
-    for name, model in models.items():
-        target = args.out / name.replace(" ", "-")
-        r = export(model, target, quantize="int8-dynamic", bundle=True, texts=mono, overwrite=True, measure_latency=False)
+    for name, (model, block) in models.items():
+        target = args.out / name.replace(" ", "-").replace(",", "")
+        r = export(model, target, quantize="int8-dynamic", bundle=True, texts=mono, overwrite=True, measure_latency=False,
+                   embedding_block_size=block)
         bundles[name] = target
         print(f"{name}: exported {target} ({dir_bytes(target) / MIB:.2f} MiB), parity {json.dumps(r.parity, default=str)[:300]}",
               flush=True)
@@ -81,13 +84,16 @@ def main() -> None:
         ret = retrieval(model.encode(el), model.encode(en))
         rows[name] = {"bytes": dir_bytes(bundles[name]), "p50_ms": statistics.median(times[name]),
                       "rounds_ms": [round(t, 3) for t in times[name]], "tatoeba_ell_eng": ret}
-    base, student = rows["12-layer trimmed"], rows["6-layer student"]
+    base = rows["12-layer trimmed"]
     for name, row in rows.items():
-        print(f"{name:18s} {row['bytes'] / MIB:7.2f} MiB  batch-1 p50 {row['p50_ms']:.2f} ms {row['rounds_ms']}  "
+        print(f"{name:32s} {row['bytes'] / MIB:7.2f} MiB  batch-1 p50 {row['p50_ms']:.2f} ms {row['rounds_ms']}  "
               f"Tatoeba ell-eng {row['tatoeba_ell_eng']:.4f}")
-    ratio = student["p50_ms"] / base["p50_ms"]
-    print(f"student bundle {student['bytes'] / MIB:.2f} MiB (bar <= 18: {'ok' if student['bytes'] <= 18 * MIB else 'MISSED'}); "
-          f"latency ratio {ratio:.3f} (bar <= 0.6: {'ok' if ratio <= 0.6 else 'MISSED'})")
+    for name, student in rows.items():
+        if name == "12-layer trimmed":
+            continue
+        ratio = student["p50_ms"] / base["p50_ms"]
+        print(f"{name}: {student['bytes'] / MIB:.2f} MiB (bar <= 18: {'ok' if student['bytes'] <= 18 * MIB else 'MISSED'}); "
+              f"latency ratio {ratio:.3f} (bar <= 0.6: {'ok' if ratio <= 0.6 else 'MISSED'})")
     (args.out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 

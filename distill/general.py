@@ -166,29 +166,12 @@ def distill_general(
     ``hidden_projection.safetensors``). ``snapshots`` (shares of the run, e.g. ``(0.25, 0.5)``) also save
     the student part-way, under ``OUTPUT/snapshots/``.
     """
-    from mlcompress.corpus import parse_corpora
-    from mlcompress.embedding_profile import embedding_profile
-    from mlcompress.languages import parse_languages
-
     started = time.perf_counter()
     config = train_config or TrainConfig()
-    if objective not in OBJECTIVES:
-        raise InputError(f"unknown objective {objective!r}", "use auto, bistil or embedding")
-    langs = parse_languages(languages)
-    if len(langs) < 2:
-        raise LanguageError("phase 1 needs a source and a target language", "pass two languages, e.g. -l en,el")
-    texts = parse_corpora(corpora)
-    missing = [lang for lang in langs if lang not in texts]
-    if missing:
-        raise LanguageError(f"no text for language(s) {', '.join(missing)}",
-                            "pass --corpus LANG=PATH for the source and the target language")
+    langs, texts = _languages_and_texts(languages, corpora)
     out = Path(output).expanduser().absolute()
     source = resolve_model(teacher, cache_dir)
-    profile = embedding_profile(source.path, str(teacher))
-    if prefix is not None:
-        profile = replace(profile, prefix=prefix)
-    if objective == "auto":
-        objective = "embedding" if profile.sentence_model else "bistil"
+    objective, profile = _objective(objective, source.path, str(teacher), prefix)
     losses = losses or Phase1Losses.preset(objective)
     if losses.attention_kind not in ("mse", "kl"):
         raise InputError(f"unknown attention loss {losses.attention_kind!r}", "use mse or kl")
@@ -227,6 +210,36 @@ def distill_general(
         close_work_dir(work, out)
     accelerator.wait_for_everyone()
     return result
+
+
+def _languages_and_texts(languages: str | list[str], corpora: Any) -> tuple[list[str], dict[str, Any]]:
+    """The source and target language and a corpus for each, or a clear error."""
+    from mlcompress.corpus import parse_corpora
+    from mlcompress.languages import parse_languages
+
+    langs = parse_languages(languages)
+    if len(langs) < 2:
+        raise LanguageError("phase 1 needs a source and a target language", "pass two languages, e.g. -l en,el")
+    texts = parse_corpora(corpora)
+    missing = [lang for lang in langs if lang not in texts]
+    if missing:
+        raise LanguageError(f"no text for language(s) {', '.join(missing)}",
+                            "pass --corpus LANG=PATH for the source and the target language")
+    return langs, texts
+
+
+def _objective(objective: str, teacher_dir: Path, spec: str, prefix: str | None):
+    """The objective to run (``auto`` resolved by the teacher's embedding profile) and that profile."""
+    from mlcompress.embedding_profile import embedding_profile
+
+    if objective not in OBJECTIVES:
+        raise InputError(f"unknown objective {objective!r}", "use auto, bistil or embedding")
+    profile = embedding_profile(teacher_dir, spec)
+    if prefix is not None:
+        profile = replace(profile, prefix=prefix)
+    if objective == "auto":
+        objective = "embedding" if profile.sentence_model else "bistil"
+    return objective, profile
 
 
 def _check_width(teacher_dir: Path, hidden_size: int | None) -> bool:

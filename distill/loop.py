@@ -142,17 +142,22 @@ class LinearSchedule:
 class BudgetPlan:
     """Sizes the step count to a time budget: time a few warm-up steps, then fit the schedule into what is left.
 
-    The plan is re-checked at each log step and shrunk if the run has slowed down enough to overrun.
+    The plan is re-checked after every step: shrunk at once if the run has slowed down enough to overrun, grown
+    (at most every RECENT steps) if it runs more than 10% faster than planned, e.g. after a busy warm-up.
     """
 
     WARMUP_STEPS = 1  # untimed (allocations, first-call costs)
     TIMED_STEPS = 5  # timed, or fewer once they take TIMED_SHARE of the budget
     TIMED_SHARE = 0.03
     RESERVE = 0.03  # share of the budget kept for the final save
+    RECENT = 10
 
     def __init__(self, budget: float | None, started_at: float, planned: int | None) -> None:
         self.budget, self.started_at, self.planned = budget, started_at, planned
+        self.grows = planned is None  # a resumed run keeps its plan (it may only shrink to fit)
+        self.replanned_at = 0
         self.timer: tuple[int, float] | None = None
+        self.recent: list[tuple[int, float]] = []  # (step, time) of the last RECENT steps: a slowdown shows at once
 
     @property
     def active(self) -> bool:
@@ -171,12 +176,20 @@ class BudgetPlan:
             return False
         first, t0 = self.timer
         done = step - first
+        self.recent = (self.recent + [(step, now)])[-self.RECENT:]
         if done < 1 or (done < self.TIMED_STEPS and now - t0 < self.TIMED_SHARE * self.budget):
             return False
-        per_step = (now - t0) / done
-        fits = step + max(0, int((self.deadline() - now) / per_step))
-        if self.planned is None or fits < self.planned - max(2, 0.02 * self.planned):
-            self.planned = max(step + 1, fits)
+        pace = (now - t0) / done
+        recent = (now - self.recent[0][1]) / (step - self.recent[0][0]) if len(self.recent) == self.RECENT else None
+        left = self.deadline() - now
+        fits = step + max(0, int(left / max(pace, recent or 0.0)))  # the slower pace: never overrun
+        shrink = self.planned is not None and fits < self.planned - max(2, 0.02 * self.planned)
+        # grow on the recent pace (the first steps may have been timed on a busy machine), at most every RECENT steps
+        grown = step + max(0, int(left / recent)) if recent else 0
+        grow = self.planned is not None and self.grows and grown > 1.1 * self.planned + 2 \
+            and step - self.replanned_at >= self.RECENT
+        if self.planned is None or shrink or grow:
+            self.planned, self.replanned_at = max(step + 1, grown if grow else fits), step
             schedule.total = self.planned
             return True
         return False

@@ -231,3 +231,18 @@ def test_pipeline_runs_distillation_on_a_cpu_within_its_budget(tmp_path: Path) -
         bad = json.loads(json.dumps(config))
         bad["stages"]["distill"]["time_budget"] = "soon"
         Pipeline(bad)
+
+
+def test_budget_plan_grows_after_a_busy_warm_up() -> None:
+    schedule = LinearSchedule(10**6, 0.0)
+    plan = BudgetPlan(200.0, started_at=0.0, planned=None)
+    now = 0.0
+    for step in range(1, 8):
+        now += 5.0  # timed while the machine was busy
+        plan.observe(step, now, schedule)
+    first = plan.planned
+    for step in range(8, 40):
+        now += 1.0
+        plan.observe(step, now, schedule)
+    assert plan.planned > 1.5 * first and schedule.total == plan.planned
+    assert now + (plan.planned - 39) * 1.0 <= 200.0 * (1 - BudgetPlan.RESERVE) + 1.0  # still ends inside the budget
