@@ -699,7 +699,8 @@ def _html(report: dict[str, Any]) -> str:
              ".muted{color:#666;font-size:90%}</style></head><body>",
              f"<h1>mlcompress pipeline: {e(report['source'])} → {e(', '.join(report['languages']))}</h1>",
              f"<p>Gate: {verdict}" + (f" (every gated score of the final artifact keeps ≥ {report['gate']['min_retention']} of the source's;"
-                                       f" {report['gate'].get('checked', 0)} checked)" if report["gate"].get("min_retention") else "") + "</p>"]
+                                       f" {report['gate'].get('checked', 0)} checked)" if report["gate"].get("min_retention") else "") + "</p>",
+             f"<p class='muted'>Gate rule: {e(report['gate'].get('rule') or '')}</p>"]
     if report["gate"].get("failures"):
         parts.append("<ul>" + "".join(f"<li>{e(f['task'])} {e(f['language'])} {e(f['metric'])}: {f['retention']:.3f}</li>"
                                       for f in report["gate"]["failures"]) + "</ul>")
@@ -718,10 +719,14 @@ def _html(report: dict[str, Any]) -> str:
     for label, png in _plots(report):
         parts.append(f"<div style='display:inline-block'><img alt='{e(label)}' src='data:image/png;base64,{png}'></div>")
     for name, ev in report["evaluations"].items():
-        parts.append(f"<h2>Retention of {e(name)}</h2><table><tr><th>task</th><th>language</th><th>metric</th><th>source</th><th>candidate</th><th>retention</th></tr>")
+        parts.append(f"<h2>Retention of {e(name)}</h2><table><tr><th>task</th><th>language</th><th>metric</th><th>source</th>"
+                     "<th>candidate</th><th>retention</th><th>95% interval</th><th>gated</th></tr>")
         for s in ev["scores"]:
+            iv = s.get("interval") or {}
+            span = f"{num(iv.get('retention_low'), '{:.3f}')}..{num(iv.get('retention_high'), '{:.3f}')}" if iv else "—"
             parts.append(f"<tr><td>{e(s['task'])}</td><td>{e(s['language'])}</td><td>{e(s['metric'])}</td><td>{num(s.get('source'), '{:.4f}')}</td>"
-                         f"<td>{num(s.get('candidate'), '{:.4f}')}</td><td>{num(s.get('retention'), '{:.4f}')}</td></tr>")
+                         f"<td>{num(s.get('candidate'), '{:.4f}')}</td><td>{num(s.get('retention'), '{:.4f}')}</td><td>{span}</td>"
+                         f"<td title='{e(s.get('note') or '')}'>{'yes' if s.get('gated') else 'no'}</td></tr>")
         parts.append("</table>")
         if ev["skipped"]:
             parts.append("<p class='muted'>skipped: " + "; ".join(e(f"{s['task']} {s['language']}: {s['reason']}") for s in ev["skipped"]) + "</p>")

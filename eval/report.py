@@ -23,6 +23,19 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) else "-"
 
 
+def _interval(s: Any) -> str:
+    """The 95% retention interval of a score, or '-' without one."""
+    i = s.interval or {}
+    low, high = i.get("retention_low"), i.get("retention_high")
+    return f"{low:.3f}..{high:.3f}" if isinstance(low, float) and isinstance(high, float) and low == low else "-"
+
+
+def _rule(report: EvalReport) -> str:
+    from .retention import GATE_RULE
+
+    return report.gate.get("rule") or GATE_RULE
+
+
 def _verdict(report: EvalReport) -> str:
     g = report.gate
     if g.get("passed") is None:
@@ -40,11 +53,13 @@ def write_markdown(report: EvalReport) -> str:
              f"Languages: {', '.join(report.languages)}; tasks: {', '.join(report.tasks)}; "
              f"transfer recipe: {report.parameters['transfer']} (seed {report.parameters['seed']}); "
              f"sentence prefix: {report.parameters['prefix']!r}", "",
-             "| task | language | metric | source | candidate | retention | gated | n | data |",
-             "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | --- |"]
+             f"Gate rule: {_rule(report)}.", "",
+             "| task | language | metric | source | candidate | retention | 95% interval | gated | n | data |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
     for s in report.scores:
         lines.append(f"| {s.task} | {s.language} | {s.metric} | {_fmt(s.source)} | {_fmt(s.candidate)} | "
-                     f"{_fmt(s.retention)} | {'yes' if s.gated else 'no'} | {s.n} | {Path(s.dataset).name if s.dataset else ''} |")
+                     f"{_fmt(s.retention)} | {_interval(s)} | {'yes' if s.gated else 'no'} | {s.n} | "
+                     f"{Path(s.dataset).name if s.dataset else ''} |")
     if d["summary"]:
         lines += ["", "## Retention per task", "", "| task | mean | min | scores |", "| --- | ---: | ---: | ---: |"]
         lines += [f"| {t} | {v['mean_retention']:.4f} | {v['min_retention']:.4f} | {v['scores']} |" for t, v in d["summary"].items()]
@@ -96,7 +111,12 @@ def plots(report: EvalReport) -> dict[str, str]:
         fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.2))
         labels = [f"{s.task} {s.language} {s.metric}" for s in rows]
         colors = ["#9aa5b1" if not s.gated else ("#d64545" if bar and s.retention < bar else "#3b8e5a") for s in rows]
-        ax.barh(range(len(rows)), [s.retention for s in rows], color=colors)
+        def err(s: Any, end: str) -> float:
+            v = (s.interval or {}).get(f"retention_{end}")
+            return abs(s.retention - v) if isinstance(v, float) and v == v else 0.0
+
+        ax.barh(range(len(rows)), [s.retention for s in rows], color=colors,
+                xerr=[[err(s, "low") for s in rows], [err(s, "high") for s in rows]], ecolor="#333", capsize=2)
         ax.set_yticks(range(len(rows)), labels, fontsize=8)
         ax.invert_yaxis()
         ax.axvline(1.0, color="black", lw=0.8)
@@ -105,7 +125,7 @@ def plots(report: EvalReport) -> dict[str, str]:
             ax.legend(loc="lower right", fontsize=8)
         ax.set_xlabel("retention (candidate / source)")
         ax.set_xlim(0, max(1.1, max(s.retention for s in rows) * 1.05))
-        ax.set_title("Retention per task and language (grey: not gated)")
+        ax.set_title("Retention per task and language, 95% intervals (grey: not gated)")
         out["retention"] = _png(fig)
     src_size = report.source.get("size", {}).get("bytes_on_disk")
     cand_size = report.candidate.get("size", {}).get("bytes_on_disk")
@@ -164,6 +184,7 @@ def write_html(report: EvalReport, figures: dict[str, str]) -> str:
              f"<h1>mlcompress eval</h1><p><b>candidate</b> <code>{e(report.candidate['spec'])}</code> "
              f"against <b>source</b> <code>{e(report.source['spec'])}</code></p>",
              f"<div class='gate {cls}'>Gate: {e(_verdict(report))}</div>",
+             f"<p class='muted'>Gate rule: {e(_rule(report))}.</p>",
              f"<p class='muted'>languages {e(', '.join(report.languages))} &middot; tasks {e(', '.join(report.tasks))} &middot; "
              f"transfer recipe {e(report.parameters['transfer'])} (seed {report.parameters['seed']}) &middot; "
              f"prefix {e(repr(report.parameters['prefix']))} &middot; {report.seconds.get('total', 0):.0f} s</p>"]
@@ -176,11 +197,12 @@ def write_html(report: EvalReport, figures: dict[str, str]) -> str:
     if "retention" in figures:
         parts.append(f"<img alt='retention per task and language' src='data:image/png;base64,{figures['retention']}'>")
     parts.append("<h2>Scores</h2><table><tr><th>task</th><th>language</th><th>metric</th><th>source</th><th>candidate</th>"
-                 "<th>retention</th><th>gated</th><th>n</th><th>data</th></tr>")
+                 "<th>retention</th><th>95% interval</th><th>gated</th><th>n</th><th>data</th></tr>")
     for s in report.scores:
         bad = s.gated and bar is not None and s.retention is not None and s.retention < bar
         parts.append(f"<tr class='{'bad' if bad else ''}'><td>{e(s.task)}</td><td>{e(s.language)}</td><td>{e(s.metric)}</td>"
                      f"<td class='num'>{_fmt(s.source)}</td><td class='num'>{_fmt(s.candidate)}</td><td class='num'>{_fmt(s.retention)}</td>"
+                     f"<td class='num'>{_interval(s)}</td>"
                      f"<td>{'yes' if s.gated else 'no'}</td><td class='num'>{s.n}</td>"
                      f"<td class='muted'>{e(Path(s.dataset).name if s.dataset else '')}{(' &middot; ' + e(s.note)) if s.note else ''}</td></tr>")
     parts.append("</table>")

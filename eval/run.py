@@ -239,14 +239,18 @@ def _fidelity(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], l
 
 
 def _retrieval(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits: Limits, pre: str) -> list[Score]:
+    from .bootstrap import mean_interval, retrieval_outcomes
     from .retrieval import retrieval_accuracy
 
     out = []
     for lang in langs:
         bt = data.bitext(lang, limits.retrieval_pairs)
-        res = [retrieval_accuracy(m.embed(bt.src, pre), m.embed(bt.tgt, pre)) for m in (src, cand)]
+        embs = [(m.embed(bt.src, pre), m.embed(bt.tgt, pre)) for m in (src, cand)]
+        res = [retrieval_accuracy(*e) for e in embs]
+        hits = tuple(retrieval_outcomes(*e) for e in embs)
         out.append(Score("retrieval", f"{lang}-en", "accuracy", res[0]["accuracy"], res[1]["accuracy"], len(bt.src),
-                         dataset=bt.origin, details={"source": res[0], "candidate": res[1]}))
+                         dataset=bt.origin, details={"source": res[0], "candidate": res[1]},
+                         interval=mean_interval(hits, chance=1 / len(bt.src)).as_dict()))
     return out
 
 
@@ -261,8 +265,21 @@ def _pos(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits
     tests = {lang: data.pos_test(lang, limits.pos_test_sentences) for lang in langs}
     s, c = pos_transfer(src, train, tests, recipe), pos_transfer(cand, train, tests, recipe)
     return [Score("pos", lang, "accuracy", s[lang], c[lang], sum(len(w) for w in tests[lang].words),
-                  dataset=tests[lang].origin, note=f"train: English, {len(train.words)} sentences; {recipe.mode}")
+                  dataset=tests[lang].origin, note=f"train: English, {len(train.words)} sentences; {recipe.mode}",
+                  interval=_accuracy_interval(s[lang], c[lang], [t for sent in tests[lang].tags for t in sent]))
             for lang in langs]
+
+
+def _accuracy_interval(s: Any, c: Any, gold: list[Any]) -> dict[str, Any] | None:
+    """Paired-bootstrap intervals of a transfer accuracy (units: sentences or rows); chance is the majority label's share."""
+    from collections import Counter
+
+    from .bootstrap import ratio_interval
+
+    if not (hasattr(s, "right") and hasattr(c, "right")) or not gold:
+        return None
+    majority = Counter(gold).most_common(1)[0][1] / len(gold)
+    return ratio_interval((s.right, c.right), s.total, chance=majority).as_dict()
 
 
 def _nli(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits: Limits, recipe: Any, pre: str) -> list[Score]:
@@ -272,10 +289,12 @@ def _nli(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits
     tests = {lang: data.nli_test(lang, len(train.a), limits.nli_test_rows) for lang in langs}
     s, c = nli_transfer(src, train, tests, recipe, pre), nli_transfer(cand, train, tests, recipe, pre)
     return [Score("nli", lang, "accuracy", s[lang], c[lang], len(tests[lang].a), dataset=tests[lang].origin,
-                  note=f"train: xnli/dev-en rows 0-{len(train.a)}; {recipe.mode}") for lang in langs]
+                  note=f"train: xnli/dev-en rows 0-{len(train.a)}; {recipe.mode}",
+                  interval=_accuracy_interval(s[lang], c[lang], list(tests[lang].labels))) for lang in langs]
 
 
 def _sts(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits: Limits, pre: str) -> list[Score]:
+    from .bootstrap import sts_interval
     from .sts import sts_spearman
 
     out, seen = [], set()
@@ -284,8 +303,10 @@ def _sts(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits
             if pairs.origin in seen:
                 continue
             seen.add(pairs.origin)
-            s, c = (sts_spearman(e.embed(pairs.a, pre), e.embed(pairs.b, pre), pairs.labels) for e in (src, cand))
-            out.append(Score("sts", pairs.key or lang, "spearman", s, c, len(pairs.a), dataset=pairs.origin, note=pairs.note))
+            embs = [(e.embed(pairs.a, pre), e.embed(pairs.b, pre)) for e in (src, cand)]
+            s, c = (sts_spearman(a, b, pairs.labels) for a, b in embs)
+            out.append(Score("sts", pairs.key or lang, "spearman", s, c, len(pairs.a), dataset=pairs.origin, note=pairs.note,
+                             interval=sts_interval((embs[0], embs[1]), pairs.labels).as_dict()))
     return out
 
 

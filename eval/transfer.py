@@ -71,13 +71,30 @@ def _tag_ids(train: TaggedSentences) -> dict[str, int]:
     return {t: i for i, t in enumerate(sorted({t for s in train.tags for t in s}))}
 
 
-def _token_accuracy(pred: list[np.ndarray], gold: list[list[str]], tags: dict[str, int]) -> float:
-    right = total = 0
+class Accuracy(float):
+    """An accuracy that also keeps its per-unit outcomes (right and total per sentence or row), for the bootstrap."""
+
+    right: np.ndarray
+    total: np.ndarray
+
+    def __new__(cls, right: np.ndarray, total: np.ndarray) -> Accuracy:
+        obj = super().__new__(cls, float(np.sum(right)) / max(float(np.sum(total)), 1.0))
+        obj.right, obj.total = np.asarray(right, dtype=np.float64), np.asarray(total, dtype=np.float64)
+        return obj
+
+
+def _token_accuracy(pred: list[np.ndarray], gold: list[list[str]], tags: dict[str, int]) -> Accuracy:
+    right, total = [], []
     for p, g in zip(pred, gold):
         gi = np.array([tags.get(t, -1) for t in g])
-        right += int((p[: len(gi)] == gi).sum())
-        total += len(gi)
-    return right / max(total, 1)
+        right.append(int((p[: len(gi)] == gi).sum()))
+        total.append(len(gi))
+    return Accuracy(np.array(right), np.array(total))
+
+
+def _row_accuracy(pred: np.ndarray, labels: list[int]) -> Accuracy:
+    hits = (np.asarray(pred) == np.asarray(labels, dtype=int)).astype(np.float64)
+    return Accuracy(hits, np.ones_like(hits))
 
 
 def pos_transfer(encoder: Encoder, train: TaggedSentences, tests: dict[str, TaggedSentences], recipe: Recipe) -> dict[str, float]:
@@ -111,8 +128,7 @@ def nli_transfer(encoder: Encoder, train: SentencePairs, tests: dict[str, Senten
         return _finetune_pairs(encoder, train, tests, recipe)
     y = np.asarray(train.labels, dtype=int)
     predict = train_probe(pair_features(encoder, train, prefix), y, 3, recipe)
-    return {lang: float((predict(pair_features(encoder, t, prefix)) == np.asarray(t.labels, dtype=int)).mean())
-            for lang, t in tests.items()}
+    return {lang: _row_accuracy(predict(pair_features(encoder, t, prefix)), t.labels) for lang, t in tests.items()}
 
 
 # ----------------------------------------------------------------------------------------------- fine-tuning
@@ -215,10 +231,8 @@ def _finetune_pairs(encoder: Encoder, train: SentencePairs, tests: dict[str, Sen
     out = {}
     with torch.inference_mode():
         for lang, t in tests.items():
-            right = 0
-            for i in range(0, len(t.a), 64):
-                batch = encode(t.a[i : i + 64], t.b[i : i + 64], t.labels[i : i + 64])
-                right += int((logits(batch).argmax(-1).cpu() == batch["labels"]).sum())
-            out[lang] = right / max(len(t.a), 1)
+            preds = [logits(encode(t.a[i : i + 64], t.b[i : i + 64], t.labels[i : i + 64])).argmax(-1).cpu().numpy()
+                     for i in range(0, len(t.a), 64)]
+            out[lang] = _row_accuracy(np.concatenate(preds) if preds else np.zeros(0, dtype=int), t.labels)
     del model
     return out
