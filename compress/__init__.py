@@ -2,6 +2,7 @@
 
 from .errors import (
     CorpusError,
+    ExportError,
     GateError,
     InputError,
     LanguageError,
@@ -24,5 +25,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'mlcompress' has no attribute {name!r}")
 
 
-__all__ = ["CorpusError", "GateError", "InputError", "LanguageError", "MlcompressError", "ModelSourceError",
+__all__ = ["CorpusError", "ExportError", "GateError", "InputError", "LanguageError", "MlcompressError", "ModelSourceError",
            "OutputExistsError", "Pipeline", "PipelineResult", "UnsupportedModelError", "__version__"]

@@ -44,6 +44,10 @@ class OutputExistsError(InputError):
     """The output directory exists and overwriting was not asked for."""
 
 
+class ExportError(MlcompressError):
+    """An export step (ONNX export, graph optimisation, quantisation, ONNX Runtime) failed on this model."""
+
+
 class GateError(MlcompressError):
     """A quality gate failed (retention or parity below its threshold)."""
 

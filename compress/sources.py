@@ -79,14 +79,22 @@ def _download(repo_id: str, cache_dir: str | os.PathLike[str] | None) -> Path:
     return path
 
 
+def load_config(path: Path) -> Any:
+    """A model directory's transformers config; a missing, corrupt or unknown config.json is a clear error."""
+    import transformers
+
+    try:
+        return transformers.AutoConfig.from_pretrained(path)  # never trust_remote_code: no code from a model repo runs
+    except Exception as exc:
+        raise ModelSourceError(f"{path}: unreadable config.json ({type(exc).__name__}: {exc})",
+                               "re-save the model with save_pretrained, or restore its config.json") from exc
+
+
 def load_model(path: Path) -> Any:
     """Load a model with its head (the class its config names), turning failures into clear errors."""
     import transformers
 
-    try:
-        config = transformers.AutoConfig.from_pretrained(path)
-    except Exception as exc:
-        raise ModelSourceError(f"{path}: unreadable config.json ({exc})", "re-save the model with save_pretrained") from exc
+    config = load_config(path)
     arch = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
     cls = cls or transformers.AutoModel

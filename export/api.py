@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import gzip
+import contextlib
 import json
 import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlcompress.artifacts import atomic_output_dir, read_provenance, sha256_file, write_provenance
-from mlcompress.errors import GateError, InputError, OutputExistsError
+from mlcompress.corpus import Corpus, parse_corpora
+from mlcompress.errors import (CorpusError, ExportError, GateError, InputError, LanguageError, MlcompressError,
+                               ModelSourceError, OutputExistsError)
+from mlcompress.languages import normalize_language, parse_languages
 
 from .parity import AGREEMENT_THRESHOLDS, COSINE_THRESHOLDS
 from .quantize import QUANTIZE_CHOICES
@@ -51,14 +55,11 @@ class ExportResult:
         return d
 
 
-def _read_lines(path: Path, n: int, skip: int) -> list[str]:
-    """Non-empty lines ``skip``..``skip+n`` of a plain or gzip text file."""
-    if not path.is_file():
-        raise InputError(f"text file {path} not found", "pass --text LANG=PATH with a plain or .gz file, one sentence a line")
-    opener = gzip.open if path.name.endswith(".gz") else open
+def _lines(corpora: list[Corpus], n: int, skip: int) -> list[str]:
+    """Non-empty lines ``skip``..``skip+n`` of one language's corpora (files, folders, datasets, word lists), in order."""
     out: list[str] = []
-    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
-        for line in handle:
+    for corpus in corpora:
+        for line in corpus.lines():
             line = line.strip()
             if not line:
                 continue
@@ -67,26 +68,42 @@ def _read_lines(path: Path, n: int, skip: int) -> list[str]:
                 continue
             out.append(line[:1000])
             if len(out) >= n:
-                break
+                return out
     return out
 
 
-def _text_sources(texts: dict[str, Any] | list[str] | None, model_dir: Path, languages: list[str]) -> dict[str, Any]:
-    """Where target-language text comes from: given, or the corpora the model's trim recorded in mlcompress.json."""
+def _recorded_corpora(model_dir: Path, languages: list[str]) -> dict[str, list[Corpus]]:
+    """The corpora the model's trim recorded in mlcompress.json that can still be read here, per language."""
+    try:
+        record = read_provenance(model_dir) or {}
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"{model_dir / 'mlcompress.json'} is corrupt ({exc}), so the corpora the model was trimmed on "
+                               "are unknown", "pass --text LANG=PATH per target language, or re-save the model") from exc
+    found: dict[str, list[Corpus]] = {}
+    for entry in record.get("inputs", []) if isinstance(record, dict) else []:
+        if not (isinstance(entry, dict) and entry.get("language") and entry.get("corpus")):
+            continue
+        try:
+            lang, corpus = normalize_language(str(entry["language"])), Corpus.parse(str(entry["corpus"]))
+        except (CorpusError, LanguageError):
+            continue  # recorded on another machine, or since moved: --text names it
+        if not languages or lang in languages:
+            found.setdefault(lang, []).append(corpus)
+    return found
+
+
+def _text_sources(texts: Mapping[str, Any] | list[str] | None, model_dir: Path, languages: list[str]) -> dict[str, Any]:
+    """Where target-language text comes from: given (sentences, or corpus specs per language read through
+    `mlcompress.corpus`), or the corpora the model's trim recorded in mlcompress.json."""
     if isinstance(texts, list):
         if not texts:
             raise InputError("no parity texts given", "pass sentences in the target languages")
         return {"given": texts}
-    if texts:
-        return {lang: Path(p) for lang, p in texts.items()}
-    record = read_provenance(model_dir) or {}
-    found = {e["language"]: Path(e["corpus"]) for e in record.get("inputs", [])
-             if isinstance(e, dict) and e.get("language") and e.get("corpus") and Path(str(e["corpus"])).is_file()}
-    if languages:
-        found = {k: v for k, v in found.items() if k in languages}
+    found = parse_corpora(texts) if texts else _recorded_corpora(model_dir, languages)
     if not found:
         raise InputError("no target-language text to check the export against (and to calibrate static int8)",
-                         "pass --text LANG=PATH per language (plain or .gz, one sentence a line), e.g. --text de=de.txt.gz")
+                         "pass --text LANG=SPEC per language (a plain or .gz file, a folder, hf://NAME or wordfreq:LANG), "
+                         "e.g. --text de=de.txt.gz")
     return found
 
 
@@ -95,10 +112,11 @@ def _take(sources: dict[str, Any], n: int, skip: int) -> list[str]:
     if "given" in sources:
         return list(sources["given"][skip:skip + n]) or list(sources["given"][:n])
     lines: list[str] = []
-    for lang, path in sources.items():
-        got = _read_lines(path, n, skip) or _read_lines(path, n, 0)
+    for lang, corpora in sources.items():
+        got = _lines(corpora, n, skip) or _lines(corpora, n, 0)
         if not got:
-            raise InputError(f"text for {lang} ({path}) is empty", "pass a file with at least one sentence")
+            specs = ", ".join(c.spec for c in corpora)
+            raise CorpusError(f"text for {lang} ({specs}) is empty", "pass a corpus with at least one sentence")
         lines.extend(got)
     return lines
 
@@ -147,7 +165,7 @@ def export(
     quantize: str = "int8-dynamic",
     bundle: bool = False,
     languages: str | list[str] | None = None,
-    texts: dict[str, str | os.PathLike[str]] | list[str] | None = None,
+    texts: Mapping[str, str | os.PathLike[str] | list[str]] | list[str] | None = None,
     task: str | None = None,
     pooling: str | None = None,
     normalize: bool | None = None,
@@ -177,7 +195,7 @@ def export(
     if calibration not in CALIBRATION_METHODS:
         raise InputError(f"unknown calibration method {calibration!r}", f"choose one of {', '.join(CALIBRATION_METHODS)}")
     output = Path(output).expanduser().absolute()
-    langs = [x.strip() for x in languages.split(",") if x.strip()] if isinstance(languages, str) else list(languages or [])
+    langs = parse_languages(languages) if languages and (not isinstance(languages, str) or languages.strip()) else []
     if format == "tensorrt":
         from .tensorrt import require_tensorrt
         require_tensorrt(quantize)
@@ -186,15 +204,13 @@ def export(
         return export_bnb(model, output, quantize, overwrite=overwrite, cache_dir=cache_dir)
     archive = _check_output(output, bundle, overwrite)
 
-    import transformers
-
-    from mlcompress.sources import load_tokenizer, resolve_model
+    from mlcompress.sources import load_config, load_tokenizer, resolve_model
 
     from .heads import detect_head, load_for_export, wrap
     from .runtime import make_tokenizer
 
     source = resolve_model(model, cache_dir)  # transformers' own verbosity is the caller's (the CLI turns it down)
-    config = transformers.AutoConfig.from_pretrained(source.path)
+    config = load_config(source.path)
     spec = detect_head(config, source.path, task=task, pooling=pooling, normalize=normalize)
     sources = _text_sources(texts, source.path, langs)
     hf_tok = load_tokenizer(source.path)
@@ -259,8 +275,11 @@ def export(
             manifest = fill(stage)
             output.parent.mkdir(parents=True, exist_ok=True)
             partial = output.with_name(f".{output.name}.partial")
-            pack(stage, partial)
-            os.replace(partial, output)
+            try:
+                pack(stage, partial)
+                os.replace(partial, output)
+            finally:
+                partial.unlink(missing_ok=True)  # a failed or interrupted pack leaves no half archive
             size = output.stat().st_size
         else:
             with atomic_output_dir(output, overwrite=overwrite) as target:
@@ -287,68 +306,95 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+@contextlib.contextmanager
+def _step(what: str, hint: str) -> Iterator[None]:
+    """Turn a library failure in one export step into an ExportError with a hint; mlcompress errors pass through."""
+    try:
+        yield
+    except MlcompressError:
+        raise
+    except Exception as exc:  # exporter, optimiser, quantiser and ORT raise many types; the user needs one message
+        raise ExportError(f"{what} failed ({type(exc).__name__}: {exc}); nothing was written", hint) from exc
+
+
+def _graph(module: Any, spec: Any, config: Any, scratch: Path, quantize: str, pad_id: int, optimize: bool
+           ) -> tuple[Path, dict[str, int]]:
+    """Export the module to ONNX and optimise it (or just strip it) in ``scratch``; return the graph and its fused ops."""
+    from .onnx_export import export_onnx
+    from .optimize import optimize_graph, strip_metadata
+
+    with _step("the ONNX export", "check that the model runs in PyTorch; try another --task, or report the architecture"):
+        raw = export_onnx(module, spec.output_name, scratch / "raw.onnx", pad_id=pad_id, vocab=int(config.vocab_size))
+    fused: dict[str, int] = {}
+    with _step("ONNX Runtime's graph optimisation", "retry without optimisation (optimize=False)"):
+        if optimize:
+            fused = optimize_graph(raw, scratch / "optimized.onnx", config.model_type, int(config.num_attention_heads),
+                                   int(config.hidden_size), attention=ATTENTION_FUSION[quantize])
+        else:
+            import onnx
+
+            onnx.save(strip_metadata(onnx.load(str(raw))), str(scratch / "optimized.onnx"))
+    return scratch / "optimized.onnx", fused
+
+
+def _quantise(current: Path, scratch: Path, quantize: str, tok: Any, prefix: str, sources: dict[str, Any], pad_id: int,
+              opts: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """Quantise the graph as asked (weights, then 4-bit embedding tables); return the new graph and what was done."""
+    from . import quantize as q
+
+    embeddings = opts["quantize_embeddings"]
+    if embeddings is None:
+        embeddings = quantize in ("int8-dynamic", "int8-static", "int4")
+    step = scratch / "quantized.onnx"
+    qinfo: dict[str, Any] = {}
+    if quantize == "int8-static":  # calibration text is read before the quantiser runs: its errors are corpus errors
+        n = max(1, opts["calibration_texts"] // opts["n_langs"])
+        feeds = _batches(tok, _take(sources, n, 0), prefix, 8)
+        if opts["calibration"] != "minmax":
+            feeds = _common_length(feeds, pad_id)
+    with _step(f"the {quantize} quantisation", "try another --quantize (int8-dynamic, or none), or update onnxruntime"):
+        if quantize == "int8-dynamic":
+            qinfo = q.quantize_int8_dynamic(current, step, per_channel=opts["per_channel"], reduce_range=opts["reduce_range"])
+        elif quantize == "int8-static":
+            qinfo = q.quantize_int8_static(current, step, feeds, per_channel=opts["per_channel"],
+                                           reduce_range=opts["reduce_range"], method=opts["calibration"])
+        elif quantize == "int4":
+            qinfo = q.quantize_int4(current, step, block_size=opts["int4_block_size"])
+        elif quantize == "fp16":
+            qinfo = q.convert_fp16(current, step)
+        current = step if quantize != "none" else current
+    qinfo["embeddings"] = None
+    if embeddings and quantize != "fp16":
+        with _step("the 4-bit embedding quantisation", "pass --no-quantize-embeddings"):
+            count = q.quantize_embeddings(current, scratch / "embedded.onnx", block_size=opts["embedding_block_size"])
+        qinfo["embeddings"] = {"bits": 4, "block_size": opts["embedding_block_size"], "op": "GatherBlockQuantized",
+                               "scales": "fp16", "symmetric": True, "tables": count}
+        current = scratch / "embedded.onnx"
+    return current, qinfo
+
+
 def _build(module: Any, spec: Any, config: Any, scratch: Path, quantize: str, format: str, tok: Any, prefix: str,
            sources: dict[str, Any], parity_feeds: list[dict[str, Any]], pad_id: int, **opts: Any
            ) -> tuple[str, dict[str, Any], dict[str, float] | None, dict[str, int], dict[str, Any]]:
     """Export, optimise, quantise and check one graph in ``scratch``; return (file, parity, latency, fused ops, quantisation)."""
     import onnxruntime as ort
 
-    from . import quantize as q
-    from .onnx_export import export_onnx
-    from .optimize import optimize_graph, strip_metadata
     from .parity import compare, ort_outputs, torch_outputs
 
-    raw = export_onnx(module, spec.output_name, scratch / "raw.onnx", pad_id=pad_id, vocab=int(config.vocab_size))
-    fused: dict[str, int] = {}
-    current = raw
-    if opts["optimize"]:
-        fused = optimize_graph(raw, scratch / "optimized.onnx", config.model_type, int(config.num_attention_heads),
-                               int(config.hidden_size), attention=ATTENTION_FUSION[quantize])
-        current = scratch / "optimized.onnx"
-    else:
-        import onnx
-
-        onnx.save(strip_metadata(onnx.load(str(raw))), str(scratch / "optimized.onnx"))
-        current = scratch / "optimized.onnx"
-    qinfo: dict[str, Any] = {}
-    embeddings = opts["quantize_embeddings"]
-    if embeddings is None:
-        embeddings = quantize in ("int8-dynamic", "int8-static", "int4")
-    step = scratch / "quantized.onnx"
-    if quantize == "int8-dynamic":
-        qinfo = q.quantize_int8_dynamic(current, step, per_channel=opts["per_channel"], reduce_range=opts["reduce_range"])
-        current = step
-    elif quantize == "int8-static":
-        n = max(1, opts["calibration_texts"] // opts["n_langs"])
-        feeds = _batches(tok, _take(sources, n, 0), prefix, 8)
-        if opts["calibration"] != "minmax":
-            feeds = _common_length(feeds, pad_id)
-        qinfo = q.quantize_int8_static(current, step, feeds, per_channel=opts["per_channel"], reduce_range=opts["reduce_range"],
-                                       method=opts["calibration"])
-        current = step
-    elif quantize == "int4":
-        qinfo = q.quantize_int4(current, step, block_size=opts["int4_block_size"])
-        current = step
-    elif quantize == "fp16":
-        qinfo = q.convert_fp16(current, step)
-        current = step
-    if embeddings and quantize != "fp16":
-        count = q.quantize_embeddings(current, scratch / "embedded.onnx", block_size=opts["embedding_block_size"])
-        qinfo["embeddings"] = {"bits": 4, "block_size": opts["embedding_block_size"], "op": "GatherBlockQuantized", "scales": "fp16",
-                               "symmetric": True, "tables": count}
-        current = scratch / "embedded.onnx"
-    else:
-        qinfo["embeddings"] = None
+    current, fused = _graph(module, spec, config, scratch, quantize, pad_id, opts["optimize"])
+    current, qinfo = _quantise(current, scratch, quantize, tok, prefix, sources, pad_id, opts)
     final = scratch / MODEL_FILE
     shutil.move(str(current), final)
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(final), options, providers=["CPUExecutionProvider"])
+    with _step("loading the exported graph in ONNX Runtime", "update onnxruntime, or try another --quantize"):
+        session = ort.InferenceSession(str(final), options, providers=["CPUExecutionProvider"])
     cos_t = COSINE_THRESHOLDS[quantize] if opts["min_cosine"] is None else opts["min_cosine"]
     agr_t = AGREEMENT_THRESHOLDS[quantize] if opts["min_agreement"] is None else opts["min_agreement"]
-    parity = compare(spec.task, torch_outputs(module, parity_feeds), ort_outputs(session, spec.output_name, parity_feeds),
-                     parity_feeds, cos_t, agr_t)
+    with _step("running the exported graph in ONNX Runtime", "update onnxruntime, or try another --quantize"):
+        got = ort_outputs(session, spec.output_name, parity_feeds)
+    parity = compare(spec.task, torch_outputs(module, parity_feeds), got, parity_feeds, cos_t, agr_t)
     record = parity.as_dict()
     if not parity.passed:
         if not opts["force"]:

@@ -35,17 +35,22 @@ def export_bnb(model: str | os.PathLike[str], output: Path, quantize: str, overw
     import transformers
 
     from mlcompress.artifacts import atomic_output_dir, write_provenance
-    from mlcompress.sources import load_tokenizer, resolve_model
+    from mlcompress.errors import ModelSourceError
+    from mlcompress.sources import load_config, load_tokenizer, resolve_model
 
     from .api import ExportResult
 
     source = resolve_model(model, cache_dir)
-    config = transformers.AutoConfig.from_pretrained(source.path)
+    config = load_config(source.path)
     arch = (config.architectures or ["AutoModel"])[0]
     cls = getattr(transformers, arch, transformers.AutoModel)
     qconfig = (transformers.BitsAndBytesConfig(load_in_8bit=True) if bits == 8 else
                transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16))
-    loaded = cls.from_pretrained(source.path, quantization_config=qconfig, device_map="cuda")
+    try:
+        loaded = cls.from_pretrained(source.path, quantization_config=qconfig, device_map="cuda")
+    except Exception as exc:
+        raise ModelSourceError(f"{source.path}: could not load it quantised by bitsandbytes ({type(exc).__name__}: {exc})",
+                               "the weights may be corrupt, or bitsandbytes does not support this GPU") from exc
     with atomic_output_dir(output, overwrite=overwrite) as target:
         loaded.save_pretrained(target)
         load_tokenizer(source.path).save_pretrained(target)

@@ -13,13 +13,14 @@ from mlcompress.errors import InputError
 bundle_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect and check edge bundles.")
 
 
-def _parse_texts(items: list[str]) -> dict[str, str]:
-    texts = {}
+def _parse_texts(items: list[str]) -> dict[str, list[str]]:
+    """--text LANG=SPEC items as corpus specs per language (repeat a language to read several corpora)."""
+    texts: dict[str, list[str]] = {}
     for item in items:
         lang, sep, path = item.partition("=")
         if not sep or not lang or not path:
             raise InputError(f"bad --text {item!r}", "write it as LANG=PATH, e.g. --text de=../shared/data/mono/de.txt.gz")
-        texts[lang] = path
+        texts.setdefault(lang, []).append(path)
     return texts
 
 
@@ -30,7 +31,7 @@ def export_command(
     quantize: Annotated[str, typer.Option("--quantize", help="none, fp16, int8-dynamic, int8-static or int4.")] = "int8-dynamic",
     bundle: Annotated[bool, typer.Option("--bundle", help="Write an edge bundle: model, tokenizer.json and manifest.json.")] = False,
     languages: Annotated[Optional[str], typer.Option("-l", "--languages", help="Target languages, e.g. en,de (default: the model's trim languages).")] = None,
-    text: Annotated[Optional[list[str]], typer.Option("--text", help="LANG=PATH: target-language text for the parity check and static calibration. Default: the corpora the model was trimmed on.")] = None,
+    text: Annotated[Optional[list[str]], typer.Option("--text", help="LANG=SPEC: target-language text for the parity check and static calibration: a file or folder (plain or .gz), hf://NAME?..., or wordfreq:LANG. Repeatable. Default: the corpora the model was trimmed on.")] = None,
     task: Annotated[Optional[str], typer.Option(help="sentence-embedding, token-classification, sequence-classification or masked-lm (default: from the architecture).")] = None,
     prefix: Annotated[Optional[str], typer.Option(help="Text put before each input (default: 'query: ' for E5 models, else none).")] = None,
     reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", help="7-bit int8 weights (default: on for x86 CPUs without VNNI).")] = None,
@@ -78,8 +79,10 @@ def verify_command(path: Annotated[Path, typer.Argument(help="A bundle directory
 
     manifest = verify(path)
     files = manifest["files"]
-    Console().print(f"ok: {path} ({manifest['head']['task']}, {manifest['quantization']['name']}, "
-                    f"{len(files)} files, {manifest['size_bytes'] / 1e6:.1f} MB) matches its manifest")
+    quantization = (manifest.get("quantization") or {}).get("name", "unknown quantisation")
+    size = sum(e["bytes"] for e in files.values())
+    Console().print(f"ok: {path} ({manifest['head']['task']}, {quantization}, "
+                    f"{len(files)} files, {size / 1e6:.1f} MB) matches its manifest")
 
 
 def register(app: typer.Typer) -> None:

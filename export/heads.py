@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlcompress.errors import InputError, UnsupportedModelError
+from mlcompress.errors import InputError, ModelSourceError, UnsupportedModelError
 
 TASKS = ("sentence-embedding", "token-classification", "sequence-classification", "masked-lm")
 INPUT_NAMES = ["input_ids", "attention_mask"]
@@ -38,16 +38,30 @@ class HeadSpec:
                 "labels": {str(k): v for k, v in (self.id2label or {}).items()} or None}
 
 
+def _read_json(path: Path) -> Any:
+    """A JSON file of the model directory, or a clear error when it is missing or corrupt."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"{path}: unreadable ({type(exc).__name__}: {exc})",
+                               "restore the file from the model's source, or re-save the model") from exc
+
+
 def _pooling_from_sentence_transformers(model_dir: Path) -> tuple[str | None, bool | None]:
     """Pooling mode and normalisation from a sentence-transformers layout (modules.json), if present."""
     modules = model_dir / "modules.json"
     if not modules.is_file():
         return None, None
-    entries = json.loads(modules.read_text(encoding="utf-8"))
+    entries = _read_json(modules)
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ModelSourceError(f"{modules} is not a sentence-transformers module list", "restore or delete modules.json")
     normalize = any("Normalize" in str(e.get("type", "")) for e in entries)
     for entry in entries:
         if "Pooling" in str(entry.get("type", "")):
-            cfg = json.loads((model_dir / entry.get("path", "") / "config.json").read_text(encoding="utf-8"))
+            cfg = _read_json(model_dir / str(entry.get("path", "")) / "config.json")
+            if not isinstance(cfg, dict):
+                raise ModelSourceError(f"{model_dir}: the pooling config of modules.json is not a JSON object",
+                                       "restore the sentence-transformers pooling folder, or pass --pooling")
             if cfg.get("pooling_mode_cls_token"):
                 return "cls", normalize
             if cfg.get("pooling_mode_mean_tokens"):
@@ -92,8 +106,6 @@ def detect_head(config: Any, model_dir: Path, task: str | None = None, pooling: 
 def load_for_export(model_dir: Path, spec: HeadSpec) -> Any:
     """Load the model in eval mode with eager attention (what the exporter and ORT's fusions handle best)."""
     import transformers
-
-    from mlcompress.errors import ModelSourceError
 
     cls_name = {"sentence-embedding": "AutoModel", "token-classification": "AutoModelForTokenClassification",
                 "sequence-classification": "AutoModelForSequenceClassification", "masked-lm": "AutoModelForMaskedLM"}[spec.task]

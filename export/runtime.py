@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import BundleError, open_bundle, verify_dir
+from .bundle import BundleError, check_fields, inside, open_bundle, verify_dir
 
 
 def make_tokenizer(path: str | os.PathLike[str], pad_id: int, pad_token: str, max_length: int) -> Any:
@@ -41,21 +41,28 @@ class Bundle:
                  providers: list[str] | None = None) -> None:
         import onnxruntime as ort
 
+        check_fields(manifest, directory)  # verify_dir did; a hand-made manifest gets the same clear error
         self.directory = directory
         self.manifest = manifest
         t = manifest["tokenizer"]
         self.prefix = t.get("prefix") or ""
-        self.tokenizer = make_tokenizer(directory / t["file"], t["pad_id"], t["pad_token"], t["max_length"])
+        tok_path = inside(directory, t["file"])
+        try:
+            self.tokenizer = make_tokenizer(tok_path, int(t["pad_id"]), str(t["pad_token"]), int(t["max_length"]))
+        except Exception as exc:  # tokenizers raises its own Exception type for a bad file
+            raise BundleError(f"bundle {directory}: cannot read its tokenizer {t['file']} ({type(exc).__name__}: {exc})",
+                              "re-export the bundle; tokenizer.json must be a tokenizers-library file") from exc
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(directory / manifest["model"]), options,
+            self.session = ort.InferenceSession(str(inside(directory, manifest["model"])), options,
                                                 providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:
-            raise BundleError(f"onnxruntime cannot load {manifest['model']}: {exc}",
-                              "the bundle may need a newer onnxruntime (it uses contrib operators)") from exc
+            raise BundleError(f"onnxruntime cannot load {manifest['model']} ({type(exc).__name__}: {exc})",
+                              "the bundle may need a newer onnxruntime (it uses contrib operators), or another "
+                              "execution provider; check `providers`") from exc
         self.task = manifest["head"]["task"]
         self.output_name = manifest["head"]["output"]
 
@@ -75,7 +82,8 @@ class Bundle:
                               "use predict() or run() for classification and masked-LM bundles")
         single = isinstance(texts, str)
         parts = [out for out, _ in self.run(texts, batch_size)]
-        dim = self.manifest["outputs"][0]["shape"][-1]
+        shape = (self.manifest["outputs"][0] if self.manifest["outputs"] else {}).get("shape") or [0]
+        dim = shape[-1] if isinstance(shape[-1], int) else 0
         emb = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, dim), np.float32)
         return emb[0] if single else emb
 

@@ -369,3 +369,35 @@ def test_eval_judges_an_export_bundle_like_its_pytorch_source(tiny, texts, tmp_p
     retrieval = scores[("retrieval", "accuracy")]
     assert retrieval.n == 40 and abs(retrieval.candidate - retrieval.source) <= 1 / 40
     assert any("hidden states" in str(s) for s in report.skipped)  # CKA needs hidden states a bundle does not give
+
+
+def test_export_reads_text_through_mlcompress_corpus(tiny, tmp_path, data_dir):
+    """Export reads its text as trim does: a datasets.save_to_disk folder and a wordfreq list work, languages are normalised."""
+    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("wordfreq")
+    folder = tmp_path / "de-dataset"
+    datasets.Dataset.from_dict({"text": read_lines(data_dir / "mono" / "de.txt.gz", 40)}).save_to_disk(str(folder))
+    result = export(tiny["sentence-embedding"], tmp_path / "out", quantize="none", bundle=True, languages="DE,eng",
+                    texts={"deu": str(folder), "EN": "wordfreq:en?n=200"}, **FAST)
+    assert result.parity["passed"] and result.parity["texts"] > 0
+    assert result.manifest["languages"] == ["de", "en"]
+    with pytest.raises(InputError, match="unknown language"):
+        export(tiny["sentence-embedding"], tmp_path / "o2", languages="en,xx", texts={"en": str(folder)}, **FAST)
+    assert not (tmp_path / "o2").exists()
+
+
+def test_export_reads_corpora_its_trim_recorded(tiny, tmp_path, data_dir):
+    """With no --text, export reads the corpora recorded in the model's mlcompress.json (any corpus spec)."""
+    import shutil
+
+    from mlcompress.artifacts import write_provenance
+
+    model = tmp_path / "trimmed"
+    shutil.copytree(tiny["sentence-embedding"], model)
+    text = tmp_path / "de.txt"
+    text.write_text("\n".join(read_lines(data_dir / "mono" / "de.txt.gz", 30)) + "\n", encoding="utf-8")
+    write_provenance(model, "trim", {"languages": ["de"]}, [{"language": "de", "corpus": str(text)},
+                                                             {"language": "fr", "corpus": str(tmp_path / "gone.txt")}], {})
+    result = export(model, tmp_path / "out", quantize="none", **FAST)
+    assert result.parity["passed"]
+    assert json.loads((tmp_path / "out" / "mlcompress.json").read_text())["parameters"]["languages"] == ["de"]

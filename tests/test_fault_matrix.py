@@ -1,0 +1,407 @@
+"""The fault matrix: what a user sees when a stage meets bad input, one row per (stage, fault).
+
+Every row expects the same outcome, checked the same way:
+
+- a clear error: the CLI (``mlcompress.cli.main``, run in this process) exits 2 and prints ``error:`` and ``hint:``
+  with no traceback; the Python API raises an ``MlcompressError`` with a hint;
+- nothing changed on disk: every file under the row's work folder (inputs, outputs, the previous artifact) has
+  the same bytes afterwards, no temporary folder is left beside the output or in the system temp folder;
+- a previous artifact left intact: each trim / export row runs with ``--overwrite`` onto an existing artifact,
+  which a failed run must not touch.
+
+| stage | fault | expected error (fragment) |
+| --- | --- | --- |
+| trim, export | config.json missing / corrupt | no config.json / unreadable config.json |
+| trim, export | model.safetensors corrupt (truncated) | could not load |
+| trim, export | tokenizer.json corrupt | could not load its tokenizer |
+| trim, export | corpus: truncated gzip / not UTF-8 / empty | cannot read it as UTF-8 / is empty |
+| trim, export | unknown language / existing output without --overwrite | unknown language / already exists |
+| export | the quantiser or ONNX Runtime raises | ... failed (an ExportError) |
+| bundle verify, runtime.load | changed byte, manifest changed by hand | sha256 / digest |
+| bundle verify, runtime.load | manifest model outside the bundle (`..`, absolute), not a verified file | outside / not among |
+| bundle verify, runtime.load | tokenizer.json a symlink out of the bundle, manifest missing fields | link / lacks field |
+| bundle verify, runtime.load | .tar.gz: truncated, `..` member, absolute member, symlink, hardlink, device | refusing / not readable |
+| bundle verify, runtime.load | .tar.gz: member larger than the manifest declares, decompression bomb | declares / limit |
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import read_lines
+from mlcompress.errors import MlcompressError
+
+# ----------------------------------------------------------------------------------------------- shared inputs
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A tiny mBERT-style masked LM that both trim and export accept."""
+    from tiny_models import build_bert, training_lines
+
+    return build_bert(tmp_path_factory.mktemp("fault-model") / "bert", training_lines(data_dir)).path
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, Path]:
+    """Small English and German corpora (real text), as plain files."""
+    base = tmp_path_factory.mktemp("fault-texts")
+    out = {}
+    for lang in ("en", "de"):
+        out[lang] = base / f"{lang}.txt"
+        out[lang].write_text("\n".join(read_lines(data_dir / "mono" / f"{lang}.txt.gz", 60, skip=500)) + "\n", encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def good_bundle(model_dir: Path, texts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A verified, unquantised edge bundle of the tiny model."""
+    from mlcompress.export import export
+
+    out = tmp_path_factory.mktemp("fault-bundle") / "bundle"
+    export(model_dir, out, quantize="none", bundle=True, texts={k: str(v) for k, v in texts.items()},
+           measure_latency=False, parity_texts=8, calibration_texts=8)
+    return out
+
+
+@dataclass
+class Work:
+    """One row's folder: its inputs, and the output path where a previous artifact already sits."""
+
+    root: Path
+    model: Path
+    corpora: dict[str, Path]
+    output: Path
+
+
+@pytest.fixture()
+def work(tmp_path: Path, model_dir: Path, texts: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Work:
+    """A private copy of the model and corpora, a previous artifact at the output, and a private system temp folder."""
+    root = tmp_path / "work"
+    shutil.copytree(model_dir, root / "model")
+    corpora = {lang: Path(shutil.copy(p, root / p.name)) for lang, p in texts.items()}
+    output = root / "out"
+    output.mkdir()
+    (output / "model.safetensors").write_bytes(b"previous weights")
+    (output / "mlcompress.json").write_text('{"stage": "previous"}\n', encoding="utf-8")
+    systmp = tmp_path / "system-temp"
+    systmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(systmp))
+    return Work(root, root / "model", corpora, output)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` with the sha256 of its bytes (folders and links marked as such)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = "link:" + str(p.readlink())
+        elif p.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Run the console entry point in this process; return (exit code, stderr). Any non-mlcompress error propagates."""
+    from mlcompress.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mlcompress", *args])
+    with pytest.raises(SystemExit) as info:
+        main()
+    return int(info.value.code or 0), capsys.readouterr().err
+
+
+def assert_clear_cli_error(code: int, stderr: str, fragment: str) -> None:
+    assert code == 2, stderr
+    assert "error:" in stderr and "hint:" in stderr and "Traceback" not in stderr, stderr
+    assert fragment.lower() in stderr.lower().replace("\n", " "), stderr
+
+
+# ------------------------------------------------------------------------------------------ faults on inputs
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def corrupt_json(path: Path) -> None:
+    path.write_text('{"model_type": "bert", "vocab_size": ', encoding="utf-8")
+
+
+def truncated_gzip(path: Path) -> None:
+    data = gzip.compress(path.read_bytes())
+    path.with_suffix(".txt.gz").write_bytes(data[: len(data) // 2])
+
+
+def not_utf8(path: Path) -> None:
+    path.write_bytes("Grüße aus München\n".encode("latin-1") * 20)
+
+
+# (name, what to break, which corpus file the stage reads for English, expected fragment)
+INPUT_FAULTS: list[tuple[str, Callable[[Work], None], str, str]] = [
+    ("config.json missing", lambda w: (w.model / "config.json").unlink(), "en.txt", "no config.json"),
+    ("config.json corrupt", lambda w: corrupt_json(w.model / "config.json"), "en.txt", "config.json"),
+    ("model.safetensors corrupt", lambda w: truncate(w.model / "model.safetensors"), "en.txt", "could not load"),
+    ("tokenizer.json corrupt", lambda w: corrupt_json(w.model / "tokenizer.json"), "en.txt", "tokenizer"),
+    ("corpus: truncated gzip", lambda w: truncated_gzip(w.corpora["en"]), "en.txt.gz", "cannot read it as UTF-8"),
+    ("corpus: not UTF-8", lambda w: not_utf8(w.corpora["en"]), "en.txt", "cannot read it as UTF-8"),
+    ("corpus: empty", lambda w: w.corpora["en"].write_bytes(b""), "en.txt", "empty"),
+]
+
+
+def stage_args(stage: str, w: Work, en: str, languages: str = "en,de", overwrite: bool = True) -> list[str]:
+    """The command line of ``stage`` on the row's inputs, writing onto the previous artifact."""
+    corpora = [f"en={w.root / en}", f"de={w.corpora['de']}"]
+    if stage == "trim":
+        args = ["trim", str(w.model), "-l", languages, "-o", str(w.output)] + [a for c in corpora for a in ("--corpus", c)]
+    else:
+        args = ["export", str(w.model), "-o", str(w.output), "--quantize", "none", "-l", languages]
+        args += [a for c in corpora for a in ("--text", c)]
+    return args + (["--overwrite"] if overwrite else [])
+
+
+@pytest.mark.parametrize("stage", ["trim", "export"])
+@pytest.mark.parametrize(("fault", "breaker", "en", "fragment"), INPUT_FAULTS, ids=[row[0] for row in INPUT_FAULTS])
+def test_input_fault(stage: str, fault: str, breaker: Callable[[Work], None], en: str, fragment: str, work: Work,
+                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    breaker(work)
+    before = snapshot(work.root)
+    code, stderr = run_cli(stage_args(stage, work, en), monkeypatch, capsys)
+    assert_clear_cli_error(code, stderr, fragment)
+    assert snapshot(work.root) == before  # the previous artifact, the inputs, no leftovers
+    assert not list(Path(tempfile.tempdir).iterdir())
+
+
+@pytest.mark.parametrize("stage", ["trim", "export"])
+@pytest.mark.parametrize(("fault", "languages", "overwrite", "fragment"), [
+    ("unknown language", "en,xx", True, "unknown language"),
+    ("existing output without --overwrite", "en,de", False, "already exists"),
+], ids=["unknown language", "existing output"])
+def test_option_fault(stage: str, fault: str, languages: str, overwrite: bool, fragment: str, work: Work,
+                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    before = snapshot(work.root)
+    code, stderr = run_cli(stage_args(stage, work, "en.txt", languages, overwrite), monkeypatch, capsys)
+    assert_clear_cli_error(code, stderr, fragment)
+    assert snapshot(work.root) == before
+    assert not list(Path(tempfile.tempdir).iterdir())
+
+
+def _raise(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("simulated library failure")
+
+
+# (name, what to replace with a function that raises, expected fragment)
+LIBRARY_FAULTS = [
+    ("quantiser crashes", "mlcompress.export.quantize.quantize_int8_dynamic", "int8-dynamic quantisation failed"),
+    ("ONNX Runtime cannot load the graph", "onnxruntime.InferenceSession", "ONNX Runtime failed"),
+]
+
+
+@pytest.mark.parametrize(("fault", "target", "fragment"), LIBRARY_FAULTS, ids=[row[0] for row in LIBRARY_FAULTS])
+def test_export_library_fault(fault: str, target: str, fragment: str, work: Work, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A failure inside ONNX Runtime or its quantiser is an ExportError with a hint, not a traceback."""
+    monkeypatch.setattr(target, _raise)
+    args = stage_args("export", work, "en.txt")
+    args[args.index("none")] = "int8-dynamic"
+    before = snapshot(work.root)
+    code, stderr = run_cli(args, monkeypatch, capsys)
+    assert_clear_cli_error(code, stderr, fragment)
+    assert snapshot(work.root) == before
+    assert not list(Path(tempfile.tempdir).iterdir())
+
+
+# ------------------------------------------------------------------------------------------- faults on bundles
+
+
+def _digest(manifest: dict) -> str:
+    """The manifest's self-digest, as anyone can recompute it: it detects accidents, not attackers."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _edit_manifest(bundle: Path, edit: Callable[[dict], None]) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    edit(manifest)
+    manifest["manifest_sha256"] = _digest(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def changed_byte(b: Path, root: Path) -> Path:
+    data = bytearray((b / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (b / "model.onnx").write_bytes(bytes(data))
+    return b
+
+
+def manifest_edited_by_hand(b: Path, root: Path) -> Path:
+    text = (b / "manifest.json").read_text(encoding="utf-8")
+    (b / "manifest.json").write_text(text.replace('"masked-lm"', '"sentence-embedding"', 1), encoding="utf-8")
+    return b
+
+
+def model_outside(b: Path, root: Path) -> Path:
+    """The attacker's model sits beside the bundle, listed with its true sha256, and the manifest points at it."""
+    shutil.copy(b / "model.onnx", root / "evil.onnx")
+    def edit(m: dict) -> None:
+        m["files"]["../evil.onnx"] = dict(m["files"]["model.onnx"])
+        m["model"] = "../evil.onnx"
+    _edit_manifest(b, edit)
+    return b
+
+
+def model_absolute(b: Path, root: Path) -> Path:
+    shutil.copy(b / "model.onnx", root / "evil.onnx")
+    def edit(m: dict) -> None:
+        m["files"][str(root / "evil.onnx")] = dict(m["files"]["model.onnx"])
+        m["model"] = str(root / "evil.onnx")
+    _edit_manifest(b, edit)
+    return b
+
+
+def model_not_verified(b: Path, root: Path) -> Path:
+    shutil.copy(b / "model.onnx", b / "unlisted.onnx")
+    _edit_manifest(b, lambda m: m.update(model="unlisted.onnx"))
+    return b
+
+
+def tokenizer_symlink_out(b: Path, root: Path) -> Path:
+    """Same bytes (so the sha256 matches), but the file is a link to outside the bundle."""
+    shutil.move(b / "tokenizer.json", root / "outside-tokenizer.json")
+    (b / "tokenizer.json").symlink_to(root / "outside-tokenizer.json")
+    return b
+
+
+def manifest_missing_field(b: Path, root: Path) -> Path:
+    _edit_manifest(b, lambda m: m.pop("head"))
+    return b
+
+
+def _archive(b: Path, root: Path, extra: list[tuple[tarfile.TarInfo, bytes | None]], manifest_first: bool = True) -> Path:
+    """A .tar.gz of the bundle (manifest first, as `pack` writes it) plus crafted members."""
+    path = root / "crafted.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        names = sorted((p.name for p in b.iterdir()), key=lambda n: (n != "manifest.json" if manifest_first else 0, n))
+        for name in names:
+            tar.add(b / name, arcname=f"bundle/{name}")
+        for info, data in extra:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, link: str = "") -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info, data if kind == tarfile.REGTYPE else None
+
+
+def archive_truncated(b: Path, root: Path) -> Path:
+    path = _archive(b, root, [])
+    truncate(path)
+    return path
+
+
+def archive_traversal(b: Path, root: Path) -> Path:
+    return _archive(b, root, [_member("bundle/../../escaped.txt", b"owned")])
+
+
+def archive_absolute(b: Path, root: Path) -> Path:
+    return _archive(b, root, [_member(str(root / "escaped-absolute.txt"), b"owned")])
+
+
+def archive_symlink(b: Path, root: Path) -> Path:
+    return _archive(b, root, [_member("bundle/passwd", kind=tarfile.SYMTYPE, link="/etc/passwd")])
+
+
+def archive_hardlink(b: Path, root: Path) -> Path:
+    return _archive(b, root, [_member("bundle/passwd", kind=tarfile.LNKTYPE, link="/etc/passwd")])
+
+
+def archive_device(b: Path, root: Path) -> Path:
+    return _archive(b, root, [_member("bundle/null", kind=tarfile.CHRTYPE)])
+
+
+def archive_larger_than_declared(b: Path, root: Path) -> Path:
+    """The manifest (read first) declares tokenizer.json's size; the archive's member is 8 MB of zeros instead."""
+    crafted = root / "crafted-bundle"
+    shutil.copytree(b, crafted)
+    (crafted / "tokenizer.json").write_bytes(bytes(8 << 20))
+    return _archive(crafted, root, [])
+
+
+def archive_bomb(b: Path, root: Path) -> Path:
+    """A member that unpacks to 64 MB (a few dozen KB compressed), beyond a 32 MB cap set for this row."""
+    return _archive(b, root, [_member("bundle/padding.bin", bytes(64 << 20))], manifest_first=False)
+
+
+BUNDLE_FAULTS: list[tuple[str, Callable[[Path, Path], Path], str]] = [
+    ("changed byte", changed_byte, "sha256"),
+    ("manifest edited by hand", manifest_edited_by_hand, "digest"),
+    ("model outside the bundle (..)", model_outside, "outside the bundle"),
+    ("model at an absolute path", model_absolute, "outside the bundle"),
+    ("model not among the verified files", model_not_verified, "not among the files"),
+    ("tokenizer.json a symlink out of the bundle", tokenizer_symlink_out, "points outside the bundle"),
+    ("manifest missing a field", manifest_missing_field, "lacks field"),
+    ("archive truncated", archive_truncated, "not a readable bundle archive"),
+    ("archive member with ..", archive_traversal, "outside the bundle"),
+    ("archive member at an absolute path", archive_absolute, "outside the bundle"),
+    ("archive symlink member", archive_symlink, "is a link"),
+    ("archive hardlink member", archive_hardlink, "is a link"),
+    ("archive device member", archive_device, "device"),
+    ("archive member larger than declared", archive_larger_than_declared, "manifest declares"),
+    ("archive decompression bomb", archive_bomb, "limit"),
+]
+
+
+@pytest.mark.parametrize("stage", ["bundle verify", "runtime.load"])
+@pytest.mark.parametrize(("fault", "make", "fragment"), BUNDLE_FAULTS, ids=[row[0] for row in BUNDLE_FAULTS])
+def test_bundle_fault(stage: str, fault: str, make: Callable[[Path, Path], Path], fragment: str, good_bundle: Path,
+                      work: Work, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MLCOMPRESS_MAX_BUNDLE_BYTES", str(32 << 20))
+    target = make(shutil.copytree(good_bundle, work.root / "bundle", symlinks=True), work.root)
+    before = snapshot(work.root)
+    if stage == "bundle verify":
+        code, stderr = run_cli(["bundle", "verify", str(target)], monkeypatch, capsys)
+        assert_clear_cli_error(code, stderr, fragment)
+    else:
+        from mlcompress.export import runtime
+
+        with pytest.raises(MlcompressError, match=fragment) as info:
+            runtime.load(target)
+        assert info.value.hint
+    assert snapshot(work.root) == before  # nothing escaped the archive, nothing was changed
+    assert not list(Path(tempfile.tempdir).iterdir())  # the unpacked copy is gone
+    assert not (work.root.parent / "escaped.txt").exists()
+
+
+def test_good_bundle_and_its_archive_pass(good_bundle: Path, work: Work, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The control row: the untouched bundle, as a folder and as the archive `pack` writes, verifies and loads."""
+    from mlcompress.export import runtime
+    from mlcompress.export.bundle import pack
+
+    archive = pack(good_bundle, work.root / "good.tar.gz")
+    with tarfile.open(archive) as tar:
+        assert tar.getnames()[1] == "good/manifest.json"  # the manifest leads, so sizes are known before the files
+    for target in (good_bundle, archive):
+        code, _ = run_cli(["bundle", "verify", str(target)], monkeypatch, capsys)
+        assert code == 0
+        assert runtime.load(target).run(["Guten Morgen"])[0][0].shape[-1] > 0
+    assert not list(Path(tempfile.tempdir).iterdir())
