@@ -104,4 +104,15 @@ def read_provenance(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
     path = Path(directory) / PROVENANCE_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        from .errors import InputError
+
+        raise InputError(f"{path} is not a readable mlcompress record ({exc})",
+                         "restore the file, or delete it and rebuild the artifact with its stage's command") from exc
+    if not isinstance(record, dict):
+        from .errors import InputError
+
+        raise InputError(f"{path} is not an mlcompress record (a JSON object)", "rebuild the artifact with its stage's command")
+    return record

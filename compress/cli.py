@@ -109,7 +109,9 @@ def main() -> None:
             err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err.print("interrupted: nothing was written")
+        err.print("interrupted: the step that was running wrote nothing (outputs are renamed into place only when "
+                  "complete); finished pipeline stages and distillation checkpoints are kept, and rerunning the same "
+                  "command resumes from them")
         sys.exit(130)
 
 

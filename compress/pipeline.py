@@ -495,7 +495,7 @@ class Pipeline:
                 import mlcompress.export as ex
 
                 r = ex.export(current["path"], target, format=opts["format"], quantize=opts["quantize"], bundle=opts["bundle"],
-                              languages=cfg["languages"], texts={k: v[0] for k, v in corpora.items()} or None, task=opts["task"],
+                              languages=cfg["languages"], texts=dict(corpora) or None, task=opts["task"],
                               quantize_embeddings=opts["quantize_embeddings"], max_length=opts["max_length"],
                               min_cosine=opts["min_cosine"], force=opts["force"], measure_latency=opts["measure_latency"],
                               overwrite=True, cache_dir=cfg["cache_dir"])

@@ -76,7 +76,7 @@ def _recorded_corpora(model_dir: Path, languages: list[str]) -> dict[str, list[C
     """The corpora the model's trim recorded in mlcompress.json that can still be read here, per language."""
     try:
         record = read_provenance(model_dir) or {}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, InputError) as exc:
         raise ModelSourceError(f"{model_dir / 'mlcompress.json'} is corrupt ({exc}), so the corpora the model was trimmed on "
                                "are unknown", "pass --text LANG=PATH per target language, or re-save the model") from exc
     found: dict[str, list[Corpus]] = {}
