@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--teacher", type=Path, default=None,
                     help="an en+el teacher packed by bench/device_kit.py (default: bundled e5-small, trimmed here)")
     ap.add_argument("--max-examples", type=int, default=None, help="cap eval examples per task (smoke runs)")
+    ap.add_argument("--eval-only", action="store_true", help="evaluate the students a previous run left in --out")
     args = ap.parse_args()
     if args.time_budget.lower() == "none":
         args.time_budget = None
@@ -89,8 +90,17 @@ def main() -> None:
 
         teacher, trim_here = str(unpack(args.teacher, out / "teacher-en-el-fp32")), False
     objectives = ["embedding", "bistil"] if args.objective == "both" else [args.objective]
-    runs = {obj: distil(args, obj, teacher, trim_here, out) for obj in objectives}
+    if args.eval_only:
+        runs = {obj: finished_run(out / f"student-{obj}") for obj in objectives}
+    else:
+        runs = {obj: distil(args, obj, teacher, trim_here, out) for obj in objectives}
     evaluate_runs(args, teacher, runs, out)
+
+
+def finished_run(student: Path) -> tuple[Path, dict]:
+    """What a finished distillation measured, from its mlcompress.json."""
+    m = json.loads((student / "mlcompress.json").read_text())["metrics"]
+    return student, {k: m[k] for k in ("steps", "tokens", "seconds", "tokens_per_second", "layer_map")}
 
 
 def evaluate_runs(args, teacher: str, runs: dict[str, tuple[Path, dict]], out: Path) -> None:

@@ -211,7 +211,7 @@ def train(model: torch.nn.Module, loss_fn: LossFn, batch_for_step: Callable[[int
     accelerator = accelerator or make_accelerator(config)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    world, rank = accelerator.num_processes, accelerator.process_index
+    world = accelerator.num_processes
     if config.batch_size % (world * config.grad_accum):
         raise InputError(f"batch size {config.batch_size} does not split over {world} process(es) x "
                          f"{config.grad_accum} accumulation step(s)", "choose a batch size divisible by their product")

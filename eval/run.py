@@ -264,7 +264,7 @@ def _pos(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits
     train = data.pos_train(limits.pos_train_sentences)
     tests = {lang: data.pos_test(lang, limits.pos_test_sentences) for lang in langs}
     s, c = pos_transfer(src, train, tests, recipe), pos_transfer(cand, train, tests, recipe)
-    return [Score("pos", lang, "accuracy", s[lang], c[lang], sum(len(w) for w in tests[lang].words),
+    return [Score("pos", lang, "accuracy", float(s[lang]), float(c[lang]), sum(len(w) for w in tests[lang].words),
                   dataset=tests[lang].origin, note=f"train: English, {len(train.words)} sentences; {recipe.mode}",
                   interval=_accuracy_interval(s[lang], c[lang], [t for sent in tests[lang].tags for t in sent]))
             for lang in langs]
@@ -288,7 +288,7 @@ def _nli(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits
     train = data.nli_train(limits.nli_train_rows)
     tests = {lang: data.nli_test(lang, len(train.a), limits.nli_test_rows) for lang in langs}
     s, c = nli_transfer(src, train, tests, recipe, pre), nli_transfer(cand, train, tests, recipe, pre)
-    return [Score("nli", lang, "accuracy", s[lang], c[lang], len(tests[lang].a), dataset=tests[lang].origin,
+    return [Score("nli", lang, "accuracy", float(s[lang]), float(c[lang]), len(tests[lang].a), dataset=tests[lang].origin,
                   note=f"train: xnli/dev-en rows 0-{len(train.a)}; {recipe.mode}",
                   interval=_accuracy_interval(s[lang], c[lang], list(tests[lang].labels))) for lang in langs]
 

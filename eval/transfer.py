@@ -82,6 +82,9 @@ class Accuracy(float):
         obj.right, obj.total = np.asarray(right, dtype=np.float64), np.asarray(total, dtype=np.float64)
         return obj
 
+    def __getnewargs__(self) -> tuple[np.ndarray, np.ndarray]:  # copy and pickle rebuild it from its units
+        return self.right, self.total
+
 
 def _token_accuracy(pred: list[np.ndarray], gold: list[list[str]], tags: dict[str, int]) -> Accuracy:
     right, total = [], []

@@ -70,3 +70,16 @@ def test_accuracy_is_a_float_that_keeps_its_units() -> None:
     acc = Accuracy(np.array([3, 1]), np.array([4, 2]))
     assert acc == pytest.approx(4 / 6) and list(acc.right) == [3, 1] and isinstance(acc, float)
     assert paired_bootstrap(lambda idx, m: 1.0, 3, chance=0.0, resamples=10).retention_low == 1.0
+
+
+def test_accuracy_survives_copy_and_the_report_record() -> None:
+    import copy
+    import json
+    import pickle
+
+    acc = Accuracy(np.array([3, 1]), np.array([4, 2]))
+    for clone in (copy.deepcopy(acc), pickle.loads(pickle.dumps(acc))):
+        assert clone == acc and list(clone.total) == [4, 2]
+    score = Score("pos", "el", "accuracy", float(acc), float(acc), 6,
+                  interval=ratio_interval((acc.right, acc.right), acc.total, chance=0.2).as_dict())
+    json.dumps(score.as_dict())

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+from transformers import AutoModel, AutoTokenizer, BertModel
 
 from conftest import DATA, ROOT
 from mlcompress import InputError, LanguageError, OutputExistsError
 from mlcompress.distill import Phase1Losses, TrainConfig, distill_general, distill_task, finetune_teacher, make_student
 from mlcompress.distill.student import layer_map
-from tiny_models import build_bert, training_lines
+from tiny_models import build_bert_teacher, training_lines
 
 CORPORA = {"en": str(DATA / "mono" / "en.txt.gz"), "de": str(DATA / "mono" / "de.txt.gz")}
 
@@ -25,17 +25,7 @@ CORPORA = {"en": str(DATA / "mono" / "en.txt.gz"), "de": str(DATA / "mono" / "de
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory) -> Path:
     """A 4-layer BERT teacher (no dropout, so runs compare exactly) with a real WordPiece tokenizer."""
-    base = tmp_path_factory.mktemp("tiny-bert")
-    tiny = build_bert(base / "tok", training_lines(DATA))
-    tok = AutoTokenizer.from_pretrained(tiny.path)
-    torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                                 intermediate_size=64, pad_token_id=0, hidden_dropout_prob=0.0,
-                                 attention_probs_dropout_prob=0.0))
-    out = base / "teacher"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return build_bert_teacher(tmp_path_factory.mktemp("tiny-bert") / "teacher", training_lines(DATA))
 
 
 def _config(**kw) -> TrainConfig:

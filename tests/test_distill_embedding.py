@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+from transformers import AutoModel, AutoTokenizer
 
 from conftest import DATA, read_lines
 from mlcompress import InputError
@@ -19,7 +19,7 @@ from mlcompress.distill.sentences import SentencePool, add_short_spans, split_se
 from mlcompress.distill.student import make_student
 from mlcompress.embedding_profile import E5_PREFIX, embedding_profile, write_sentence_transformers_config, EmbeddingProfile
 from mlcompress.pipeline import Pipeline
-from tiny_models import build_bert, build_xlmr, training_lines
+from tiny_models import build_bert_teacher, build_xlmr, training_lines
 
 CORPORA = {"en": str(DATA / "mono" / "en.txt.gz"), "de": str(DATA / "mono" / "de.txt.gz")}
 
@@ -27,16 +27,8 @@ CORPORA = {"en": str(DATA / "mono" / "en.txt.gz"), "de": str(DATA / "mono" / "de
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory) -> Path:
     """A 4-layer BERT teacher marked as an E5-style sentence-embedding model by its sentence-transformers config."""
-    base = tmp_path_factory.mktemp("tiny-e5")
-    tiny = build_bert(base / "tok", training_lines(DATA))
-    tok = AutoTokenizer.from_pretrained(tiny.path)
-    torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                                 intermediate_size=64, pad_token_id=0, hidden_dropout_prob=0.0,
-                                 attention_probs_dropout_prob=0.0, initializer_range=0.5))  # varied embeddings
-    out = base / "teacher"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    out = build_bert_teacher(tmp_path_factory.mktemp("tiny-e5") / "teacher", training_lines(DATA),
+                             initializer_range=0.5)  # varied embeddings, so the student has something to learn
     write_sentence_transformers_config(out, EmbeddingProfile(E5_PREFIX, "mean", True))
     return out
 

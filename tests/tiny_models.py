@@ -233,3 +233,18 @@ def build(family: str, out: Path, lines: list[str]) -> TinyModel:
 def tokenizer_json(path: Path) -> dict:
     """The tokenizers-library JSON of a model directory."""
     return json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
+
+
+def build_bert_teacher(out: Path, lines: list[str], initializer_range: float = 0.02) -> Path:
+    """A 4-layer BERT encoder (no dropout, so runs compare exactly) with a real WordPiece tokenizer, saved to ``out``."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tiny = build_bert(out.parent / f"{out.name}-tok", lines)
+    tok = AutoTokenizer.from_pretrained(tiny.path)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                 intermediate_size=64, pad_token_id=0, hidden_dropout_prob=0.0,
+                                 attention_probs_dropout_prob=0.0, initializer_range=initializer_range))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
