@@ -144,6 +144,7 @@ class BudgetPlan:
 
     The plan is re-checked after every step: shrunk at once if the run has slowed down enough to overrun, grown
     (at most every RECENT steps) if it runs more than 10% faster than planned, e.g. after a busy warm-up.
+    A resumed run keeps the plan saved in its checkpoint and finishes that schedule.
     """
 
     WARMUP_STEPS = 1  # untimed (allocations, first-call costs)
@@ -154,14 +155,14 @@ class BudgetPlan:
 
     def __init__(self, budget: float | None, started_at: float, planned: int | None) -> None:
         self.budget, self.started_at, self.planned = budget, started_at, planned
-        self.grows = planned is None  # a resumed run keeps its plan (it may only shrink to fit)
+        self.grows = planned is None  # a resumed run keeps its plan: it finishes the schedule it started
         self.replanned_at = 0
         self.timer: tuple[int, float] | None = None
         self.recent: list[tuple[int, float]] = []  # (step, time) of the last RECENT steps: a slowdown shows at once
 
     @property
     def active(self) -> bool:
-        return self.budget is not None
+        return self.budget is not None and self.grows  # a resumed run keeps the saved plan as it is
 
     def deadline(self) -> float:
         return self.started_at + self.budget * (1 - self.RESERVE)

@@ -152,7 +152,7 @@ def test_bistil_objective_stays_available(teacher_dir: Path, tmp_path: Path) -> 
 
 
 def test_time_budget_sizes_the_run_and_a_resume_keeps_the_plan(teacher_dir: Path, tmp_path: Path) -> None:
-    cfg = _cfg(steps=10**6, time_budget=25.0, checkpoint_every=2)
+    cfg = _cfg(steps=10**6, time_budget=30.0, checkpoint_every=2)
     out = tmp_path / "budget"
     first = distill_general(teacher_dir, "en,de", CORPORA, out, objective="embedding", max_sentences_per_language=300,
                             train_config=cfg, stop_after=8)
