@@ -238,7 +238,10 @@ def test_trimmed_model_outputs_are_bit_identical(family: str, trimmed: _Lazy, he
         for name in names:
             for layer, (x, y) in enumerate(zip(getattr(out_a, name), getattr(out_b, name), strict=True)):
                 _identical(x, y, f"{name}[{layer}]")
-        _identical(out_a.logits.index_select(-1, keep), out_b.logits, "logits of kept ids")
+        # The head is one GEMM over a narrower weight: the hidden states above are bit-identical, but the GEMM may
+        # block (and so sum) differently for another output width on some CPUs (7.5e-9 seen on AVX2, 0 on AVX512).
+        kept = out_a.logits.index_select(-1, keep)
+        assert (kept - out_b.logits).abs().max().item() <= 1e-6 * max(1.0, kept.abs().max().item()), "logits of kept ids"
 
 
 @pytest.mark.parametrize("family", GENERATORS)
