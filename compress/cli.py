@@ -44,12 +44,14 @@ def trim(
     corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="LANG=PATH: a text file or folder (plain or .gz), a datasets id (hf://NAME?config=C&split=S&column=COL&max_lines=N), or a word-frequency list (wordfreq:LANG?n=N). Repeat per language and per corpus.")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Output directory (a save_pretrained model).")] = Path("trimmed"),
     top_k: Annotated[Optional[int], typer.Option(help="Keep the K most frequent tokens (languages weighted equally).")] = None,
-    min_count: Annotated[Optional[int], typer.Option(help="Keep tokens seen at least N times (default policy, N=1).")] = None,
+    min_count: Annotated[Optional[int], typer.Option(help="Keep tokens seen at least N times (the default recipe keeps N=1 plus frequent words).")] = None,
     coverage: Annotated[Optional[float], typer.Option(help="Per language, keep the tokens covering this fraction of its token occurrences.")] = None,
     quota: Annotated[Optional[list[str]], typer.Option(help="LANG=K: keep each language's own top K tokens. Repeat per language.")] = None,
     scripts: Annotated[bool, typer.Option("--scripts", help="Corpus-free: keep every piece written in the languages' scripts.")] = False,
     keep_token: Annotated[Optional[list[str]], typer.Option(help="A token to keep whatever the policy says. Repeatable.")] = None,
-    word_variants: Annotated[bool, typer.Option("--word-variants", help="Also keep capitalised, lower-case and unmarked forms of kept word pieces.")] = False,
+    word_variants: Annotated[Optional[bool], typer.Option("--word-variants/--no-word-variants", help="Also keep capitalised, lower-case and unmarked forms of kept word pieces. [default: on without a policy option]")] = None,
+    frequent_words: Annotated[Optional[int], typer.Option(help="Also keep the pieces of each language's N most frequent words (wordfreq), within --max-vocab; 0: none. [default: 20000 without a policy option, else 0]")] = None,
+    max_vocab: Annotated[Optional[int], typer.Option(help="Vocabulary budget for the word-list words (the rarest go first; corpus tokens are always kept). [default: 48000]")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists (only once the new one is complete).")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Cache for bundled models and token counts.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -60,7 +62,8 @@ def trim(
     _quiet_transformers()
     result = trim_api(model, languages, corpus, output, top_k=top_k, min_count=min_count, coverage=coverage,
                       quotas=_parse_quotas(quota or []), scripts=scripts, keep_tokens=keep_token or [], word_variants=word_variants,
-                      overwrite=overwrite, cache_dir=cache_dir)
+                      frequent_words=frequent_words, overwrite=overwrite, cache_dir=cache_dir,
+                      **({"max_vocab": max_vocab} if max_vocab is not None else {}))
     if as_json:
         out.print_json(json.dumps(result.as_dict()))
         return
@@ -75,7 +78,12 @@ def trim(
         table.add_row(name, f"{a:,}", f"{b:,}", f"{b / max(a, 1):.1%}")
     out.print(table)
     for lang, frac in result.coverage.items():
-        out.print(f"  {lang}: {result.tokens_counted[lang]:,} tokens counted, {frac:.3%} of them kept")
+        held = result.heldout_coverage.get(lang)
+        estimate = f"; est. {held:.2%} of unseen text's tokens (half the corpus checked against the other half)" if held is not None else ""
+        words = f"; + top {result.frequent_words[lang]:,} words" if lang in result.frequent_words else ""
+        out.print(f"  {lang}: {result.tokens_counted[lang]:,} tokens counted, {frac:.3%} of them kept{words}{estimate}")
+    for note in result.notes:
+        err.print(f"[yellow]note:[/yellow] {note}")
 
 
 @app.callback()

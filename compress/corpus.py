@@ -72,7 +72,7 @@ class Corpus:
         try:
             import wordfreq
         except ImportError as exc:
-            raise CorpusError(f"corpus {text} needs the wordfreq package", "pip install 'mlcompress[wordfreq]'") from exc
+            raise CorpusError(f"corpus {text} needs the wordfreq package", "pip install wordfreq (a dependency of mlcompress)") from exc
         if lang not in wordfreq.available_languages(options.get("wordlist", "large")):
             raise CorpusError(f"corpus {text}: wordfreq has no {options.get('wordlist', 'large')!r} list for {lang!r}",
                               "pick a language that wordfreq.available_languages() lists, or wordlist=best")

@@ -113,6 +113,9 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
     if record:
         info["metrics"] = record.get("metrics")
         info["parameters_used"] = record.get("parameters")
+        held = (record.get("metrics") or {}).get("heldout_coverage")
+        if held:  # a trim's estimate of how much unseen text keeps its tokens
+            info["heldout_coverage"] = held
     return info
 
 

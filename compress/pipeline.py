@@ -51,7 +51,7 @@ _STAGE_OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "trim": {
         "top_k": ((int, _NONE), None), "min_count": ((int, _NONE), None), "coverage": ((float, int, _NONE), None),
         "quotas": ((dict, _NONE), None), "scripts": ((bool,), False), "keep_tokens": ((list,), []),
-        "word_variants": ((bool,), False),
+        "word_variants": ((bool, _NONE), None), "frequent_words": ((int, _NONE), None), "max_vocab": ((int, _NONE), None),
     },
     "distill": {
         "enabled": ((bool, str), "auto"), "device": ((str,), "auto"), "every_k": ((int,), 2), "block_size": ((int,), 256),
@@ -64,6 +64,7 @@ _STAGE_OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "format": ((str,), "onnx"), "quantize": ((str,), "int8-dynamic"), "bundle": ((bool,), True),
         "task": ((str, _NONE), None), "quantize_embeddings": ((bool, _NONE), None), "max_length": ((int, _NONE), None),
         "min_cosine": ((float, int, _NONE), None), "force": ((bool,), False), "measure_latency": ((bool,), True),
+        "max_drop": ((float, _NONE), None),
     },
     "eval": {
         "tasks": ((str, list), DEFAULT_EVAL_TASKS), "min_retention": ((float, int, _NONE), DEFAULT_MIN_RETENTION),
@@ -450,7 +451,8 @@ class Pipeline:
 
                 r = trim(source.path, cfg["languages"], None if scripts else corpora, target, top_k=opts["top_k"], min_count=opts["min_count"],
                          coverage=opts["coverage"], quotas=opts["quotas"], scripts=scripts, keep_tokens=opts["keep_tokens"],
-                         word_variants=opts["word_variants"], overwrite=True, cache_dir=cfg["cache_dir"])
+                         word_variants=opts["word_variants"], frequent_words=opts["frequent_words"], overwrite=True, cache_dir=cfg["cache_dir"],
+                         **({"max_vocab": opts["max_vocab"]} if opts["max_vocab"] is not None else {}))  # None: trim's budget
                 return {k: v for k, v in r.as_dict().items() if k != "output"}
 
             rec = do_stage("trim", {**opts, "scripts": scripts, "languages": cfg["languages"]},
@@ -498,7 +500,7 @@ class Pipeline:
                               languages=cfg["languages"], texts=dict(corpora) or None, task=opts["task"],
                               quantize_embeddings=opts["quantize_embeddings"], max_length=opts["max_length"],
                               min_cosine=opts["min_cosine"], force=opts["force"], measure_latency=opts["measure_latency"],
-                              overwrite=True, cache_dir=cfg["cache_dir"])
+                              max_drop=opts["max_drop"], overwrite=True, cache_dir=cfg["cache_dir"])
                 return {k: v for k, v in r.as_dict().items() if k not in ("output", "manifest")}
 
             rec = do_stage("export", {**opts, "languages": cfg["languages"]}, {"model": current["digest"], "texts": corpus_fp}, export_body)

@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
         data: Annotated[Optional[Path], typer.Option("--data", help="A folder laid out like ../shared/data (default: ../shared/data when present).")] = None,
         model: Annotated[Optional[str], typer.Option("--model", help="Source model (default job only; default bundled:multilingual-e5-small).")] = None,
         force: Annotated[bool, typer.Option("--force", help="Rerun every stage even if its inputs and options are unchanged.")] = False,
+        max_drop: Annotated[Optional[float], typer.Option(help="Export with accuracy-aware quantisation (stages.export.max_drop): keep the most sensitive operators float until 1 - mean cosine against the float graph is at most this.")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
         """Chain trim -> distill (GPU) -> export (bundle) -> eval against the source; exit 1 when the gate fails."""
@@ -60,6 +61,11 @@ def register(app: typer.Typer) -> None:
                 stages = {k: v for k, v in cfg["stages"].items()}
                 cfg = validate_config({**cfg, "stages": stages})
             pipe = Pipeline(cfg)
+        if max_drop is not None:
+            if "export" not in pipe.config["stages"]:
+                raise InputError("--max-drop needs an export stage", "add export to the config's stages, or drop --max-drop")
+            pipe.config["stages"]["export"]["max_drop"] = max_drop
+            pipe = Pipeline(pipe.config)  # validated again with the option
         result = pipe.run(output, force=force, progress=lambda m: err.print(f"[dim]pipeline[/] {m}", highlight=False))
         if as_json:
             out.print_json(json.dumps(result.as_dict(), default=str))
@@ -117,6 +123,8 @@ def register(app: typer.Typer) -> None:
                                                if isinstance(v, (int, float, str)))))
         if info.get("latency_ms"):
             fields.append(("latency ms", ", ".join(f"{k} {v:.2f}" for k, v in info["latency_ms"].items() if isinstance(v, (int, float)))))
+        if info.get("heldout_coverage"):
+            fields.append(("held-out coverage (est.)", ", ".join(f"{k} {v:.2%}" for k, v in info["heldout_coverage"].items())))
         if info.get("gate"):
             fields.append(("gate", f"passed={info['gate'].get('passed')} min_retention={info['gate'].get('min_retention')}"))
         if info.get("passed") is not None:

@@ -184,8 +184,8 @@ def distill_general(
                 "trim_vocabulary": trim_vocabulary}
     narrow = _check_width(source.path, hidden_size)
     accelerator = make_accelerator(config)  # device errors before anything is written
-    work = open_work_dir(out, settings, overwrite, restart)
-    teacher_dir = _teacher_dir(source.path, langs, texts, work, trim_vocabulary, cache_dir)
+    work = open_work_dir(out, settings, overwrite, restart, accelerator)
+    teacher_dir = _teacher_dir(source.path, langs, texts, work, trim_vocabulary, cache_dir, accelerator)
     run = _Phase1Run(teacher_dir, langs, texts, objective, losses, data, config, every_k, layers)
     if narrow:
         run.narrow(work, hidden_size, accelerator.is_main_process)
@@ -256,16 +256,20 @@ def _check_width(teacher_dir: Path, hidden_size: int | None) -> bool:
 
 
 def _teacher_dir(source: Path, langs: list[str], texts: dict[str, Any], work: Path, trim_vocabulary: bool,
-                 cache_dir: str | os.PathLike[str] | None) -> Path:
-    """The teacher to distil from: the source, or its trim to the corpora's tokens (kept in the work dir)."""
+                 cache_dir: str | os.PathLike[str] | None, accelerator: Any) -> Path:
+    """The teacher to distil from: the source, or its trim to the corpora's tokens (kept in the work dir).
+
+    The main process trims; the others wait for it rather than write the same directory at once.
+    """
     if not trim_vocabulary:
         return source
     from mlcompress.vocab_trim import trim
 
     teacher_dir = work / "teacher-trimmed"
-    if not (teacher_dir / "config.json").is_file():
+    if accelerator.is_main_process and not (teacher_dir / "config.json").is_file():
         trim(source, langs, {k: [c.spec for c in v] for k, v in texts.items()}, teacher_dir, overwrite=True,
              cache_dir=cache_dir)
+    accelerator.wait_for_everyone()
     return teacher_dir
 
 
@@ -308,10 +312,14 @@ class _Phase1Run:
             self.sizes = self.pool.sizes()
         self.sizes_key = "blocks_per_language" if objective == "bistil" else "sentences_per_language"
         self.basis: torch.Tensor | None = None
+        self._prepare_student()
+
+    def _prepare_student(self) -> None:
+        """Freeze the pooler (not part of the phase-1 objective, and out of DDP's gradient sync); capture attention."""
         pooler = getattr(self.student.base_model, "pooler", None)
-        if pooler is not None:  # not part of the phase-1 objective: keep it as copied (and out of DDP's gradient sync)
+        if pooler is not None:
             pooler.requires_grad_(False)
-        if losses.attention:
+        if self.losses.attention:
             use_capture_backend(self.student)
 
     def narrow(self, work: Path, hidden_size: int, main_process: bool) -> None:
@@ -322,14 +330,12 @@ class _Phase1Run:
         else:
             sample = self.blocks if self.objective == "bistil" else self.batches()(0)["input_ids"]
             basis = teacher_basis(self.teacher, sample, self.mapping, hidden_size)
-            if main_process:
-                save_file({"basis": basis}, str(saved))
+            if main_process:  # renamed into place: another rank never reads half a file
+                partial = saved.with_name(saved.name + ".partial")
+                save_file({"basis": basis}, str(partial))
+                os.replace(partial, saved)
         self.student, self.basis = narrow_student(self.student, hidden_size, basis)
-        pooler = getattr(self.student.base_model, "pooler", None)
-        if pooler is not None:
-            pooler.requires_grad_(False)
-        if self.losses.attention:
-            use_capture_backend(self.student)
+        self._prepare_student()
 
     def loss_fn(self):
         if self.objective == "bistil":

@@ -67,7 +67,7 @@ def finetune_teacher(source: str | os.PathLike[str], task: str, train_file: str 
                 "max_examples": max_examples, "max_length": max_length,
                 "train": {k: v for k, v in asdict(config).items() if k != "progress"}}
     accelerator = make_accelerator(config)  # device errors before anything is written
-    work = open_work_dir(out, settings, overwrite, restart)
+    work = open_work_dir(out, settings, overwrite, restart, accelerator)
     tok = AutoTokenizer.from_pretrained(src.path)
     data = encode_task(task, train_file, tok, max_length, max_examples)
     model = _auto_class(task).from_pretrained(
@@ -139,7 +139,7 @@ def distill_task(teacher: str | os.PathLike[str], student: str | os.PathLike[str
                 "train": {k: v for k, v in asdict(config).items() if k != "progress"}}
     started = time.perf_counter()
     accelerator = make_accelerator(config)  # device errors before anything is written
-    work = open_work_dir(out, settings, overwrite, restart)
+    work = open_work_dir(out, settings, overwrite, restart, accelerator)
     cls = _auto_class(task)
     teacher_model = cls.from_pretrained(t_src.path, dtype=torch.float32)
     names = [teacher_model.config.id2label[i] for i in range(teacher_model.config.num_labels)]

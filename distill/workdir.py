@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,23 +17,39 @@ def work_dir_for(output: Path) -> Path:
     return output.parent / f".{output.name}.work"
 
 
-def open_work_dir(output: Path, settings: dict[str, Any], overwrite: bool, restart: bool) -> Path:
-    """Create or reopen the work dir; refuse one left by a run with other settings unless ``restart``."""
+def open_work_dir(output: Path, settings: dict[str, Any], overwrite: bool, restart: bool, accelerator: Any = None) -> Path:
+    """Create or reopen the work dir; refuse one left by a run with other settings unless ``restart``.
+
+    Under several processes only the main one touches the directory; the others wait for it, so no
+    rank reads a settings file another rank is still writing or deletes a directory another just made.
+    """
     if output.exists() and not overwrite:
         raise OutputExistsError(f"output {output} already exists", "choose another output path, or pass --overwrite")
     work = work_dir_for(output)
-    digest = json_digest(settings)
+    if accelerator is None or accelerator.is_main_process:
+        _prepare(work, json_digest(settings), settings, restart)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return work
+
+
+def _prepare(work: Path, digest: str, settings: dict[str, Any], restart: bool) -> None:
+    """Clear (restart) or check the work dir, then record the run's settings atomically."""
     marker = work / "settings.json"
     if work.exists() and restart:
         shutil.rmtree(work)
     if work.exists() and marker.is_file():
-        saved = json.loads(marker.read_text())
+        try:
+            saved = json.loads(marker.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"{marker} is damaged ({exc})", "pass --restart to discard the interrupted run") from exc
         if saved.get("digest") != digest:
             raise InputError(f"{work} holds an interrupted run with other settings",
                              "rerun with the same settings to resume it, or pass --restart to discard it")
     work.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"digest": digest, "settings": settings}, indent=2, default=str) + "\n")
-    return work
+    partial = marker.with_name(marker.name + ".partial")
+    partial.write_text(json.dumps({"digest": digest, "settings": settings}, indent=2, default=str) + "\n")
+    os.replace(partial, marker)
 
 
 def close_work_dir(work: Path, output: Path) -> None:

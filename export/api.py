@@ -8,7 +8,7 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,18 +182,29 @@ def export(
     calibration_texts: int = 64,
     min_cosine: float | None = None,
     min_agreement: float | None = None,
+    max_drop: float | None = None,
+    accuracy_texts: int = 128,
     force: bool = False,
     measure_latency: bool = True,
     overwrite: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> ExportResult:
-    """Export MODEL to ONNX (or a TensorRT engine / bitsandbytes checkpoint), quantise it, check parity, and write OUT."""
+    """Export MODEL to ONNX (or a TensorRT engine / bitsandbytes checkpoint), quantise it, check parity, and write OUT.
+
+    ``max_drop`` (int8-dynamic, int8-static, int4) keeps the most sensitive weight operators at full precision until
+    the drop against the float graph (1 - mean cosine; 1 - label agreement for classifiers) on ``accuracy_texts``
+    held-out target-language sentences is within it; the manifest records what was kept and what it cost.
+    """
     if format not in FORMATS:
         raise InputError(f"unknown format {format!r}", f"choose one of {', '.join(FORMATS)}")
     if quantize not in QUANTIZE_CHOICES:
         raise InputError(f"unknown quantisation {quantize!r}", f"choose one of {', '.join(QUANTIZE_CHOICES)}")
     if calibration not in CALIBRATION_METHODS:
         raise InputError(f"unknown calibration method {calibration!r}", f"choose one of {', '.join(CALIBRATION_METHODS)}")
+    if max_drop is not None and (quantize not in ("int8-dynamic", "int8-static", "int4") or format != "onnx"
+                                 or not 0 < max_drop < 1):
+        raise InputError(f"--max-drop {max_drop} with --format {format} --quantize {quantize}",
+                         "use --max-drop between 0 and 1 (e.g. 0.005) with --format onnx and int8-dynamic, int8-static or int4")
     output = Path(output).expanduser().absolute()
     langs = parse_languages(languages) if languages and (not isinstance(languages, str) or languages.strip()) else []
     if format == "tensorrt":
@@ -234,7 +245,9 @@ def export(
                         per_channel=per_channel, reduce_range=reduce_range, quantize_embeddings=quantize_embeddings,
                         embedding_block_size=embedding_block_size, int4_block_size=int4_block_size, calibration=calibration,
                         optimize=optimize, calibration_texts=calibration_texts, n_langs=n_langs,
-                        min_cosine=min_cosine, min_agreement=min_agreement, force=force, measure_latency=measure_latency)
+                        min_cosine=min_cosine, min_agreement=min_agreement, force=force, measure_latency=measure_latency,
+                        max_drop=max_drop, accuracy_texts=accuracy_texts, parity_texts=parity_texts,
+                        output_name=spec.output_name, task=spec.task)
         model_file, parity, latency, fused, qinfo = result
         files = [model_file, "tokenizer.json", "mlcompress.json"]
         inputs = [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in ("input_ids", "attention_mask")]
@@ -339,38 +352,108 @@ def _graph(module: Any, spec: Any, config: Any, scratch: Path, quantize: str, pa
 
 def _quantise(current: Path, scratch: Path, quantize: str, tok: Any, prefix: str, sources: dict[str, Any], pad_id: int,
               opts: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    """Quantise the graph as asked (weights, then 4-bit embedding tables); return the new graph and what was done."""
-    from . import quantize as q
+    """Quantise the graph as asked (weights, then 4-bit embedding tables); return the new graph and what was done.
 
-    embeddings = opts["quantize_embeddings"]
-    if embeddings is None:
-        embeddings = quantize in ("int8-dynamic", "int8-static", "int4")
-    step = scratch / "quantized.onnx"
-    qinfo: dict[str, Any] = {}
+    With ``max_drop``, the most sensitive weight operators stay float until the drop against the float graph holds.
+    """
+    feeds: list[dict[str, Any]] = []
     if quantize == "int8-static":  # calibration text is read before the quantiser runs: its errors are corpus errors
         n = max(1, opts["calibration_texts"] // opts["n_langs"])
         feeds = _batches(tok, _take(sources, n, 0), prefix, 8)
         if opts["calibration"] != "minmax":
             feeds = _common_length(feeds, pad_id)
+    if opts.get("max_drop") is not None and quantize in ("int8-dynamic", "int8-static", "int4"):
+        return _accuracy_aware(current, scratch, quantize, tok, prefix, sources, feeds, opts)
+    return _quantise_once(current, scratch / "quantized.onnx", quantize, feeds, opts, ())
+
+
+def _quantise_once(current: Path, dst: Path, quantize: str, feeds: list[dict[str, Any]], opts: dict[str, Any],
+                   exclude: Sequence[str]) -> tuple[Path, dict[str, Any]]:
+    """One quantised graph (at ``dst`` when the embeddings are quantised last): weights (all but ``exclude``), then the
+    embedding tables in 4 bits."""
+    from . import quantize as q
+
+    embeddings = opts["quantize_embeddings"]
+    if embeddings is None:
+        embeddings = quantize in ("int8-dynamic", "int8-static", "int4")
+    step = dst.with_name(dst.stem + ".weights.onnx")
+    qinfo: dict[str, Any] = {}
     with _step(f"the {quantize} quantisation", "try another --quantize (int8-dynamic, or none), or update onnxruntime"):
         if quantize == "int8-dynamic":
-            qinfo = q.quantize_int8_dynamic(current, step, per_channel=opts["per_channel"], reduce_range=opts["reduce_range"])
+            qinfo = q.quantize_int8_dynamic(current, step, per_channel=opts["per_channel"], reduce_range=opts["reduce_range"],
+                                            exclude=exclude)
         elif quantize == "int8-static":
             qinfo = q.quantize_int8_static(current, step, feeds, per_channel=opts["per_channel"],
-                                           reduce_range=opts["reduce_range"], method=opts["calibration"])
+                                           reduce_range=opts["reduce_range"], method=opts["calibration"], exclude=exclude)
         elif quantize == "int4":
-            qinfo = q.quantize_int4(current, step, block_size=opts["int4_block_size"])
+            qinfo = q.quantize_int4(current, step, block_size=opts["int4_block_size"], exclude=exclude)
         elif quantize == "fp16":
             qinfo = q.convert_fp16(current, step)
         current = step if quantize != "none" else current
+        if exclude:
+            qinfo["kept_float_storage"] = "fp16 weights, fp32 compute"
+            q.store_float16(current, current, exclude)
     qinfo["embeddings"] = None
     if embeddings and quantize != "fp16":
         with _step("the 4-bit embedding quantisation", "pass --no-quantize-embeddings"):
-            count = q.quantize_embeddings(current, scratch / "embedded.onnx", block_size=opts["embedding_block_size"])
+            count = q.quantize_embeddings(current, dst, block_size=opts["embedding_block_size"])
         qinfo["embeddings"] = {"bits": 4, "block_size": opts["embedding_block_size"], "op": "GatherBlockQuantized",
                                "scales": "fp16", "symmetric": True, "tables": count}
-        current = scratch / "embedded.onnx"
+        if current == step:
+            step.unlink()
+        return dst, qinfo
     return current, qinfo
+
+
+def _sentences(texts: list[str], limit: int = 300) -> list[str]:
+    """Texts cut to about a sentence (``limit`` characters, at a space): inputs of the length users embed, and a
+    validation that takes seconds, not minutes, on corpora of whole paragraphs."""
+    return [t if len(t) <= limit else (t[:limit].rsplit(" ", 1)[0] or t[:limit]) for t in texts]
+
+
+def _accuracy_aware(current: Path, scratch: Path, quantize: str, tok: Any, prefix: str, sources: dict[str, Any],
+                    feeds: list[dict[str, Any]], opts: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """Rank the weight operators on calibration text, then keep the fewest most sensitive ones float so that the
+    drop (1 - mean cosine, or 1 - label agreement, against the float graph on held-out text) is within max_drop."""
+    import onnxruntime as ort
+
+    from .accuracy_control import parameter_labels, rank_operators, search
+    from .parity import compare, ort_outputs
+    from .quantize import default_reduce_range
+
+    per_lang = max(1, opts["calibration_texts"] // opts["n_langs"])
+    ranking = feeds or _batches(tok, _sentences(_take(sources, per_lang, 0)), prefix, 8)
+    skip = per_lang + max(1, opts["parity_texts"] // opts["n_langs"])  # after calibration and parity text
+    held_out = _batches(tok, _sentences(_take(sources, max(1, opts["accuracy_texts"] // opts["n_langs"]), skip)), prefix, 16)
+    reduce_range = default_reduce_range() if opts["reduce_range"] is None else opts["reduce_range"]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    with _step("ranking the operators for --max-drop", "try without --max-drop, or another --quantize"):
+        ranked = rank_operators(current, ranking, quantize, reduce_range, opts["int4_block_size"],
+                                labels=parameter_labels(opts["module"]))
+        reference = ort_outputs(ort.InferenceSession(str(current), options, providers=["CPUExecutionProvider"]),
+                                opts["output_name"], held_out)
+    infos: dict[int, dict[str, Any]] = {}
+
+    def build(exclude: list[str]) -> Path:
+        path, infos[len(exclude)] = _quantise_once(current, scratch / f"candidate-{len(exclude):03d}.onnx", quantize, feeds,
+                                                   opts, exclude)
+        return path
+
+    def measure(path: Path) -> float:
+        with _step("validating a --max-drop candidate in ONNX Runtime", "try without --max-drop"):
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            got = ort_outputs(session, opts["output_name"], held_out)
+        p = compare(opts["task"], reference, got, held_out, 0.0, None)
+        return 1 - (p.label_agreement if p.label_agreement is not None else p.mean_cosine)
+
+    metric = "1 - label agreement" if opts["task"] != "sentence-embedding" else "1 - mean cosine"
+    path, result = search(ranked, build, measure, opts["max_drop"], f"{metric} vs the float graph on held-out target text")
+    qinfo = infos[len(result.kept)]
+    qinfo["accuracy_control"] = {**result.as_dict(0.5 if quantize == "int4" else 1.0, 2.0),
+                                 "held_out_texts": sum(len(f["input_ids"]) for f in held_out),
+                                 "ranking": "local output error of each operator quantised alone"}
+    return path, qinfo
 
 
 def _build(module: Any, spec: Any, config: Any, scratch: Path, quantize: str, format: str, tok: Any, prefix: str,
@@ -382,7 +465,7 @@ def _build(module: Any, spec: Any, config: Any, scratch: Path, quantize: str, fo
     from .parity import compare, ort_outputs, torch_outputs
 
     current, fused = _graph(module, spec, config, scratch, quantize, pad_id, opts["optimize"])
-    current, qinfo = _quantise(current, scratch, quantize, tok, prefix, sources, pad_id, opts)
+    current, qinfo = _quantise(current, scratch, quantize, tok, prefix, sources, pad_id, {**opts, "module": module})
     final = scratch / MODEL_FILE
     shutil.move(str(current), final)
 
@@ -410,13 +493,22 @@ def _build(module: Any, spec: Any, config: Any, scratch: Path, quantize: str, fo
         from .latency import session_latency
         from .runtime import tokenize
 
-        texts = [t for t in _take(sources, 32, 0)][:32]
+        texts = _sentences(_take(sources, 32, 0))[:32]  # sentence-length inputs, as users embed them
         texts = (texts * (32 // max(1, len(texts)) + 1))[:32]
         feeds_b1, feeds_b32 = tokenize(tok, texts[:1], prefix), tokenize(tok, texts, prefix)
         latency = session_latency(session, spec.output_name, feeds_b1, feeds_b32)
         # the figures depend on text length: say what was timed
         latency["tokens_batch_1"] = int(feeds_b1["input_ids"].shape[1])
         latency["padded_length_batch_32"] = int(feeds_b32["input_ids"].shape[1])
+        control = qinfo.get("accuracy_control")
+        plain = scratch / "candidate-000.onnx"
+        if control and plain.is_file():  # what keeping operators float cost, timed the same way
+            plain_session = ort.InferenceSession(str(plain), options, providers=["CPUExecutionProvider"])
+            control["plain_latency_ms"] = session_latency(plain_session, spec.output_name, feeds_b1, feeds_b32)
+    if qinfo.get("accuracy_control"):
+        plain = scratch / "candidate-000.onnx"
+        qinfo["accuracy_control"]["plain_bytes"] = (plain if plain.is_file() else final).stat().st_size
+        qinfo["accuracy_control"]["bytes"] = final.stat().st_size
     if format == "tensorrt":
         from .tensorrt import build_engine
 

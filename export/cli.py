@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -38,6 +38,7 @@ def export_command(
     calibration: Annotated[str, typer.Option(help="int8-static activation ranges: minmax, percentile or entropy.")] = "minmax",
     quantize_embeddings: Annotated[Optional[bool], typer.Option("--quantize-embeddings/--no-quantize-embeddings", help="4-bit block-quantise embedding tables (default: on for int8 and int4).")] = None,
     min_cosine: Annotated[Optional[float], typer.Option(help="Parity threshold: minimum mean cosine with PyTorch (default per quantisation).")] = None,
+    max_drop: Annotated[Optional[float], typer.Option(help="Accuracy-aware quantisation: keep the most sensitive weight operators float until 1 - mean cosine (1 - label agreement for classifiers) against the float graph on held-out target text is at most this, e.g. 0.005.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Write the export even if it fails its parity threshold.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists (only once the new one is complete).")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Cache for bundled models.")] = None,
@@ -50,8 +51,8 @@ def export_command(
 
     result = export(model, output, format=format, quantize=quantize, bundle=bundle, languages=languages,
                     texts=_parse_texts(text or []) or None, task=task, prefix=prefix, reduce_range=reduce_range,
-                    calibration=calibration, quantize_embeddings=quantize_embeddings, min_cosine=min_cosine, force=force, overwrite=overwrite,
-                    cache_dir=cache_dir)
+                    calibration=calibration, quantize_embeddings=quantize_embeddings, min_cosine=min_cosine, max_drop=max_drop,
+                    force=force, overwrite=overwrite, cache_dir=cache_dir)
     out = Console()
     if as_json:
         out.print_json(json.dumps(result.as_dict(), default=str))
@@ -68,6 +69,21 @@ def export_command(
         lat = result.latency_ms
         out.print(f"  latency on this CPU: batch 1 {lat['batch_1']:.2f} ms ({lat.get('tokens_batch_1', '?')} tokens), "
                   f"batch 32 {lat['batch_32']:.1f} ms (padded to {lat.get('padded_length_batch_32', '?')} tokens)")
+    control = result.quantization.get("accuracy_control")
+    if control:
+        _print_control(out, control)
+
+
+def _print_control(out: Any, control: dict[str, Any]) -> None:
+    """What --max-drop kept at full precision, and its cost against plain quantisation."""
+    names = ", ".join(k["name"] for k in control["kept_float"]) or "none"
+    verdict = "within" if control["reached"] else "NOT within (every operator float)"
+    out.print(f"  --max-drop {control['max_drop']}: drop {control['drop']:.5f} {verdict} (plain: {control['plain_drop']:.5f}); "
+              f"kept float: {len(control['kept_float'])} operator(s) [{names}]")
+    line = f"  cost: {control['bytes'] / 2**20:.2f} MiB against {control['plain_bytes'] / 2**20:.2f} MiB plain"
+    if control.get("plain_latency_ms"):
+        line += f", plain batch 1 {control['plain_latency_ms']['batch_1']:.2f} ms"
+    out.print(line)
 
 
 @bundle_app.command("verify")

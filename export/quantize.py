@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import platform
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,6 +67,36 @@ def _fp16_gather_scales(model: Any) -> None:
         model.graph.node.insert(list(model.graph.node).index(node) + 1, cast)
 
 
+def store_float16(src: Path, dst: Path, nodes: Sequence[str]) -> int:
+    """Store the float weights of ``nodes`` (operators kept out of quantisation) as fp16, cast back to fp32 at load.
+
+    ONNX Runtime folds the Cast when it loads the graph, so these operators still compute in fp32 at the same speed;
+    the file holds half their bytes (fp16 weights lose about 1e-4 relative, far below any quantiser's error).
+    Returns how many weights were stored so.
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    import onnx
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    done: dict[str, str] = {}
+    for node in list(graph.node):
+        weight = node.input[1] if node.name in nodes and len(node.input) > 1 else None
+        if weight is None or weight not in inits or inits[weight].data_type != TensorProto.FLOAT:
+            continue
+        if weight not in done:
+            half = numpy_helper.from_array(numpy_helper.to_array(inits[weight]).astype(np.float16), weight + "_fp16")
+            graph.initializer.remove(inits[weight])
+            graph.initializer.append(half)
+            graph.node.insert(0, helper.make_node("Cast", [half.name], [weight], to=TensorProto.FLOAT, name=weight + "_to_fp32"))
+            done[weight] = half.name
+    onnx.save(model, str(dst))
+    return len(done)
+
+
 @_quiet
 def quantize_embeddings(src: Path, dst: Path, block_size: int = 32) -> int:
     """Quantise every constant Gather (word, position, token-type embeddings) to 4-bit blocks with fp16 scales; return how many.
@@ -91,13 +121,15 @@ def quantize_embeddings(src: Path, dst: Path, block_size: int = 32) -> int:
 
 
 @_quiet
-def quantize_int8_dynamic(src: Path, dst: Path, per_channel: bool = True, reduce_range: bool | None = None) -> dict[str, Any]:
-    """Dynamic int8 of constant-weight MatMuls and fused Attention (weights per channel, activations at run time)."""
+def quantize_int8_dynamic(src: Path, dst: Path, per_channel: bool = True, reduce_range: bool | None = None,
+                          exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """Dynamic int8 of constant-weight MatMuls and fused Attention (weights per channel, activations at run time);
+    the nodes named in ``exclude`` stay float."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     reduce_range = default_reduce_range() if reduce_range is None else reduce_range
     quantize_dynamic(str(src), str(dst), per_channel=per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul", "Attention"],
+                     op_types_to_quantize=["MatMul", "Attention"], nodes_to_exclude=list(exclude),
                      extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1})
     return {"method": "dynamic", "per_channel": per_channel, "reduce_range": reduce_range, "weights": "int8",
             "ops": ["MatMul", "Attention"]}
@@ -127,7 +159,7 @@ def _after_gelu_matmuls(path: Path) -> list[str]:
 
 @_quiet
 def quantize_int8_static(src: Path, dst: Path, feeds: list[dict[str, Any]], per_channel: bool = True,
-                         reduce_range: bool | None = None, method: str = "minmax") -> dict[str, Any]:
+                         reduce_range: bool | None = None, method: str = "minmax", exclude: Sequence[str] = ()) -> dict[str, Any]:
     """Static int8 (QDQ) of constant-weight MatMuls, activation ranges calibrated on ``feeds`` (target-language text).
 
     The FFN down-projections (fed by GELU, whose outputs have outliers a static range clips: mean cosine 0.97 on
@@ -138,11 +170,11 @@ def quantize_int8_static(src: Path, dst: Path, feeds: list[dict[str, Any]], per_
     reduce_range = default_reduce_range() if reduce_range is None else reduce_range
     calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
              "percentile": CalibrationMethod.Percentile}[method]
-    dynamic_nodes = _after_gelu_matmuls(src)
+    dynamic_nodes = [n for n in _after_gelu_matmuls(src) if n not in exclude]
     static_out = dst.with_name(dst.stem + ".static.onnx")
     quantize_static(str(src), str(static_out), _Feeds(feeds), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                     reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    op_types_to_quantize=["MatMul"], calibrate_method=calib, nodes_to_exclude=dynamic_nodes,
+                    op_types_to_quantize=["MatMul"], calibrate_method=calib, nodes_to_exclude=dynamic_nodes + list(exclude),
                     extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False, "DefaultTensorType": 1})
     if dynamic_nodes:
         quantize_dynamic(str(static_out), str(dst), per_channel=per_channel, reduce_range=reduce_range,
@@ -157,15 +189,16 @@ def quantize_int8_static(src: Path, dst: Path, feeds: list[dict[str, Any]], per_
 
 
 @_quiet
-def quantize_int4(src: Path, dst: Path, block_size: int = 128) -> dict[str, Any]:
-    """Weight-only int4 of constant-weight MatMuls (MatMulNBits, symmetric blocks along the input dimension)."""
+def quantize_int4(src: Path, dst: Path, block_size: int = 128, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """Weight-only int4 of constant-weight MatMuls (MatMulNBits, symmetric blocks along the input dimension);
+    the nodes named in ``exclude`` stay float."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, op_types_to_quantize=("MatMul",), bits=4,
                                           accuracy_level=4)
     quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=block_size, is_symmetric=True, accuracy_level=4,
-                                     op_types_to_quantize=("MatMul",), algo_config=config)
+                                     op_types_to_quantize=("MatMul",), algo_config=config, nodes_to_exclude=list(exclude))
     quantizer.process()
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
     return {"method": "weight-only", "op": "MatMulNBits", "bits": 4, "block_size": block_size, "symmetric": True,

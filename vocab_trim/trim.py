@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 
 from mlcompress.artifacts import atomic_output_dir, sha256_file, write_provenance
-from mlcompress.errors import InputError, LanguageError, ModelSourceError, OutputExistsError, UnsupportedModelError
+from mlcompress.errors import CorpusError, InputError, LanguageError, ModelSourceError, OutputExistsError, UnsupportedModelError
 from mlcompress.sources import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
 
 from . import tokenizer_surgery as ts
 from mlcompress.corpus import Corpus, parse_corpora
-from .counting import TokenCounts, count_corpus
+from .counting import count_corpus
+from .frequent_words import DEFAULT_FREQUENT_WORDS, DEFAULT_MAX_VOCAB, WordRanks, per_language_words, word_ranks, within_budget
 from mlcompress.languages import normalize_language, parse_languages
 from .model_surgery import config_token_ids, trim_model, vocab_rows
 from .policies import make_policy
@@ -53,6 +54,9 @@ class TrimResult:
     coverage: dict[str, float] = field(default_factory=dict)
     tokens_counted: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    heldout_coverage: dict[str, float] = field(default_factory=dict)
+    frequent_words: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (paths as strings)."""
@@ -81,15 +85,21 @@ def trim(
     quotas: Mapping[str, int] | None = None,
     scripts: bool = False,
     keep_tokens: Iterable[str] = (),
-    word_variants: bool = False,
+    word_variants: bool | None = None,
+    frequent_words: int | None = None,
+    max_vocab: int | None = DEFAULT_MAX_VOCAB,
     overwrite: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> TrimResult:
     """Trim ``model``'s vocabulary to ``languages`` and write a `save_pretrained` directory to ``output``.
 
-    With no policy option every token the corpora use is kept (min count 1); ``scripts=True``
-    needs no corpus. ``word_variants`` also keeps the capitalised, lower-case and unmarked forms
-    of kept word pieces. Writes the id map, the counts and ``mlcompress.json`` beside the model.
+    With no policy option (the default recipe) every token the corpora use is kept (min count 1), plus
+    the pieces of each language's 20,000 most frequent words (`wordfreq`; ``frequent_words``) while the
+    vocabulary stays within ``max_vocab``, plus the capitalised, lower-case and unmarked forms of kept
+    word pieces (``word_variants``), so that text the corpora never used keeps its tokens. An explicit
+    policy (``top_k``, ``min_count``, ``coverage``, ``quotas``) keeps just what it names unless these two
+    are passed too; ``scripts=True`` needs no corpus. Writes the id map, the counts and ``mlcompress.json``
+    (with a held-out coverage estimate) beside the model.
     """
     langs = parse_languages(languages)
     texts = parse_corpora(corpora)
@@ -97,6 +107,12 @@ def trim(
     if extra:
         raise LanguageError(f"corpus given for {', '.join(extra)}, which is not among the target languages {langs}",
                             "add the language to -l, or drop its --corpus")
+    default_recipe = not any(x is not None for x in (top_k, min_count, coverage, quotas or None)) and not scripts
+    word_variants = default_recipe if word_variants is None else word_variants
+    frequent_words = (DEFAULT_FREQUENT_WORDS if default_recipe else 0) if frequent_words is None else frequent_words
+    if frequent_words < 0 or (max_vocab is not None and max_vocab <= 0):
+        raise InputError(f"frequent_words must be >= 0 and max_vocab positive (got {frequent_words}, {max_vocab})",
+                         "pass --frequent-words 0 to add no word list, and a --max-vocab such as 48000")
     policy = make_policy(langs, top_k=top_k, min_count=min_count, coverage=coverage,
                          quotas={normalize_language(k): v for k, v in (quotas or {}).items()}, scripts=scripts)
     if policy.needs_counts:
@@ -112,21 +128,14 @@ def trim(
 
     source = resolve_model(model, cache)
     tok = load_tokenizer(source.path)
-    backend = tok.backend_tokenizer
-    tj = json.loads(backend.to_str())
+    tj = json.loads(tok.backend_tokenizer.to_str())
     ts.model_type(tj)
     by_id = ts.pieces(tj)
 
     t0 = time.perf_counter()
-    counts: dict[str, np.ndarray] = {}
-    tokens_counted: dict[str, int] = {}
-    for lang in langs if policy.needs_counts else [lang for lang in langs if lang in texts]:
-        total = np.zeros(len(by_id), dtype=np.int64)
-        for corpus in texts[lang]:
-            found, _ = count_corpus(backend, corpus, lang, len(by_id), cache)
-            total += found.counts
-        counts[lang] = total
-        tokens_counted[lang] = int(total.sum())
+    counted = _count(tok.backend_tokenizer, langs if policy.needs_counts else [lang for lang in langs if lang in texts],
+                     texts, len(by_id), cache)
+    ranks = word_ranks(tok.backend_tokenizer, langs, frequent_words, len(by_id)) if frequent_words and not scripts else None
     timings["count"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -134,59 +143,161 @@ def trim(
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    select = _Selection(policy, tj, by_id, _fixed_ids(tj, by_id, net, keep_tokens), vocab_rows(net), word_variants,
+                        ranks, frequent_words, max_vocab)
+    keep_ids, cutoff = select(counted.counts)
+    params_before = _params(net)
+    new_tj, old_to_new = ts.trim_tokenizer_json(tj, keep_ids)
+    trim_model(net, keep_ids, old_to_new)
+    timings["trim"] = time.perf_counter() - t0
+    heldout = counted.heldout_coverage(select)
+
+    kept_mask = np.zeros(len(by_id), dtype=bool)
+    kept_mask[keep_ids] = True
+    cover = {lang: float(c[kept_mask].sum() / max(c.sum(), 1)) for lang, c in counted.counts.items()}
+    words = dict(per_language_words(ranks, cutoff)) if ranks else {}
+    notes = _notes(ranks, frequent_words, cutoff, max_vocab, scripts)
+
+    t0 = time.perf_counter()
+    with atomic_output_dir(out_path, overwrite=overwrite) as tmp:
+        net.save_pretrained(tmp)
+        _write_tokenizer(source.path, tmp, new_tj, old_to_new, {by_id[i] for i in keep_ids})
+        (tmp / ID_MAP_FILE).write_text(json.dumps({"source_vocab_size": len(by_id), "source_rows": select.rows,
+                                                   "old_ids": keep_ids}) + "\n", encoding="utf-8")
+        if counted.counts:
+            np.savez_compressed(tmp / COUNTS_FILE, **counted.counts)
+        _self_check(tok, tmp, texts, old_to_new)
+        result = TrimResult(
+            output=out_path, languages=langs, vocab_before=len(by_id), vocab_after=len(keep_ids),
+            params_before=params_before, params_after=_params(net),
+            bytes_before=_weights_bytes(source.path), bytes_after=_weights_bytes(tmp),
+            coverage=cover, tokens_counted=counted.tokens, seconds=timings, heldout_coverage=heldout,
+            frequent_words=words, notes=notes,
+        )
+        timings["save"] = time.perf_counter() - t0
+        write_provenance(
+            tmp, "trim",
+            parameters={"languages": langs, "policy": {"name": type(policy).__name__, **asdict(policy)},
+                        "keep_tokens": list(keep_tokens), "word_variants": word_variants,
+                        "frequent_words": frequent_words, "max_vocab": max_vocab, "word_list": _word_list_version(ranks)},
+            inputs=[source.describe() | {"sha256": _model_sha(source.path)}]
+            + [{"language": lang, "corpus": c.spec, "fingerprint": c.fingerprint()} for lang, cs in texts.items() for c in cs],
+            metrics={k: v for k, v in result.as_dict().items() if k not in ("output", "languages")},
+        )
+    return result
+
+
+@dataclass
+class _Counted:
+    """Token counts per language: the whole corpora, and their even and odd lines apart."""
+
+    counts: dict[str, np.ndarray]
+    halves: dict[str, tuple[np.ndarray, np.ndarray]]
+    tokens: dict[str, int]
+
+    def heldout_coverage(self, select: _Selection) -> dict[str, float]:
+        """Share of the odd lines' token occurrences that a trim chosen on the even lines keeps, per language.
+
+        An estimate of how the recipe covers text it never saw (from a corpus half the size, so a
+        little pessimistic); languages with a single line or only a word list get none.
+        """
+        if not self.halves:
+            return {}
+        first = {lang: self.halves[lang][0] if lang in self.halves else c for lang, c in self.counts.items()}
+        kept = np.zeros(len(next(iter(self.counts.values()))), dtype=bool)
+        kept[select(first)[0]] = True
+        return {lang: float(b[kept].sum() / b.sum()) for lang, (_, b) in self.halves.items() if b.sum() > 0}
+
+
+def _count(backend: Any, langs: list[str], texts: Mapping[str, list[Corpus]], size: int, cache: Path | None) -> _Counted:
+    """Count each language's corpora, half by half (word lists whole), summing to the whole."""
+    counted = _Counted({}, {}, {})
+    for lang in langs:
+        first, second = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
+        split = False
+        for corpus in texts[lang]:
+            if corpus.word_list is not None:
+                first += count_corpus(backend, corpus, lang, size, cache)[0].counts
+                continue
+            split = True
+            first += count_corpus(backend, corpus, lang, size, cache, half=0)[0].counts
+            second += count_corpus(backend, corpus, lang, size, cache, half=1)[0].counts
+        total = first + second
+        if total.sum() == 0:
+            raise CorpusError(f"the corpora for {lang!r} hold no text", "pass a corpus with at least one non-empty line")
+        counted.counts[lang], counted.tokens[lang] = total, int(total.sum())
+        if split:
+            counted.halves[lang] = (first, second)
+    return counted
+
+
+def _fixed_ids(tj: dict[str, Any], by_id: list[str | None], net: Any, keep_tokens: Iterable[str]) -> set[int]:
+    """Ids every trim keeps: special and byte tokens, ids the configs name, and the user's ``keep_tokens``."""
     rows = vocab_rows(net)
-    keep = policy.select(counts, ts.surface_texts(tj))
-    if word_variants:
-        keep = expand_word_variants(by_id, keep, ts.word_marker(tj))
-    keep |= ts.required_ids(tj)
     without_row = sorted(i for i in ts.required_ids(tj) | config_token_ids(net) if i >= min(rows, len(by_id)))
     if without_row:
         raise UnsupportedModelError(
             f"the tokenizer has {len(by_id)} tokens and the model {rows} embedding rows, but token id(s) {without_row[:5]} "
             "that the tokenizer or config needs fall outside one of them",
             "resize the model's embeddings to the tokenizer (model.resize_token_embeddings(len(tokenizer))) and save it again")
-    keep |= config_token_ids(net)
+    fixed = ts.required_ids(tj) | config_token_ids(net)
     index = {p: i for i, p in enumerate(by_id) if p is not None}
     for token in keep_tokens:
         if token not in index:
             raise InputError(f"--keep-token {token!r} is not in the tokenizer's vocabulary", "list tokens as the tokenizer writes them, e.g. ▁Berlin")
-        keep.add(index[token])
-    keep = ts.merge_closure(tj, keep)
-    keep_ids = sorted(i for i in keep if i < min(len(by_id), rows) and by_id[i] is not None)
-    params_before = _params(net)
-    new_tj, old_to_new = ts.trim_tokenizer_json(tj, keep_ids)
-    trim_model(net, keep_ids, old_to_new)
-    timings["trim"] = time.perf_counter() - t0
+        fixed.add(index[token])
+    return fixed
 
-    kept_mask = np.zeros(len(by_id), dtype=bool)
-    kept_mask[keep_ids] = True
-    cover = {lang: float(c[kept_mask].sum() / max(c.sum(), 1)) for lang, c in counts.items()}
 
-    t0 = time.perf_counter()
-    with atomic_output_dir(out_path, overwrite=overwrite) as tmp:
-        net.save_pretrained(tmp)
-        _write_tokenizer(source.path, tmp, new_tj, old_to_new, {by_id[i] for i in keep_ids})
-        (tmp / ID_MAP_FILE).write_text(json.dumps({"source_vocab_size": len(by_id), "source_rows": rows,
-                                                   "old_ids": keep_ids}) + "\n", encoding="utf-8")
-        if counts:
-            np.savez_compressed(tmp / COUNTS_FILE, **counts)
-        _self_check(tok, tmp, texts, old_to_new)
-        result = TrimResult(
-            output=out_path, languages=langs, vocab_before=len(by_id), vocab_after=len(keep_ids),
-            params_before=params_before, params_after=_params(net),
-            bytes_before=_weights_bytes(source.path), bytes_after=_weights_bytes(tmp),
-            coverage=cover, tokens_counted=tokens_counted, seconds=timings,
-        )
-        timings["save"] = time.perf_counter() - t0
-        write_provenance(
-            tmp, "trim",
-            parameters={"languages": langs, "policy": {"name": type(policy).__name__, **asdict(policy)},
-                        "keep_tokens": list(keep_tokens), "word_variants": word_variants},
-            inputs=[source.describe() | {"sha256": _model_sha(source.path)}]
-            + [{"language": lang, "corpus": c.spec, "fingerprint": c.fingerprint()} for lang, cs in texts.items() for c in cs],
-            metrics={k: v for k, v in result.as_dict().items() if k not in ("output", "languages")},
-        )
-    return result
+@dataclass
+class _Selection:
+    """The trim's choice of ids from counts: policy, fixed ids, word-list words within the budget, variants, closure."""
+
+    policy: Any
+    tj: dict[str, Any]
+    by_id: list[str | None]
+    fixed: set[int]
+    rows: int
+    word_variants: bool
+    ranks: WordRanks | None
+    frequent_words: int
+    max_vocab: int | None
+
+    def finish(self, ids: set[int]) -> set[int]:
+        """Add word variants and the merge closure; drop ids without a row or a piece."""
+        if self.word_variants:
+            ids = expand_word_variants(self.by_id, ids, ts.word_marker(self.tj))
+        ids = ts.merge_closure(self.tj, ids | self.fixed)
+        limit = min(len(self.by_id), self.rows)
+        return {i for i in ids if i < limit and self.by_id[i] is not None}
+
+    def __call__(self, counts: dict[str, np.ndarray]) -> tuple[list[int], int]:
+        """Sorted ids to keep, and how many of each language's top words they include."""
+        base = self.policy.select(counts, ts.surface_texts(self.tj)) | self.fixed
+        if self.ranks is None:
+            return sorted(self.finish(base)), 0
+        ids, cutoff = within_budget(base, self.ranks, self.finish, self.max_vocab, self.frequent_words)
+        return sorted(ids), cutoff
+
+
+def _notes(ranks: WordRanks | None, frequent_words: int, cutoff: int, max_vocab: int | None, scripts: bool) -> list[str]:
+    """What the user should know about the word lists: languages without one, words the budget left out."""
+    notes = []
+    if ranks and ranks.missing:
+        fallback = "the script policy covers them" if scripts else "only what the corpora use is kept (or pass --scripts)"
+        notes.append(f"wordfreq has no word list for {', '.join(ranks.missing)}: {fallback}")
+    if ranks and ranks.words and cutoff < frequent_words:
+        notes.append(f"the vocabulary budget ({max_vocab:,} tokens) kept each language's top {cutoff:,} words "
+                     f"of {frequent_words:,}; raise --max-vocab to keep more")
+    return notes
+
+
+def _word_list_version(ranks: WordRanks | None) -> str | None:
+    if ranks is None:
+        return None
+    from importlib.metadata import version
+
+    return f"wordfreq {version('wordfreq')} (best)"
 
 
 def _model_sha(path: Path) -> str | None:

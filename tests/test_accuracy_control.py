@@ -1,0 +1,104 @@
+"""Accuracy-aware quantisation (--max-drop): the search keeps float the operator a test makes fragile, and records it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlcompress.errors import InputError
+from mlcompress.export import export
+from mlcompress.export.accuracy_control import Operator, search
+
+FAST = {"measure_latency": False, "parity_texts": 16, "calibration_texts": 16, "accuracy_texts": 32}
+FRAGILE_LAYER = 1
+
+
+@pytest.fixture(scope="module")
+def fragile(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A tiny sentence encoder whose layer-1 FFN down-projection gets one input channel near 1e4 that it ignores.
+
+    That channel's weights are zero, so the float model does not see it; but a per-tensor uint8 range stretched
+    to 1e4 rounds every other activation of that MatMul's input to zero: quantising that one operator (whose
+    output this model weights up) ruins the embeddings, and keeping it float restores them.
+    """
+    import torch
+    import transformers
+    from tiny_models import build_xlmr, training_lines
+
+    base = tmp_path_factory.mktemp("fragile")
+    src = build_xlmr(base / "mlm", training_lines(data_dir)).path
+    config = transformers.AutoConfig.from_pretrained(src)
+    torch.manual_seed(3)
+    model = transformers.XLMRobertaModel(transformers.XLMRobertaConfig.from_dict({**config.to_dict(), "architectures": None}),
+                                         add_pooling_layer=False)
+    layer = model.encoder.layer[FRAGILE_LAYER]
+    with torch.no_grad():
+        layer.intermediate.dense.bias[0] = 1e4
+        layer.output.dense.weight.mul_(20)  # this layer's FFN dominates its residual stream...
+        layer.output.dense.weight[:, 0] = 0.0  # ...and ignores the outlier channel
+    model.save_pretrained(base / "enc")
+    transformers.AutoTokenizer.from_pretrained(src).save_pretrained(base / "enc")
+    return base / "enc"
+
+
+@pytest.fixture(scope="module")
+def texts(data_dir: Path) -> dict[str, str]:
+    return {"en": str(data_dir / "mono" / "en.txt.gz"), "de": str(data_dir / "mono" / "de.txt.gz")}
+
+
+def test_search_keeps_the_fragile_operator_float(fragile: Path, texts: dict[str, str], tmp_path: Path) -> None:
+    result = export(fragile, tmp_path / "b", quantize="int8-dynamic", texts=texts, max_drop=0.01, bundle=True, **FAST)
+    control = result.quantization["accuracy_control"]
+    assert control["plain_drop"] > 0.01, control  # the plain int8 graph misses the target...
+    assert control["reached"] and control["drop"] <= 0.01, control  # ...the kept graph meets it
+    kept = [k["name"] for k in control["kept_float"]]
+    assert control["kept_float"][0]["label"] == f"encoder.layer.{FRAGILE_LAYER}.output.dense", control["kept_float"]
+    assert kept[0] == max(control["kept_float"], key=lambda k: k["error"])["name"]  # ranked most sensitive first
+    assert control["extra_bytes"] == sum(k["extra_bytes"] for k in control["kept_float"]) > 0
+    assert control["bytes"] > control["plain_bytes"]
+    # the manifest records what was kept, and the written graph holds that operator as a float MatMul
+    assert result.manifest["quantization"]["accuracy_control"]["kept_float"] == control["kept_float"]
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "b" / "model.onnx")).graph
+    nodes = {n.name: n for n in graph.node}
+    assert all(nodes[name].op_type in ("MatMul", "Attention") for name in kept), {k: nodes[k].op_type for k in kept}
+    halves = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
+    casts = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Cast"}
+    assert all(casts.get(nodes[name].input[1]) in halves for name in kept)  # stored fp16, computed fp32
+    assert result.parity["passed"]
+
+
+def test_a_target_plain_quantisation_meets_keeps_nothing(fragile: Path, texts: dict[str, str], tmp_path: Path) -> None:
+    result = export(fragile, tmp_path / "b", quantize="int4", texts=texts, max_drop=0.9, int4_block_size=32, **FAST)
+    control = result.quantization["accuracy_control"]
+    assert control["kept_float"] == [] and control["trials"] == [{"kept_float": 0, "drop": control["plain_drop"]}]
+
+
+def test_max_drop_needs_a_quantisation_it_can_steer(fragile: Path, texts: dict[str, str], tmp_path: Path) -> None:
+    for quantize in ("none", "fp16"):
+        with pytest.raises(InputError, match="max-drop"):
+            export(fragile, tmp_path / quantize, quantize=quantize, texts=texts, max_drop=0.01, **FAST)
+    with pytest.raises(InputError, match="max-drop"):
+        export(fragile, tmp_path / "neg", quantize="int8-dynamic", texts=texts, max_drop=-0.1, **FAST)
+    assert not any(tmp_path.iterdir())
+
+
+def test_search_bisects_to_the_fewest_operators(tmp_path: Path) -> None:
+    """With drops that fall as operators are kept, the search tries 0, 1, 2, 4, 8 and bisects to the first that holds."""
+    ranked = [Operator(f"op{i}", "MatMul", (4, 4), 1.0 / (i + 1)) for i in range(10)]
+    drops = {k: 0.1 - 0.01 * k for k in range(11)}  # holds (<= 0.045) from k = 6
+    built: list[int] = []
+
+    def build(exclude: list[str]) -> Path:
+        built.append(len(exclude))
+        return tmp_path / f"{len(exclude)}"
+
+    path, result = search(ranked, build, lambda p: drops[int(p.name)], 0.045, "test")
+    assert path.name == "6" and [op.name for op in result.kept] == [f"op{i}" for i in range(6)]
+    assert built == [0, 1, 2, 4, 8, 6, 5] and result.reached
+    assert np.isclose(result.drop, 0.04) and np.isclose(result.plain_drop, 0.1)
+    _, unreachable = search(ranked, build, lambda p: 0.5, 0.045, "test")
+    assert not unreachable.reached and len(unreachable.kept) == 10
