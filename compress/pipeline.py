@@ -270,6 +270,23 @@ def default_config(languages: str | list[str], data: str | os.PathLike[str] | No
     return {"source": source, "languages": languages, "data": str(root), "stages": None}
 
 
+def _read_state(path: Path, discard_damaged: bool = False) -> dict[str, Any]:
+    """The pipeline folder's state (empty when new); a damaged one is a clear error (or, with --force, discarded)."""
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        problem = None if isinstance(state, dict) and isinstance(state.get("stages", {}), dict) else "no 'stages' mapping"
+    except (OSError, ValueError) as exc:
+        problem = str(exc)
+    if problem is None:
+        return state
+    if discard_damaged:
+        return {}
+    raise InputError(f"{path} is damaged ({problem})",
+                     "rerun with --force to redo every stage (the file is rewritten), or use a new output folder")
+
+
 def in_scope(language: str, languages: list[str]) -> bool:
     """Whether a score's language field ("de", "de-en", "es-en (4a)") involves only the target languages."""
     import re
@@ -386,7 +403,7 @@ class Pipeline:
         if out.is_dir() and any(out.iterdir()) and not state_path.is_file():
             raise OutputExistsError(f"output {out} exists and is not a pipeline folder (no {STATE_FILE})",
                                     "choose another -o (a pipeline folder is reused: unchanged stages are skipped)")
-        state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
+        state = _read_state(state_path, discard_damaged=force)
         state.setdefault("stages", {})
         state.setdefault("digests", {})
         digest = _Digests(state["digests"])

@@ -316,9 +316,9 @@ def _onnx_parameters(path: Path) -> int | None:
 
 
 def is_export_bundle(spec: str | os.PathLike[str]) -> bool:
-    """True for a directory with an export ``manifest.json``, or a packed bundle (``.tar.gz``)."""
+    """True for a directory with an export ``manifest.json``, or a packed bundle (``.tar.gz`` or ``.tgz``)."""
     path = Path(spec).expanduser()
-    return (path.is_dir() and (path / "manifest.json").is_file()) or (path.is_file() and path.name.endswith(".tar.gz"))
+    return (path.is_dir() and (path / "manifest.json").is_file()) or (path.is_file() and path.name.endswith((".tar.gz", ".tgz")))
 
 
 def load_encoder(spec: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None, pooling: str = "auto",

@@ -17,11 +17,11 @@ import numpy as np
 from .bundle import BundleError, check_fields, inside, open_bundle, verify_dir
 
 
-def make_tokenizer(path: str | os.PathLike[str], pad_id: int, pad_token: str, max_length: int) -> Any:
-    """A tokenizers.Tokenizer from tokenizer.json with the bundle's padding and truncation."""
+def make_tokenizer(path: str | os.PathLike[str] | bytes, pad_id: int, pad_token: str, max_length: int) -> Any:
+    """A tokenizers.Tokenizer from tokenizer.json (a path, or its bytes) with the bundle's padding and truncation."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(path))
+    tok = Tokenizer.from_str(path.decode("utf-8")) if isinstance(path, bytes) else Tokenizer.from_file(str(path))
     tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
     tok.enable_truncation(max_length=max_length)
     return tok
@@ -32,6 +32,19 @@ def tokenize(tok: Any, texts: list[str], prefix: str = "") -> dict[str, np.ndarr
     encs = tok.encode_batch([prefix + t for t in texts])
     return {"input_ids": np.asarray([e.ids for e in encs], dtype=np.int64),
             "attention_mask": np.asarray([e.attention_mask for e in encs], dtype=np.int64)}
+
+
+def _verified_bytes(directory: Path, manifest: dict[str, Any], name: str) -> bytes:
+    """The bytes of a bundle file, read once and checked against the manifest: what is loaded is what was verified
+    (a file swapped between the check and the load is refused, not run)."""
+    import hashlib
+
+    data = inside(directory, name).read_bytes()
+    entry = manifest["files"].get(name) or {}
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise BundleError(f"bundle file {name} changed after it was verified (its sha256 no longer matches)",
+                          "do not modify a bundle while it loads; re-copy or re-export it")
+    return data
 
 
 class Bundle:
@@ -46,9 +59,9 @@ class Bundle:
         self.manifest = manifest
         t = manifest["tokenizer"]
         self.prefix = t.get("prefix") or ""
-        tok_path = inside(directory, t["file"])
+        tok_bytes = _verified_bytes(directory, manifest, t["file"])
         try:
-            self.tokenizer = make_tokenizer(tok_path, int(t["pad_id"]), str(t["pad_token"]), int(t["max_length"]))
+            self.tokenizer = make_tokenizer(tok_bytes, int(t["pad_id"]), str(t["pad_token"]), int(t["max_length"]))
         except Exception as exc:  # tokenizers raises its own Exception type for a bad file
             raise BundleError(f"bundle {directory}: cannot read its tokenizer {t['file']} ({type(exc).__name__}: {exc})",
                               "re-export the bundle; tokenizer.json must be a tokenizers-library file") from exc
@@ -57,7 +70,7 @@ class Bundle:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(inside(directory, manifest["model"])), options,
+            self.session = ort.InferenceSession(_verified_bytes(directory, manifest, manifest["model"]), options,
                                                 providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:
             raise BundleError(f"onnxruntime cannot load {manifest['model']} ({type(exc).__name__}: {exc})",

@@ -15,6 +15,7 @@ Every row expects the same outcome, checked the same way:
 | trim, export | model.safetensors corrupt (truncated) | could not load |
 | trim, export | tokenizer.json corrupt | could not load its tokenizer |
 | trim, export | corpus: truncated gzip / not UTF-8 / empty | cannot read it as UTF-8 / is empty |
+| trim, export | corpus: a 1 MB line | no error: the stage reads it and writes its artifact |
 | trim, export | unknown language / existing output without --overwrite | unknown language / already exists |
 | export | the quantiser or ONNX Runtime raises | ... failed (an ExportError) |
 | bundle verify, runtime.load | changed byte, manifest changed by hand | sha256 / digest |
@@ -199,6 +200,20 @@ def test_option_fault(stage: str, fault: str, languages: str, overwrite: bool, f
     code, stderr = run_cli(stage_args(stage, work, "en.txt", languages, overwrite), monkeypatch, capsys)
     assert_clear_cli_error(code, stderr, fragment)
     assert snapshot(work.root) == before
+    assert not list(Path(tempfile.tempdir).iterdir())
+
+
+@pytest.mark.parametrize("stage", ["trim", "export"])
+def test_a_one_megabyte_line_is_read_not_refused(stage: str, work: Work, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A corpus with a 1 MB line (no line breaks in a scraped page) is text like any other: the stage succeeds."""
+    words = (read_lines(work.corpora["en"], 50)[0] + " ").encode()
+    line = (words * (2**20 // len(words) + 1))[: 2**20].decode("utf-8", "ignore")
+    with open(work.corpora["en"], "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+    code, stderr = run_cli(stage_args(stage, work, "en.txt"), monkeypatch, capsys)
+    assert code == 0, stderr
+    assert (work.output / ("model.safetensors" if stage == "trim" else "model.onnx")).stat().st_size > 1000
     assert not list(Path(tempfile.tempdir).iterdir())
 
 
@@ -405,3 +420,19 @@ def test_good_bundle_and_its_archive_pass(good_bundle: Path, work: Work, monkeyp
         assert code == 0
         assert runtime.load(target).run(["Guten Morgen"])[0][0].shape[-1] > 0
     assert not list(Path(tempfile.tempdir).iterdir())
+
+
+def test_a_file_swapped_after_verification_is_not_loaded(good_bundle: Path, tmp_path: Path) -> None:
+    """runtime.load reads each file once and checks those bytes: a model changed between the check and the load
+    (a time-of-check / time-of-use race) is refused, not run."""
+    from mlcompress.export import BundleError
+    from mlcompress.export.bundle import verify_dir
+    from mlcompress.export.runtime import Bundle
+
+    bundle = Path(shutil.copytree(good_bundle, tmp_path / "b"))
+    manifest = verify_dir(bundle)  # the check passes...
+    data = bytearray((bundle / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle / "model.onnx").write_bytes(bytes(data))  # ...then the file changes before the load
+    with pytest.raises(BundleError, match="changed after it was verified"):
+        Bundle(bundle, manifest)

@@ -125,6 +125,21 @@ def test_refuses_a_folder_that_is_not_a_pipeline(tiny: dict[str, Path], tmp_path
     assert (tmp_path / "taken" / "precious.txt").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("damage", ['{"stages": {"trim": ', "[1, 2]", "\xff\xfe"])
+def test_a_damaged_pipeline_json_is_a_clear_error(tiny: dict[str, Path], tmp_path: Path, damage: str) -> None:
+    """A damaged pipeline.json is refused with a hint and left as it was; --force discards it and reruns."""
+    out = tmp_path / "pipe"
+    out.mkdir()
+    (out / "pipeline.json").write_text(damage, encoding="utf-8", errors="surrogateescape")
+    with pytest.raises(InputError, match="pipeline.json is damaged") as info:
+        Pipeline(_config(tiny)).run(out)
+    assert "--force" in info.value.hint
+    assert (out / "pipeline.json").read_text(encoding="utf-8", errors="surrogateescape") == damage
+    assert sorted(p.name for p in out.iterdir()) == ["pipeline.json"]
+    if damage.startswith("{"):  # one rerun with --force is enough to show it recovers
+        assert Pipeline(_config(tiny)).run(out, force=True).passed
+
+
 # ---- running, reuse, resume ------------------------------------------------------------------------------------------
 
 
