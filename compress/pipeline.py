@@ -550,7 +550,7 @@ class Pipeline:
                         rep = evaluate(cfg["source"], a["path"], cfg["languages"], opts["tasks"], cfg["data"], tmp / a["name"],
                                        None, task_languages=opts["task_languages"],
                                        limits=limits, transfer=opts["transfer"], cache_dir=cfg["cache_dir"],
-                                       encoders=(src_enc, load_encoder(a["path"], cfg["cache_dir"])),
+                                       encoders=(src_enc, load_encoder(a["path"], cfg["cache_dir"])), within_languages=True,
                                        progress=lambda m: say(f"eval {a['name']}: {m}"))
                         d = rep.as_dict()
                         # the gate judges the target languages: a cross-lingual set pairing one with another language

@@ -8,7 +8,6 @@ with that reason in the report.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from mlcompress.errors import ModelSourceError
+from mlcompress.embedding_profile import embedding_profile
 
 MAX_LENGTH = 256
 
@@ -78,20 +78,6 @@ class Encoder:
         return {"spec": self.spec, "path": str(self.path), "backend": self.kind, "capabilities": sorted(self.capabilities)}
 
 
-def _pooling_of(path: Path) -> str:
-    """The model's own pooling from a sentence-transformers ``*_Pooling/config.json``; mean pooling otherwise."""
-    for cfg in sorted(path.glob("*Pooling/config.json")):
-        try:
-            conf = json.loads(cfg.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if conf.get("pooling_mode_cls_token"):
-            return "cls"
-        if conf.get("pooling_mode_mean_tokens"):
-            return "mean"
-    return "mean"
-
-
 WORD_BOUNDARY_PIECES = ("▁", "Ġ")  # SentencePiece and byte-level BPE pieces that only mark a word start
 
 
@@ -125,7 +111,7 @@ class TorchEncoder(Encoder):
         import inspect
 
         self._takes_token_types = "token_type_ids" in inspect.signature(self.model.forward).parameters
-        self.pooling = _pooling_of(path) if pooling == "auto" else pooling
+        self.pooling = embedding_profile(path).pooling if pooling == "auto" else pooling  # the one detector
         if self.pooling not in ("mean", "cls"):
             raise ModelSourceError(f"unknown pooling {pooling!r}", "use mean, cls or auto")
         self.batch_size = batch_size or (128 if self.device.type == "cuda" else 32)

@@ -133,12 +133,14 @@ def evaluate(
     raise_on_fail: bool = False,
     progress: Callable[[str], None] | None = None,
     encoders: tuple[Encoder, Encoder] | None = None,
+    within_languages: bool = False,
 ) -> EvalReport:
     """Evaluate ``candidate`` against ``source`` on ``tasks`` in ``languages``; write reports to ``output`` when given.
 
     ``hub_data`` maps "task:lang" to a datasets id (hf://NAME?config=C&split=S&columns=a,b or disk://PATH?columns=..);
     ``task_languages`` overrides the languages of one task; ``prefix`` is prepended to every sentence embedded
     (default: "query: " for E5 models); ``encoders`` passes already loaded models (reused across calls).
+    ``within_languages`` skips (and lists as skipped) STS sets that pair a language with one outside ``languages``.
     With ``min_retention`` the report carries the gate's verdict; ``raise_on_fail`` raises GateError after writing it.
     """
     from .transfer import Recipe, resolve_mode
@@ -176,7 +178,7 @@ def evaluate(
         "retrieval": lambda: _retrieval(src, cand, data, plan["retrieval"], limits, pre),
         "pos": lambda: _pos(src, cand, data, plan["pos"], limits, recipe, skipped),
         "nli": lambda: _nli(src, cand, data, plan["nli"], limits, recipe, pre),
-        "sts": lambda: _sts(src, cand, data, plan["sts"], limits, pre),
+        "sts": lambda: _sts(src, cand, data, plan["sts"], limits, pre, langs if within_languages else None, skipped),
     }
     for task in task_list:
         t = time.perf_counter()
@@ -293,7 +295,10 @@ def _nli(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits
                   interval=_accuracy_interval(s[lang], c[lang], list(tests[lang].labels))) for lang in langs]
 
 
-def _sts(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits: Limits, pre: str) -> list[Score]:
+def _sts(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits: Limits, pre: str,
+         within: list[str] | None = None, skipped: list[dict[str, str]] | None = None) -> list[Score]:
+    import re
+
     from .bootstrap import sts_interval
     from .sts import sts_spearman
 
@@ -303,6 +308,11 @@ def _sts(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits
             if pairs.origin in seen:
                 continue
             seen.add(pairs.origin)
+            key = pairs.key or lang
+            if within is not None and not set(re.findall(r"[a-z]{2,3}", key.split("(")[0])) <= set(within):
+                if skipped is not None:
+                    skipped.append({"task": "sts", "language": key, "reason": f"pairs a language outside {', '.join(within)}"})
+                continue
             embs = [(e.embed(pairs.a, pre), e.embed(pairs.b, pre)) for e in (src, cand)]
             s, c = (sts_spearman(a, b, pairs.labels) for a, b in embs)
             out.append(Score("sts", pairs.key or lang, "spearman", s, c, len(pairs.a), dataset=pairs.origin, note=pairs.note,
