@@ -11,12 +11,13 @@ Importing this module is light: no torch, no transformers.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,27 @@ def default_config(languages: str | list[str], data: str | os.PathLike[str] | No
     return {"source": source, "languages": languages, "data": str(root), "stages": None}
 
 
+@contextlib.contextmanager
+def _output_lock(out: Path) -> Iterator[None]:
+    """An exclusive lock on ``out`` (a hidden sibling file, held with flock, freed by the OS if the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise InputError(f"another mlcompress pipeline is running into {out}",
+                             "wait for it to finish (a rerun then reuses its stages), or choose another -o") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _read_state(path: Path, discard_damaged: bool = False) -> dict[str, Any]:
     """The pipeline folder's state (empty when new); a damaged one is a clear error (or, with --force, discarded)."""
     if not path.is_file():
@@ -393,7 +415,15 @@ class Pipeline:
 
     def run(self, output: str | os.PathLike[str], *, force: bool = False, raise_on_fail: bool = False,
             progress: Callable[[str], None] | None = None) -> PipelineResult:
-        """Run (or resume) the pipeline into ``output``; stages whose inputs and options are unchanged are reused."""
+        """Run (or resume) the pipeline into ``output``; stages whose inputs and options are unchanged are reused.
+
+        One run at a time per output: a second run into the same folder is refused while the first holds its lock.
+        """
+        with _output_lock(Path(output).expanduser().absolute()):
+            return self._run(output, force=force, raise_on_fail=raise_on_fail, progress=progress)
+
+    def _run(self, output: str | os.PathLike[str], *, force: bool, raise_on_fail: bool,
+             progress: Callable[[str], None] | None) -> PipelineResult:
         say = progress or (lambda _msg: None)
         cfg = self.config
         out = Path(output).expanduser().absolute()

@@ -140,6 +140,30 @@ def test_a_damaged_pipeline_json_is_a_clear_error(tiny: dict[str, Path], tmp_pat
         assert Pipeline(_config(tiny)).run(out, force=True).passed
 
 
+def test_a_second_run_into_the_same_output_is_refused_while_one_runs(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """Two runs on one output: the second is refused at once (a lock), and the first's folder is untouched."""
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "pipe"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, sys, time
+        h = open({str(tmp_path / '.pipe.lock')!r}, "a+b")
+        fcntl.flock(h, fcntl.LOCK_EX)
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(InputError, match="another mlcompress pipeline is running"):
+            Pipeline(_config(tiny)).run(out)
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 # ---- running, reuse, resume ------------------------------------------------------------------------------------------
 
 
