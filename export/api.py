@@ -20,6 +20,7 @@ from mlcompress.errors import (CorpusError, ExportError, GateError, InputError, 
 from mlcompress.languages import normalize_language, parse_languages
 
 from .parity import AGREEMENT_THRESHOLDS, COSINE_THRESHOLDS
+from .accuracy_control import QUANTISED_OPS
 from .quantize import QUANTIZE_CHOICES
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # static int8 activation ranges
@@ -201,7 +202,7 @@ def export(
         raise InputError(f"unknown quantisation {quantize!r}", f"choose one of {', '.join(QUANTIZE_CHOICES)}")
     if calibration not in CALIBRATION_METHODS:
         raise InputError(f"unknown calibration method {calibration!r}", f"choose one of {', '.join(CALIBRATION_METHODS)}")
-    if max_drop is not None and (quantize not in ("int8-dynamic", "int8-static", "int4") or format != "onnx"
+    if max_drop is not None and (quantize not in QUANTISED_OPS or format != "onnx"
                                  or not 0 < max_drop < 1):
         raise InputError(f"--max-drop {max_drop} with --format {format} --quantize {quantize}",
                          "use --max-drop between 0 and 1 (e.g. 0.005) with --format onnx and int8-dynamic, int8-static or int4")
@@ -362,7 +363,7 @@ def _quantise(current: Path, scratch: Path, quantize: str, tok: Any, prefix: str
         feeds = _batches(tok, _take(sources, n, 0), prefix, 8)
         if opts["calibration"] != "minmax":
             feeds = _common_length(feeds, pad_id)
-    if opts.get("max_drop") is not None and quantize in ("int8-dynamic", "int8-static", "int4"):
+    if opts.get("max_drop") is not None:  # export() allows it only with a scheme the search can steer
         return _accuracy_aware(current, scratch, quantize, tok, prefix, sources, feeds, opts)
     return _quantise_once(current, scratch / "quantized.onnx", quantize, feeds, opts, ())
 
@@ -500,15 +501,13 @@ def _build(module: Any, spec: Any, config: Any, scratch: Path, quantize: str, fo
         # the figures depend on text length: say what was timed
         latency["tokens_batch_1"] = int(feeds_b1["input_ids"].shape[1])
         latency["padded_length_batch_32"] = int(feeds_b32["input_ids"].shape[1])
-        control = qinfo.get("accuracy_control")
-        plain = scratch / "candidate-000.onnx"
-        if control and plain.is_file():  # what keeping operators float cost, timed the same way
-            plain_session = ort.InferenceSession(str(plain), options, providers=["CPUExecutionProvider"])
-            control["plain_latency_ms"] = session_latency(plain_session, spec.output_name, feeds_b1, feeds_b32)
-    if qinfo.get("accuracy_control"):
-        plain = scratch / "candidate-000.onnx"
-        qinfo["accuracy_control"]["plain_bytes"] = (plain if plain.is_file() else final).stat().st_size
-        qinfo["accuracy_control"]["bytes"] = final.stat().st_size
+    control, plain = qinfo.get("accuracy_control"), scratch / "candidate-000.onnx"  # plain: the search's first trial
+    if control and opts["measure_latency"] and plain.is_file():  # what keeping operators float cost, timed the same way
+        plain_session = ort.InferenceSession(str(plain), options, providers=["CPUExecutionProvider"])
+        control["plain_latency_ms"] = session_latency(plain_session, spec.output_name, feeds_b1, feeds_b32)
+    if control:
+        control["plain_bytes"] = (plain if plain.is_file() else final).stat().st_size
+        control["bytes"] = final.stat().st_size
     if format == "tensorrt":
         from .tensorrt import build_engine
 

@@ -263,17 +263,21 @@ class _Selection:
     frequent_words: int
     max_vocab: int | None
 
+    def __post_init__(self) -> None:  # read from the tokenizer once: the budget's bisection calls finish() many times
+        self.marker = ts.word_marker(self.tj)
+        self.surface = ts.surface_texts(self.tj)
+
     def finish(self, ids: set[int]) -> set[int]:
         """Add word variants and the merge closure; drop ids without a row or a piece."""
         if self.word_variants:
-            ids = expand_word_variants(self.by_id, ids, ts.word_marker(self.tj))
+            ids = expand_word_variants(self.by_id, ids, self.marker)
         ids = ts.merge_closure(self.tj, ids | self.fixed)
         limit = min(len(self.by_id), self.rows)
         return {i for i in ids if i < limit and self.by_id[i] is not None}
 
     def __call__(self, counts: dict[str, np.ndarray]) -> tuple[list[int], int]:
         """Sorted ids to keep, and how many of each language's top words they include."""
-        base = self.policy.select(counts, ts.surface_texts(self.tj)) | self.fixed
+        base = self.policy.select(counts, self.surface) | self.fixed
         if self.ranks is None:
             return sorted(self.finish(base)), 0
         ids, cutoff = within_budget(base, self.ranks, self.finish, self.max_vocab, self.frequent_words)
