@@ -8,6 +8,7 @@ from .errors import (
     LanguageError,
     MlcompressError,
     ModelSourceError,
+    OutputError,
     OutputExistsError,
     UnsupportedModelError,
 )
@@ -26,4 +27,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["CorpusError", "ExportError", "GateError", "InputError", "LanguageError", "MlcompressError", "ModelSourceError",
-           "OutputExistsError", "Pipeline", "PipelineResult", "UnsupportedModelError", "__version__"]
+           "OutputError", "OutputExistsError", "Pipeline", "PipelineResult", "UnsupportedModelError", "__version__"]

@@ -3,22 +3,125 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import glob
 import hashlib
 import importlib.metadata
 import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputExistsError
+from .errors import MlcompressError, OutputError, OutputExistsError
 
 PROVENANCE_FILE = "mlcompress.json"
 _VERSIONED = ("mlcompress", "torch", "transformers", "tokenizers", "safetensors", "numpy")
+
+
+# errno values that mean "the disk (or a quota, or a file-size limit) is full", and the texts Rust libraries
+# (safetensors, tokenizers) put in their errors for them
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_FULL_TEXTS = ("no space left on device", "disk quota exceeded", "file too large", "os error 28", "os error 27",
+               "os error 122")
+
+
+def check_output(path: str | os.PathLike[str], overwrite: bool = False, what: str = "output") -> Path:
+    """Refuse, before any work, an output that exists (unless ``overwrite``) or whose folder cannot be written.
+
+    Every stage calls this first, so a read-only folder costs the user a second, not a trained model.
+    """
+    final = Path(path).expanduser().absolute()
+    if final.parent.is_dir():
+        sweep_leftovers(final)
+    if final.exists() and not overwrite:
+        raise OutputExistsError(f"{what} {final} already exists", "choose another output path, or pass --overwrite")
+    parent = next((p for p in (final.parent, *final.parent.parents) if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise OutputError(f"cannot create {what} {final}: {parent} is not a folder", "choose another output path")
+    try:
+        probe = tempfile.mkdtemp(prefix=f".{final.name}.probe-", dir=parent)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise _output_error(exc, final) from exc
+    return final
+
+
+def _output_error(exc: BaseException, final: Path) -> OutputError:
+    """The clear error for an OS refusal to write ``final``: permissions, a read-only file system, or a full disk."""
+    code = getattr(exc, "errno", None)
+    if is_disk_full(exc):
+        return OutputError(f"the disk ran out of space while writing {final} ({exc}); nothing was written there",
+                           "free some space on that disk, or choose an output on another disk")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"cannot write into {final.parent}: {os.strerror(code)}",
+                           "choose an output folder you can write to, or change that folder's permissions")
+    return OutputError(f"cannot write {final}: {exc}", "check the output path and its disk")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an error that means no space was left (an OSError's errno, or a Rust library's message)."""
+    if isinstance(exc, OSError) and exc.errno in _FULL:
+        return True
+    return any(text in str(exc).lower() for text in _FULL_TEXTS)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_leftovers(final: Path) -> None:
+    """Clean up after runs to ``final`` that were killed: their temporary folders go, and a previous artifact
+    caught between the two renames of a replacement is put back. Folders of live processes are left alone."""
+    for leftover in final.parent.glob(f".{glob.escape(final.name)}.*-*"):
+        kind, _, rest = leftover.name[len(final.name) + 2:].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        previous = leftover / "previous"
+        with contextlib.suppress(OSError):  # best effort: a folder we may not change is left as it is
+            if kind == "old" and previous.is_dir() and not final.exists():
+                os.rename(previous, final)
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+def scratch_dir(kind: str) -> Path:
+    """A private working folder in the system temp folder, named for this process, made after removing those
+    that killed processes left behind (an export's scratch holds graphs of hundreds of MB)."""
+    stem = f"mlcompress-{kind}-"
+    for old in Path(tempfile.gettempdir()).glob(f"{stem}*-*"):
+        pid = old.name[len(stem):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{stem}{os.getpid()}-"))
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where the OS or file system cannot."""
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 @contextlib.contextmanager
@@ -26,9 +129,12 @@ def atomic_output_dir(path: str | os.PathLike[str], overwrite: bool = False) -> 
     """Yield a temporary sibling of ``path`` to fill; rename it into place only on success.
 
     A failed or interrupted run leaves ``path`` as it was. An existing ``path`` is replaced
-    only when ``overwrite`` is true, and then only after the new one is complete.
+    only when ``overwrite`` is true, and then only after the new one is complete. Leftovers of
+    runs that were killed (SIGKILL, power loss) are cleaned up by the next run to ``path``.
     """
     final = Path(path).expanduser().absolute()
+    if final.parent.is_dir():
+        sweep_leftovers(final)  # first: a previous artifact a killed replacement left aside counts as existing
     if final.exists() and not overwrite:
         raise OutputExistsError(
             f"output {final} already exists",
@@ -36,23 +142,37 @@ def atomic_output_dir(path: str | os.PathLike[str], overwrite: bool = False) -> 
         )
     if final.exists() and not final.is_dir():
         raise OutputExistsError(f"output {final} exists and is not a directory", "choose another output path")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+    except OSError as exc:
+        raise _output_error(exc, final) from exc
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the artifact gets normal permissions
     try:
         yield tmp
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        if final.exists() and _exchange(tmp, final):  # one atomic step: the new artifact in, the previous one in tmp
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-{os.getpid()}-", dir=final.parent))
             os.rename(final, old / "previous")
-            os.rename(tmp, final)
+            os.rename(tmp, final)  # a kill between the two renames is repaired by the next run's sweep_leftovers
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, Exception) and not isinstance(exc, MlcompressError) and (
+                is_disk_full(exc) or _refused_here(exc, final.parent)):
+            raise _output_error(exc, final) from exc
         raise
+
+
+def _refused_here(exc: BaseException, folder: Path) -> bool:
+    """A permission error on a path inside ``folder`` (a write refused there, not an input that cannot be read)."""
+    name = getattr(exc, "filename", None)
+    return isinstance(exc, PermissionError) and name is not None and str(name).startswith(str(folder))
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -116,6 +116,13 @@ def main() -> None:
         if exc.hint:
             err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # the OS refused a read or write that no stage check caught: say so, not a traceback
+        from mlcompress.artifacts import is_disk_full
+
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print("[yellow]hint:[/] " + ("free some space on that disk, or write to another one" if is_disk_full(exc)
+                                         else "check that the path exists and that you may read or write it"), highlight=False)
+        sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted: the step that was running wrote nothing (outputs are renamed into place only when "
                   "complete); finished pipeline stages and distillation checkpoints are kept, and rerunning the same "

@@ -44,6 +44,10 @@ class OutputExistsError(InputError):
     """The output directory exists and overwriting was not asked for."""
 
 
+class OutputError(InputError):
+    """The output cannot be written: a read-only folder, no permission, or a full disk."""
+
+
 class ExportError(MlcompressError):
     """An export step (ONNX export, graph optimisation, quantisation, ONNX Runtime) failed on this model."""
 

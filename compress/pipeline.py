@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import json_digest
+from .artifacts import check_output, json_digest
 from .errors import GateError, InputError, LanguageError, OutputExistsError
 from .sources import DEFAULT_MODEL
 
@@ -433,6 +433,7 @@ class Pipeline:
         if out.is_dir() and any(out.iterdir()) and not state_path.is_file():
             raise OutputExistsError(f"output {out} exists and is not a pipeline folder (no {STATE_FILE})",
                                     "choose another -o (a pipeline folder is reused: unchanged stages are skipped)")
+        check_output(state_path, overwrite=True, what="pipeline folder")
         state = _read_state(state_path, discard_damaged=force)
         state.setdefault("stages", {})
         state.setdefault("digests", {})

@@ -97,15 +97,18 @@ def load_model(path: Path) -> Any:
     config = load_config(path)
     arch = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
-    cls = cls or transformers.AutoModel
+    return load_weights(cls or transformers.AutoModel, path, dtype="auto").eval()
+
+
+def load_weights(cls: Any, path: Path, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(path, **kwargs)``, with a failure (corrupt or truncated weights) turned into a clear error."""
     try:
-        model = cls.from_pretrained(path, dtype="auto")
+        return cls.from_pretrained(path, **kwargs)
     except Exception as exc:
         raise ModelSourceError(
             f"{path}: could not load the model weights ({type(exc).__name__}: {exc})",
             "the weights may be corrupt or truncated: re-save or re-download the model",
         ) from exc
-    return model.eval()
 
 
 def load_tokenizer(path: Path) -> Any:

@@ -25,7 +25,7 @@ from .loop import TrainConfig, make_accelerator, train
 from .objective import add_representation_terms, paired_forward
 from .sentence_objective import sentence_loss, sentence_pool
 from .student import PROJECTION_FILE, check_hidden_size, hidden_pairs, make_student, narrow_student, principal_basis
-from .workdir import close_work_dir, open_work_dir, work_dir_for
+from .workdir import close_work_dir, discard_if_unused, open_work_dir, work_dir_for
 
 
 @dataclass
@@ -184,16 +184,18 @@ def distill_general(
                 "trim_vocabulary": trim_vocabulary}
     narrow = _check_width(source.path, hidden_size)
     accelerator = make_accelerator(config)  # device errors before anything is written
+    fresh = not work_dir_for(out).exists()
     work = open_work_dir(out, settings, overwrite, restart, accelerator)
-    teacher_dir = _teacher_dir(source.path, langs, texts, work, trim_vocabulary, cache_dir, accelerator)
-    run = _Phase1Run(teacher_dir, langs, texts, objective, losses, data, config, every_k, layers)
-    if narrow:
-        run.narrow(work, hidden_size, accelerator.is_main_process)
-    run.teacher.eval().requires_grad_(False).to(accelerator.device)
-    save_profile = profile if objective == "embedding" or profile.sentence_model else None
-    on_step = _snapshotter(run, out, snapshots, accelerator, save_profile) if snapshots else None
-    state = train(run.student, run.loss_fn(), run.batches(), config, work, accelerator, stop_after=stop_after,
-                  started_at=started, on_step=on_step)
+    with discard_if_unused(work, fresh, accelerator):  # a run that fails before its first checkpoint leaves nothing
+        teacher_dir = _teacher_dir(source.path, langs, texts, work, trim_vocabulary, cache_dir, accelerator)
+        run = _Phase1Run(teacher_dir, langs, texts, objective, losses, data, config, every_k, layers)
+        if narrow:
+            run.narrow(work, hidden_size, accelerator.is_main_process)
+        run.teacher.eval().requires_grad_(False).to(accelerator.device)
+        save_profile = profile if objective == "embedding" or profile.sentence_model else None
+        on_step = _snapshotter(run, out, snapshots, accelerator, save_profile) if snapshots else None
+        state = train(run.student, run.loss_fn(), run.batches(), config, work, accelerator, stop_after=stop_after,
+                      started_at=started, on_step=on_step)
     result = DistillResult(out, run.mapping, state.step, state.resumed_from, state.seconds,
                            state.run_tokens / state.seconds if state.seconds else 0.0, state.last,
                            run.teacher.num_parameters(), run.student.num_parameters(), objective, state.tokens)
@@ -294,12 +296,14 @@ class _Phase1Run:
     def __init__(self, teacher_dir: Path, langs: list[str], texts: dict[str, Any], objective: str,
                  losses: Phase1Losses, data: dict[str, Any], config: TrainConfig, every_k: int,
                  layers: str | list[int] | None) -> None:
-        from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
+        from transformers import AutoModel, AutoModelForMaskedLM
+
+        from mlcompress.sources import load_tokenizer, load_weights
 
         self.objective, self.losses, self.data, self.config = objective, losses, data, config
-        self.tok = AutoTokenizer.from_pretrained(teacher_dir)
+        self.tok = load_tokenizer(teacher_dir)
         model_cls = AutoModelForMaskedLM if (losses.logits or losses.mlm) else AutoModel
-        self.teacher = model_cls.from_pretrained(teacher_dir, dtype=torch.float32)
+        self.teacher = load_weights(model_cls, teacher_dir, dtype=torch.float32)
         if losses.attention:
             use_capture_backend(self.teacher)
         self.student, self.mapping = make_student(self.teacher, every_k, layers)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mlcompress.errors import InputError
+from mlcompress.errors import InputError, OutputError
 
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -323,10 +323,21 @@ def _log(state: TrainState, figures: dict[str, torch.Tensor], config: TrainConfi
 
 def _save_checkpoint(accelerator, work: Path, state: TrainState, keep: int) -> None:
     target = work / "checkpoints" / f"step-{state.step:07d}"
-    accelerator.save_state(str(target))
+    try:
+        accelerator.save_state(str(target))
+    except Exception as exc:
+        from mlcompress.artifacts import is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        shutil.rmtree(target, ignore_errors=True)
+        raise OutputError(f"the disk ran out of space while saving a checkpoint into {work} ({exc})",
+                          "free some space on that disk and rerun the same command: it resumes from the last checkpoint"
+                          ) from exc
     if accelerator.is_main_process:
-        (target / "trainer_state.json").write_text(json.dumps({"step": state.step, "tokens": state.tokens,
-                                                               "planned_steps": state.planned}) + "\n")
+        partial = target / "trainer_state.json.partial"  # the file that marks a checkpoint complete: renamed into place
+        partial.write_text(json.dumps({"step": state.step, "tokens": state.tokens, "planned_steps": state.planned}) + "\n")
+        os.replace(partial, target / "trainer_state.json")
         for old in _checkpoints(work)[:-max(keep, 1)]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

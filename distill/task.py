@@ -11,14 +11,13 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from mlcompress.artifacts import atomic_output_dir, write_provenance
 from mlcompress.errors import InputError
-from mlcompress.sources import resolve_model
+from mlcompress.sources import load_tokenizer, load_weights, resolve_model
 
 from .attention import use_capture_backend
 from .general import DistillResult
@@ -58,8 +57,6 @@ def finetune_teacher(source: str | os.PathLike[str], task: str, train_file: str 
                      train_config: TrainConfig | None = None, overwrite: bool = False, restart: bool = False,
                      cache_dir: str | os.PathLike[str] | None = None, stop_after: int | None = None) -> DistillResult:
     """Fine-tune the source model on source-language task data (the phase-2 teacher)."""
-    from transformers import AutoTokenizer
-
     config = train_config or TrainConfig(lr=3e-5)
     out = Path(output).expanduser().absolute()
     src = resolve_model(source, cache_dir)
@@ -68,10 +65,10 @@ def finetune_teacher(source: str | os.PathLike[str], task: str, train_file: str 
                 "train": {k: v for k, v in asdict(config).items() if k != "progress"}}
     accelerator = make_accelerator(config)  # device errors before anything is written
     work = open_work_dir(out, settings, overwrite, restart, accelerator)
-    tok = AutoTokenizer.from_pretrained(src.path)
+    tok = load_tokenizer(src.path)
     data = encode_task(task, train_file, tok, max_length, max_examples)
-    model = _auto_class(task).from_pretrained(
-        src.path, num_labels=len(data.labels), id2label=dict(enumerate(data.labels)),
+    model = load_weights(
+        _auto_class(task), src.path, num_labels=len(data.labels), id2label=dict(enumerate(data.labels)),
         label2id={n: i for i, n in enumerate(data.labels)}, dtype=torch.float32)
 
     def loss_fn(m: torch.nn.Module, batch: dict[str, torch.Tensor]):
@@ -127,8 +124,6 @@ def distill_task(teacher: str | os.PathLike[str], student: str | os.PathLike[str
                  overwrite: bool = False, restart: bool = False, cache_dir: str | os.PathLike[str] | None = None,
                  stop_after: int | None = None) -> DistillResult:
     """Phase 2: distil the task-tuned ``teacher`` into the phase-1 ``student`` (densely, or sparsely at ``density``)."""
-    from transformers import AutoTokenizer
-
     losses = losses or Phase2Losses()
     config = train_config or TrainConfig(lr=5e-5)
     out = Path(output).expanduser().absolute()
@@ -141,13 +136,13 @@ def distill_task(teacher: str | os.PathLike[str], student: str | os.PathLike[str
     accelerator = make_accelerator(config)  # device errors before anything is written
     work = open_work_dir(out, settings, overwrite, restart, accelerator)
     cls = _auto_class(task)
-    teacher_model = cls.from_pretrained(t_src.path, dtype=torch.float32)
+    teacher_model = load_weights(cls, t_src.path, dtype=torch.float32)
     names = [teacher_model.config.id2label[i] for i in range(teacher_model.config.num_labels)]
-    tok = AutoTokenizer.from_pretrained(s_src.path)
+    tok = load_tokenizer(s_src.path)
     data = encode_task(task, train_file, tok, max_length, max_examples, labels=names)
 
     def load_student() -> torch.nn.Module:
-        return cls.from_pretrained(s_src.path, num_labels=len(names), id2label=dict(enumerate(names)),
+        return load_weights(cls, s_src.path, num_labels=len(names), id2label=dict(enumerate(names)),
                                    label2id={n: i for i, n in enumerate(names)}, dtype=torch.float32)
 
     student_model = load_student()

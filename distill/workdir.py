@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mlcompress.artifacts import json_digest
-from mlcompress.errors import InputError, OutputExistsError
+from mlcompress.artifacts import check_output, json_digest
+from mlcompress.errors import InputError
 
 
 def work_dir_for(output: Path) -> Path:
@@ -23,8 +25,7 @@ def open_work_dir(output: Path, settings: dict[str, Any], overwrite: bool, resta
     Under several processes only the main one touches the directory; the others wait for it, so no
     rank reads a settings file another rank is still writing or deletes a directory another just made.
     """
-    if output.exists() and not overwrite:
-        raise OutputExistsError(f"output {output} already exists", "choose another output path, or pass --overwrite")
+    check_output(output, overwrite)
     work = work_dir_for(output)
     if accelerator is None or accelerator.is_main_process:
         _prepare(work, json_digest(settings), settings, restart)
@@ -58,3 +59,16 @@ def close_work_dir(work: Path, output: Path) -> None:
     if metrics.is_file():
         shutil.copy2(metrics, output / "metrics.jsonl")
     shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def discard_if_unused(work: Path, fresh: bool, accelerator: Any = None) -> Iterator[None]:
+    """On a failure, remove the work dir this run created if it holds no checkpoint yet (a failed start leaves nothing
+    on disk); a work dir with checkpoints, or one an earlier run made, is kept for the resume."""
+    try:
+        yield
+    except BaseException:
+        main = accelerator is None or accelerator.is_main_process
+        if fresh and main and not any((work / "checkpoints").glob("step-*/trainer_state.json")):
+            shutil.rmtree(work, ignore_errors=True)
+        raise

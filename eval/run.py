@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlcompress.errors import InputError, OutputExistsError
+from mlcompress.artifacts import check_output
+from mlcompress.errors import InputError
 
 from .data import DataSource, parse_languages, parse_tasks
 from .encoders import Encoder, load_encoder
@@ -90,8 +91,8 @@ def detect_prefix(encoder: Encoder) -> str:
 
 
 def _check_output(output: str | os.PathLike[str] | None, overwrite: bool) -> None:
-    if output is not None and Path(output).exists() and not overwrite:
-        raise OutputExistsError(f"report folder {output} already exists", "choose another -o, or pass --overwrite")
+    if output is not None:
+        check_output(output, overwrite, what="report folder")
 
 
 def _plan(data: DataSource, tasks: list[str], languages: list[str],

@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlcompress.artifacts import atomic_output_dir, read_provenance, sha256_file, write_provenance
+from mlcompress.artifacts import (atomic_output_dir, check_output, is_disk_full, read_provenance, scratch_dir, sha256_file, sweep_leftovers,
+                                  write_provenance)
 from mlcompress.corpus import Corpus, parse_corpora
 from mlcompress.errors import (CorpusError, ExportError, GateError, InputError, LanguageError, MlcompressError,
-                               ModelSourceError, OutputExistsError)
+                               ModelSourceError, OutputError)
 from mlcompress.languages import normalize_language, parse_languages
 
 from .parity import AGREEMENT_THRESHOLDS, COSINE_THRESHOLDS
@@ -134,8 +135,7 @@ def _check_output(output: Path, bundle: bool, overwrite: bool) -> bool:
     archive = output.name.endswith((".tar.gz", ".tgz"))
     if archive and not bundle:
         raise InputError(f"{output} is an archive name but --bundle was not given", "add --bundle, or name an output directory")
-    if output.exists() and not overwrite:
-        raise OutputExistsError(f"output {output} already exists", "choose another output path, or pass --overwrite")
+    check_output(output, overwrite)
     return archive
 
 
@@ -235,7 +235,7 @@ def export(
     tok_json = json.loads(hf_tok.backend_tokenizer.to_str())
     tok_json["padding"] = tok_json["truncation"] = None
 
-    scratch = Path(tempfile.mkdtemp(prefix="mlcompress-export-"))
+    scratch = scratch_dir("export")
     try:
         (scratch / "tokenizer.json").write_text(json.dumps(tok_json, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
         tok = make_tokenizer(scratch / "tokenizer.json", pad_id, pad_token, max_length)
@@ -288,7 +288,8 @@ def export(
             stage.mkdir()
             manifest = fill(stage)
             output.parent.mkdir(parents=True, exist_ok=True)
-            partial = output.with_name(f".{output.name}.partial")
+            sweep_leftovers(output)
+            partial = output.with_name(f".{output.name}.tmp-{os.getpid()}-partial")  # swept if this process is killed
             try:
                 pack(stage, partial)
                 os.replace(partial, output)
@@ -328,6 +329,9 @@ def _step(what: str, hint: str) -> Iterator[None]:
     except MlcompressError:
         raise
     except Exception as exc:  # exporter, optimiser, quantiser and ORT raise many types; the user needs one message
+        if is_disk_full(exc):
+            raise OutputError(f"the disk ran out of space during {what} ({exc}); nothing was written",
+                              "free some space in the temporary folder (TMPDIR) and on the output's disk") from exc
         raise ExportError(f"{what} failed ({type(exc).__name__}: {exc}); nothing was written", hint) from exc
 
 

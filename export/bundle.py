@@ -10,12 +10,11 @@ import json
 import os
 import shutil
 import tarfile
-import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mlcompress.artifacts import sha256_file
+from mlcompress.artifacts import scratch_dir, sha256_file
 from mlcompress.errors import InputError
 
 MANIFEST = "manifest.json"
@@ -214,7 +213,7 @@ def open_bundle(path: str | os.PathLike[str]) -> tuple[Path, Path | None]:
         return path, None
     if not path.exists():
         raise BundleError(f"bundle {path} not found", "pass a bundle directory or .tar.gz written by `mlcompress export --bundle`")
-    tmp = Path(tempfile.mkdtemp(prefix="mlcompress-bundle-"))
+    tmp = scratch_dir("bundle")
     try:
         extract(path, tmp)
     except BundleError:

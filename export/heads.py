@@ -88,8 +88,8 @@ def detect_head(config: Any, model_dir: Path, task: str | None = None, pooling: 
     task = task or inferred
     if task is None:
         raise UnsupportedModelError(f"architecture {arch} has a head mlcompress cannot export",
-                                    f"supported: a bare encoder (sentence embeddings) or *ForTokenClassification, "
-                                    f"*ForSequenceClassification, *ForMaskedLM")
+                                    "supported: a bare encoder (sentence embeddings) or *ForTokenClassification, "
+                                    "*ForSequenceClassification, *ForMaskedLM")
     st_pool, st_norm = _pooling_from_sentence_transformers(model_dir)
     if task == "sentence-embedding":
         pooling = pooling or st_pool or "mean"

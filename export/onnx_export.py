@@ -29,9 +29,10 @@ def export_onnx(module: Any, output_name: str, path: Path, pad_id: int = 0, voca
             program = torch.onnx.export(module, (ids, mask), dynamo=True, input_names=INPUT_NAMES,
                                         output_names=[output_name], dynamic_shapes=shapes, optimize=True,
                                         external_data=False, report=False, verbose=False)
-            program.save(str(path), external_data=False)
     except Exception as exc:
         raise UnsupportedModelError(
             f"torch's ONNX exporter could not export {type(module.model).__name__}: {type(exc).__name__}: {str(exc)[:400]}",
             "the model may use an operation the exporter does not support; check torch and onnxscript versions") from exc
+    with quiet("torch"):
+        program.save(str(path), external_data=False)  # a failed write is a disk's error, not the exporter's
     return path

@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -42,7 +43,7 @@ from pathlib import Path
 import pytest
 
 from conftest import read_lines
-from mlcompress.errors import MlcompressError
+from mlcompress.errors import MlcompressError, OutputExistsError
 
 # ----------------------------------------------------------------------------------------------- shared inputs
 
@@ -85,10 +86,13 @@ class Work:
     model: Path
     corpora: dict[str, Path]
     output: Path
+    source: Path  # an untouched copy of the model (eval compares the row's model against it)
+    data: Path
+    system_temp: Path
 
 
 @pytest.fixture()
-def work(tmp_path: Path, model_dir: Path, texts: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Work:
+def work(tmp_path: Path, model_dir: Path, texts: dict[str, Path], monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> Work:
     """A private copy of the model and corpora, a previous artifact at the output, and a private system temp folder."""
     root = tmp_path / "work"
     shutil.copytree(model_dir, root / "model")
@@ -100,7 +104,7 @@ def work(tmp_path: Path, model_dir: Path, texts: dict[str, Path], monkeypatch: p
     systmp = tmp_path / "system-temp"
     systmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(systmp))
-    return Work(root, root / "model", corpora, output)
+    return Work(root, root / "model", corpora, output, model_dir, data_dir, systmp)
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -166,19 +170,38 @@ INPUT_FAULTS: list[tuple[str, Callable[[Work], None], str, str]] = [
 ]
 
 
-def stage_args(stage: str, w: Work, en: str, languages: str = "en,de", overwrite: bool = True) -> list[str]:
-    """The command line of ``stage`` on the row's inputs, writing onto the previous artifact."""
+STAGES = ["trim", "export", "distill", "eval"]
+# a few optimizer steps on short blocks: enough to reach the write, in seconds
+DISTILL_QUICK = ["--objective", "bistil", "--steps", "2", "--batch-size", "4", "--block-size", "32", "--max-blocks", "8",
+                 "--checkpoint-every", "1", "--device", "cpu", "--precision", "no"]
+EVAL_QUICK = ["--tasks", "retrieval", "--max-examples", "16", "--transfer", "probe"]
+
+
+def stage_args(stage: str, w: Work, en: str, languages: str = "en,de", overwrite: bool = True,
+               output: Path | None = None) -> list[str]:
+    """The command line of ``stage`` on the row's inputs, writing onto the previous artifact (eval: the row's model is
+    the candidate, compared with an untouched copy on Tatoeba, for the target language only)."""
+    out = str(output or w.output)
     corpora = [f"en={w.root / en}", f"de={w.corpora['de']}"]
     if stage == "trim":
-        args = ["trim", str(w.model), "-l", languages, "-o", str(w.output)] + [a for c in corpora for a in ("--corpus", c)]
+        args = ["trim", str(w.model), "-l", languages, "-o", out] + [a for c in corpora for a in ("--corpus", c)]
+    elif stage == "export":
+        args = ["export", str(w.model), "-o", out, "--quantize", "none", "-l", languages]
+        args += [a for c in corpora for a in ("--text", c)] + (["--bundle"] if out.endswith(".tar.gz") else [])
+    elif stage == "distill":
+        args = ["distill", "general", str(w.model), "-l", languages, "-o", out, *DISTILL_QUICK]
+        args += [a for c in corpora for a in ("--corpus", c)]
     else:
-        args = ["export", str(w.model), "-o", str(w.output), "--quantize", "none", "-l", languages]
-        args += [a for c in corpora for a in ("--text", c)]
+        target = ",".join(lang for lang in languages.split(",") if lang != "en")
+        args = ["eval", str(w.source), str(w.model), "-l", target, "-o", out, "--data", str(w.data), *EVAL_QUICK]
     return args + (["--overwrite"] if overwrite else [])
 
 
-@pytest.mark.parametrize("stage", ["trim", "export"])
-@pytest.mark.parametrize(("fault", "breaker", "en", "fragment"), INPUT_FAULTS, ids=[row[0] for row in INPUT_FAULTS])
+# eval reads benchmark data, not corpora: the corpus rows are for the other stages
+INPUT_ROWS = [(stage, *row) for row in INPUT_FAULTS for stage in STAGES if stage != "eval" or not row[0].startswith("corpus")]
+
+
+@pytest.mark.parametrize(("stage", "fault", "breaker", "en", "fragment"), INPUT_ROWS, ids=[f"{r[0]}: {r[1]}" for r in INPUT_ROWS])
 def test_input_fault(stage: str, fault: str, breaker: Callable[[Work], None], en: str, fragment: str, work: Work,
                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     breaker(work)
@@ -189,7 +212,7 @@ def test_input_fault(stage: str, fault: str, breaker: Callable[[Work], None], en
     assert not list(Path(tempfile.tempdir).iterdir())
 
 
-@pytest.mark.parametrize("stage", ["trim", "export"])
+@pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize(("fault", "languages", "overwrite", "fragment"), [
     ("unknown language", "en,xx", True, "unknown language"),
     ("existing output without --overwrite", "en,de", False, "already exists"),
@@ -436,3 +459,119 @@ def test_a_file_swapped_after_verification_is_not_loaded(good_bundle: Path, tmp_
     (bundle / "model.onnx").write_bytes(bytes(data))  # ...then the file changes before the load
     with pytest.raises(BundleError, match="changed after it was verified"):
         Bundle(bundle, manifest)
+
+
+# --------------------------------------------------------------------------------------- faults on the output side
+
+
+def _read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``folder`` unwritable: its permissions, or (as root, whom permissions do not stop) the OS's refusal to
+    create anything in it, as on a read-only mount."""
+    import errno
+    import os
+
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return
+    real_mkdir = os.mkdir
+
+    def mkdir(path: object, *args: object, **kwargs: object) -> None:
+        if Path(os.fspath(path)).absolute().parent == folder:
+            raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_read_only_output_folder(stage: str, work: Work, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The output's folder cannot be written: the stage says so before it loads a model or trains."""
+    before = snapshot(work.root)
+    _read_only(work.root, monkeypatch)
+    try:
+        code, stderr = run_cli(stage_args(stage, work, "en.txt"), monkeypatch, capsys)
+    finally:
+        work.root.chmod(0o755)
+    assert_clear_cli_error(code, stderr, "cannot write into")
+    assert snapshot(work.root) == before
+    assert not list(work.system_temp.iterdir())
+
+
+def run_child(fault: list[str], args: list[str], w: Work) -> subprocess.CompletedProcess:
+    """``mlcompress ARGS`` in a child process with ``fault`` injected (see fault_child.py)."""
+    import os
+
+    env = {**os.environ, "TMPDIR": str(w.system_temp), "PYTHONPATH": str(Path(__file__).parent)}
+    return subprocess.run([sys.executable, str(Path(__file__).with_name("fault_child.py")), *fault, "--", *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+# bytes any one file may hold: less than the model files the stages write (eval: its report)
+DISK_LIMIT = {"trim": 64 << 10, "export": 64 << 10, "distill": 64 << 10, "eval": 4 << 10}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_full_disk(stage: str, work: Work) -> None:
+    """Writes fail part-way (a file-size limit stands in for a full disk): a clear error, the previous artifact kept."""
+    before = snapshot(work.root)
+    run = run_child(["--disk-full", str(DISK_LIMIT[stage])], stage_args(stage, work, "en.txt"), work)
+    assert_clear_cli_error(run.returncode, run.stderr, "ran out of space")
+    assert snapshot(work.root) == before
+    assert not list(work.system_temp.glob("mlcompress-*"))  # (libraries the child loads may keep files of their own)
+
+
+def _leftovers(w: Work, output: Path) -> list[str]:
+    """What a run to ``output`` may leave beside it: hidden temporary siblings and scratch folders of dead processes."""
+    beside = [p.name for p in output.parent.iterdir() if p.name.startswith(f".{output.name}.")]
+    return beside + [p.name for p in w.system_temp.glob("mlcompress-*")]
+
+
+# (stage, where the SIGKILL lands, output name, what the row shows)
+KILL_ROWS = [
+    ("trim", "write:.out.tmp-", "out", "half-way through a file of the new trim"),
+    ("trim", "rename:.out.tmp-", "out", "with the new trim complete, just before it is renamed into place"),
+    ("export", "write:.out.tmp-", "out", "half-way through a file of the new export"),
+    ("export", "archive", "out.tar.gz", "half-way through the bundle archive"),
+    ("distill", "write:.out.work:2", "out", "half-way through writing the second checkpoint"),
+    ("eval", "write:.out.tmp-", "out", "half-way through the report"),
+]
+
+
+@pytest.mark.parametrize(("stage", "kill", "name", "moment"), KILL_ROWS, ids=[f"{r[0]}: {r[1]}" for r in KILL_ROWS])
+def test_sigkill_during_the_write(stage: str, kill: str, name: str, moment: str, work: Work,
+                                  monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGKILL (no cleanup runs) leaves the previous artifact intact; rerunning the command completes the artifact and
+    removes what the killed run left (a distillation resumes from its last complete checkpoint)."""
+    output = work.root / name
+    if name != "out":
+        output.write_bytes(b"previous archive")
+    previous = snapshot(work.root)
+    run = run_child(["--kill", kill], stage_args(stage, work, "en.txt", output=output), work)
+    assert run.returncode == -9, run.stderr[-3000:]
+    after = snapshot(work.root)
+    assert {k: v for k, v in after.items() if not k.startswith(f".{name}.")} == previous  # artifact and inputs intact
+    assert _leftovers(work, output)  # the kill did leave something behind...
+    code, stderr = run_cli(stage_args(stage, work, "en.txt", output=output), monkeypatch, capsys)
+    assert code == 0, stderr
+    assert output.read_bytes() != b"previous archive" if name != "out" else \
+        json.loads((output / "mlcompress.json").read_text())["stage"] != "previous"
+    assert not _leftovers(work, output)  # ...which the rerun cleared away
+
+
+def test_a_replacement_killed_between_its_two_renames_is_repaired(tmp_path: Path) -> None:
+    """Where the OS cannot swap two folders atomically, a replacement is two renames; a kill between them leaves the
+    previous artifact in a hidden folder, and the next run to that output puts it back before anything else."""
+    from mlcompress.artifacts import atomic_output_dir
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has exited
+    aside = tmp_path / f".out.old-{pid}-abc" / "previous"
+    aside.mkdir(parents=True)
+    (aside / "model.safetensors").write_bytes(b"previous weights")
+    (tmp_path / f".out.tmp-{pid}-def").mkdir()  # the killed run's half-written new artifact
+    with pytest.raises(OutputExistsError):
+        with atomic_output_dir(tmp_path / "out"):  # the repaired output exists again: not replaced without overwrite
+            pass
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == b"previous weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from mlcompress.artifacts import atomic_output_dir, sha256_file, write_provenance
-from mlcompress.errors import CorpusError, InputError, LanguageError, ModelSourceError, OutputExistsError, UnsupportedModelError
+from mlcompress.artifacts import atomic_output_dir, check_output, sha256_file, write_provenance
+from mlcompress.errors import CorpusError, InputError, LanguageError, UnsupportedModelError
 from mlcompress.sources import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
 
 from . import tokenizer_surgery as ts
@@ -120,9 +120,7 @@ def trim(
         if missing:
             raise LanguageError(f"no text for language(s) {', '.join(missing)}",
                                 "pass --corpus LANG=PATH for each target language, or use --scripts (needs no corpus)")
-    out_path = Path(output).expanduser().absolute()
-    if out_path.exists() and not overwrite:
-        raise OutputExistsError(f"output {out_path} already exists", "choose another output path, or pass --overwrite")
+    out_path = check_output(output, overwrite)
     cache = Path(cache_dir) if cache_dir else None
     timings: dict[str, float] = {}
 
