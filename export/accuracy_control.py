@@ -10,7 +10,7 @@ quantise-and-validate round per operator). The search then validates real quanti
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ class Operator:
     weight_shape: tuple[int, ...]
     error: float  # ||Y - Y_q||^2 / ||Y||^2 of this operator alone, on the ranking text
     label: str = ""  # the model's parameter it computes with, e.g. encoder.layer.3.output.dense
+    gain: float | None = None  # measured: how much the graph's drop falls when this operator alone stays float
 
     @property
     def parameters(self) -> int:
@@ -154,13 +155,28 @@ def _label(labels: dict[bytes, str], w: np.ndarray, op_type: str) -> str:
     return label
 
 
+def rerank(ranked: list[Operator], build: Callable[[list[str]], Path], measure: Callable[[Path], float], plain: float,
+           top: int) -> list[Operator]:
+    """NNCF's ranking step, on the ``top`` operators by local error: each is kept float alone and the graph's drop
+    measured; those go first by measured gain, the rest follow by local error.
+
+    A local error says how much an operator's own output changes, not how much of that reaches the model's output
+    (a residual branch can carry a large relative error that the stream barely feels), so on e5-small the first
+    operator by local error gained nothing while the second removed half of the drop.
+    """
+    head = [replace(op, gain=round(plain - measure(build([op.name])), 6)) for op in ranked[:top]]
+    return sorted(head, key=lambda op: -(op.gain or 0.0)) + ranked[top:]
+
+
 def search(ranked: list[Operator], build: Callable[[list[str]], Path], measure: Callable[[Path], float], max_drop: float,
-           metric: str) -> tuple[Path, SearchResult]:
+           metric: str, rerank_top: int = 0) -> tuple[Path, SearchResult]:
     """The graph with the fewest float operators (most sensitive first) whose measured drop is within ``max_drop``.
 
-    Tries 0, 1, 2, 4, ... kept operators until one holds, then bisects between the last two tries; every
-    candidate is a real quantised graph (``build``) validated by ``measure``. When even every operator at
-    full precision misses the target, returns that graph with ``reached`` False.
+    When the plain graph misses the target, the ``rerank_top`` operators with the largest local error are first
+    re-ranked by their measured gain (``rerank``). Then tries 0, 1, 2, 4, ... kept operators until one holds, and
+    bisects between the last two tries; every candidate is a real quantised graph (``build``) validated by
+    ``measure``. When even every operator at full precision misses the target, returns that graph with
+    ``reached`` False.
     """
     tried: dict[int, tuple[Path, float]] = {}
 
@@ -171,6 +187,8 @@ def search(ranked: list[Operator], build: Callable[[list[str]], Path], measure: 
         return drop
 
     plain = attempt(0)
+    if plain > max_drop and rerank_top:
+        ranked = rerank(ranked, build, measure, plain, rerank_top)
     good, bad, k = (0, None, 0) if plain <= max_drop else (None, 0, 1)
     while good is None:
         k = min(k, len(ranked))

@@ -102,3 +102,23 @@ def test_search_bisects_to_the_fewest_operators(tmp_path: Path) -> None:
     assert np.isclose(result.drop, 0.04) and np.isclose(result.plain_drop, 0.1)
     _, unreachable = search(ranked, build, lambda p: 0.5, 0.045, "test")
     assert not unreachable.reached and len(unreachable.kept) == 10
+
+
+def test_rerank_puts_first_the_operator_whose_revert_helps_most(tmp_path: Path) -> None:
+    """Local error can mislead (op0 changes most locally but its error does not reach the output): re-ranked by the
+    measured drop with each kept float alone, op1 goes first, and one kept operator meets the target."""
+    ranked = [Operator(f"op{i}", "MatMul", (4, 4), 1.0 / (i + 1)) for i in range(6)]
+    # drop of a graph with the named operators kept float: op1 removes most of it, op0 nothing
+    effect = {"op0": 0.0, "op1": 0.07, "op2": 0.01, "op3": 0.02}
+
+    def build(exclude: list[str]) -> Path:
+        path = tmp_path / ("+".join(exclude) or "plain")
+        path.write_text(str(max(0.0, 0.1 - sum(effect.get(name, 0.0) for name in exclude))))
+        return path
+
+    path, result = search(ranked, build, lambda p: float(p.read_text()), 0.035, "test", rerank_top=4)
+    assert [op.name for op in result.kept] == ["op1"] and path.name == "op1" and result.reached
+    assert [op.gain for op in result.kept] == [0.07]
+    # without the re-rank, local error order needs op0 and op1 (two float operators) for the same target
+    _, plain_order = search(ranked, build, lambda p: float(p.read_text()), 0.035, "test")
+    assert [op.name for op in plain_order.kept] == ["op0", "op1"]

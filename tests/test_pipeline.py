@@ -334,3 +334,56 @@ def test_import_is_light() -> None:
     code = "import sys, mlcompress, mlcompress.pipeline, mlcompress.pipeline_cli, mlcompress.inspect; mlcompress.Pipeline; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+# ---- the distill stage, and a SIGKILL in every stage ------------------------------------------------------------------
+
+
+def _kill_run(kill: str, config: Path, out: Path) -> subprocess.CompletedProcess:
+    """``mlcompress pipeline CONFIG -o OUT`` in a child process that SIGKILLs itself at ``kill`` (see fault_child.py)."""
+    tests = Path(__file__).parent
+    return subprocess.run([sys.executable, str(tests / "fault_child.py"), "--kill", kill, "--", "pipeline", str(config),
+                           "-o", str(out)], capture_output=True, text=True, timeout=900,
+                          env={**__import__("os").environ, "PYTHONPATH": str(tests)})
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_distill_stage_runs_and_survives_a_sigkill_in_every_stage(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """The pipeline with its distill stage on the CPU (tiny XLM-R, four steps), killed (SIGKILL: no cleanup) in each
+    stage in turn: finished stages stay as they were, the killed stage leaves no artifact, and the last run reuses
+    what was done, resumes the distillation from its last complete checkpoint and completes the pipeline."""
+    from mlcompress.pipeline import STAGE_DIRS
+
+    cfg = _config(tiny)
+    cfg["stages"]["distill"] = {"enabled": True, "device": "cpu", "steps": 4, "batch_size": 4, "block_size": 32,
+                                "max_blocks_per_language": 8, "checkpoint_every": 1, "mixed_precision": "no"}
+    config = tmp_path / "pipe.json"
+    config.write_text(json.dumps(cfg), encoding="utf-8")
+    out = tmp_path / "out"
+    # where each run dies: half-way through a file of the stage's new artifact (distill: its second checkpoint,
+    # after the work dir's settings and the first checkpoint)
+    kills = {"trim": "write:.01-trim.tmp-", "distill": "write:.02-distill.work:3", "export": "write:.03-export.tmp-",
+             "eval": "write:.04-eval.tmp-"}
+    finished: dict[str, dict[str, bytes]] = {}  # each done stage's files, as the run that finished it left them
+    for i, (stage, kill) in enumerate(kills.items()):
+        run = _kill_run(kill, config, out)
+        assert run.returncode == -9, run.stderr[-3000:]
+        state = json.loads((out / "pipeline.json").read_text())
+        assert state["stages"][stage]["status"] == "running"
+        assert not (out / STAGE_DIRS[stage]).exists()  # no half artifact under the stage's name
+        for name, files in finished.items():  # stages finished by earlier runs: reused, untouched
+            assert _files(out / STAGE_DIRS[name]) == files
+        for name in list(kills)[:i]:
+            assert state["stages"][name]["status"] == "done"
+            finished.setdefault(name, _files(out / STAGE_DIRS[name]))  # the stage this run finished
+    r = Pipeline(cfg).run(out)
+    assert [(s["name"], s["action"]) for s in r.stages] == [("trim", "reused"), ("distill", "reused"),
+                                                            ("export", "reused"), ("eval", "ran")]
+    state = json.loads((out / "pipeline.json").read_text())
+    distill = state["stages"]["distill"]["metrics"]
+    assert distill["steps"] == 4 and distill["resumed_from"] == 1  # the run killed at step 2 resumed from step 1
+    assert (out / "02-distill" / "model.safetensors").is_file() and not (out / ".02-distill.work").exists()
+    assert (out / "report.json").is_file() and not [p for p in out.iterdir() if ".tmp-" in p.name]
