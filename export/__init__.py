@@ -5,5 +5,6 @@ Importing this package is light (no torch, no onnxruntime); each function import
 
 from .api import ExportResult, export
 from .bundle import BundleError, verify
+from .quantize import QUANTIZE_CHOICES
 
-__all__ = ["BundleError", "ExportResult", "export", "verify"]
+__all__ = ["QUANTIZE_CHOICES", "BundleError", "ExportResult", "export", "verify"]
