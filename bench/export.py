@@ -91,7 +91,10 @@ def main() -> None:
     parser.add_argument("--recipe", choices=("default", "mono"), default="default",
                         help="default: trim's default recipe (mono/ + frequent words + variants); mono: count mono/ alone")
     parser.add_argument("--langs", default="en,de", help="en plus one language with a Tatoeba X-eng file, e.g. en,fi")
-    parser.add_argument("--max-drop", type=float, default=None, help="also export int8-dynamic with this --max-drop")
+    parser.add_argument("--max-drop", default=None, help="also export int8-dynamic with each of these --max-drop values "
+                        "(comma-separated: a curve)")
+    parser.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
+                        help="int8 weights in 7 bits (on), 8 bits (off), or the export's default for this CPU (auto)")
     parser.add_argument("--quants", default=",".join(QUANTS), help="which plain quantisations to export (none is needed "
                         "for the trim's own loss)")
     args = parser.parse_args()
@@ -139,12 +142,15 @@ def main() -> None:
 
     details = {}
     trimmed_fp32 = None
-    runs = [(q, None) for q in args.quants.split(",")] + ([("int8-dynamic", args.max_drop)] if args.max_drop else [])
+    drops = [float(x) for x in args.max_drop.split(",")] if args.max_drop else []
+    runs = [(q, None) for q in args.quants.split(",") if q] + [("int8-dynamic", d) for d in drops]
+    reduce_range = {"auto": None, "on": True, "off": False}[args.reduce_range]
+    print(f"int8 reduce_range in this run: {default_reduce_range() if reduce_range is None else reduce_range}")
     for q, max_drop in runs:
         t = time.perf_counter()
-        name = q if max_drop is None else f"{q}-max-drop"
+        name = q if max_drop is None else f"{q}-max-drop-{max_drop:g}"
         res = export(trimmed, args.out / f"bundle-{name}", quantize=q, bundle=True, overwrite=True, measure_latency=False,
-                     max_drop=max_drop)
+                     max_drop=max_drop, reduce_range=reduce_range)
         took = time.perf_counter() - t
         model = runtime.load(args.out / f"bundle-{name}")
         archive = pack(args.out / f"bundle-{name}", args.out / f"bundle-{name}.tar.gz")  # the form shipped to a device
@@ -185,7 +191,7 @@ def main() -> None:
     for r in rows:
         if r.get("quant") in (None, "none"):
             continue
-        if r["quant"].endswith("max-drop"):
+        if "max-drop" in r["quant"]:
             b = MAX_DROP_BARS
             checks = [f"Tatoeba retention {r['ret'] / ref_ret:.4f} >= {b['retention']}: {'met' if r['ret'] / ref_ret >= b['retention'] else 'MISSED'}",
                       f"cos vs untrimmed fp32 {r['cos']:.4f} >= {b['cos']}: {'met' if r['cos'] >= b['cos'] else 'MISSED'}",
@@ -194,6 +200,9 @@ def main() -> None:
                 ratio = r["b1"] / plain["b1"]
                 checks.append(f"b1 {ratio:.3f}x plain int8 <= {b['latency_vs_plain']}: {'met' if ratio <= b['latency_vs_plain'] else 'MISSED'}")
             print(f"  {r['quant']:13} " + "; ".join(checks))
+            kept = details[r["quant"]]["quantization"]["accuracy_control"]
+            print(f"    kept float: {len(kept['kept_float'])} operators (+{kept['extra_bytes'] / MIB:.2f} MiB); drop "
+                  f"{kept['drop']} (plain {kept['plain_drop']}); curve {[(t['kept_float'], t['drop']) for t in kept['trials']]}")
             continue
         size_bar, cos_bar = BARS[r["quant"]]
         checks = [f"size {r['size'] / MIB:.2f} MiB <= {size_bar / MIB:.0f}: {'met' if r['size'] <= size_bar else 'MISSED'}"
