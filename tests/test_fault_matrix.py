@@ -502,7 +502,8 @@ def run_child(fault: list[str], args: list[str], w: Work) -> subprocess.Complete
     """``mlcompress ARGS`` in a child process with ``fault`` injected (see fault_child.py)."""
     import os
 
-    env = {**os.environ, "TMPDIR": str(w.system_temp), "PYTHONPATH": str(Path(__file__).parent)}
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "TMPDIR": str(w.system_temp), "PYTHONPATH": path}
     return subprocess.run([sys.executable, str(Path(__file__).with_name("fault_child.py")), *fault, "--", *args],
                           capture_output=True, text=True, env=env, timeout=600)
 
