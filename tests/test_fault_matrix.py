@@ -6,17 +6,23 @@ Every row expects the same outcome, checked the same way:
   with no traceback; the Python API raises an ``MlcompressError`` with a hint;
 - nothing changed on disk: every file under the row's work folder (inputs, outputs, the previous artifact) has
   the same bytes afterwards, no temporary folder is left beside the output or in the system temp folder;
-- a previous artifact left intact: each trim / export row runs with ``--overwrite`` onto an existing artifact,
-  which a failed run must not touch.
+- a previous artifact left intact: each row runs with ``--overwrite`` onto an existing artifact, which a failed
+  or killed run must not touch.
+
+A SIGKILL of a pipeline in each of its stages (the distill stage included) is in test_pipeline.py.
 
 | stage | fault | expected error (fragment) |
 | --- | --- | --- |
-| trim, export | config.json missing / corrupt | no config.json / unreadable config.json |
-| trim, export | model.safetensors corrupt (truncated) | could not load |
-| trim, export | tokenizer.json corrupt | could not load its tokenizer |
-| trim, export | corpus: truncated gzip / not UTF-8 / empty | cannot read it as UTF-8 / is empty |
+| trim, export, distill, eval | config.json missing / corrupt | no config.json / unreadable config.json |
+| trim, export, distill, eval | model.safetensors corrupt (truncated) | could not load |
+| trim, export, distill, eval | tokenizer.json corrupt | could not load its tokenizer |
+| trim, export, distill | corpus: truncated gzip / not UTF-8 / empty | cannot read it as UTF-8 / is empty |
 | trim, export | corpus: a 1 MB line | no error: the stage reads it and writes its artifact |
-| trim, export | unknown language / existing output without --overwrite | unknown language / already exists |
+| trim, export, distill, eval | unknown language / existing output without --overwrite | unknown language / already exists |
+| trim, export, distill, eval | a read-only output folder | cannot write into (before any model is loaded) |
+| trim, export, distill, eval | a full disk (a file-size limit in a child process) | the disk ran out of space |
+| trim, export, distill, eval | SIGKILL half-way through a write (trim also: just before the rename; export also: the .tar.gz; distill: a checkpoint) | none: the previous artifact is intact, the rerun completes and sweeps the leftovers |
+| (any) | a replacement killed between its two renames (no atomic exchange) | none: the next run puts the previous artifact back |
 | export | the quantiser or ONNX Runtime raises | ... failed (an ExportError) |
 | bundle verify, runtime.load | changed byte, manifest changed by hand | sha256 / digest |
 | bundle verify, runtime.load | manifest model outside the bundle (`..`, absolute), not a verified file | outside / not among |
