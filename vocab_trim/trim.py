@@ -10,7 +10,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,12 +102,97 @@ def trim(
     are passed too; ``scripts=True`` needs no corpus. Writes the id map, the counts and ``mlcompress.json``
     (with a held-out coverage estimate) beside the model.
     """
+    langs, texts = _languages_and_corpora(languages, corpora)
+    recipe = _recipe(langs, texts, top_k=top_k, min_count=min_count, coverage=coverage, quotas=quotas, scripts=scripts,
+                     keep_tokens=keep_tokens, word_variants=word_variants, frequent_words=frequent_words,
+                     max_vocab=max_vocab)
+    out_path = check_output(output, overwrite)
+    cache = Path(cache_dir) if cache_dir else None
+    timings: dict[str, float] = {}
+
+    source = resolve_model(model, cache)
+    tok, tj, by_id = _read_tokenizer(source.path)
+    with _timed(timings, "count"):
+        counted = _count(tok.backend_tokenizer, recipe.languages_to_count(langs, texts), texts, len(by_id), cache)
+        ranks = recipe.word_ranks(tok.backend_tokenizer, langs, len(by_id))
+    with _timed(timings, "load"):
+        net = load_model(source.path)
+    with _timed(timings, "trim"):
+        select = recipe.selection(tj, by_id, net, ranks)
+        cut = _cut(select, counted.counts, tj, net)
+    heldout = counted.heldout_coverage(select)
+    cover = _coverage(counted.counts, cut.keep_ids, len(by_id))
+    words = dict(per_language_words(ranks, cut.cutoff)) if ranks else {}
+    notes = _notes(ranks, recipe.frequent_words, cut.cutoff, recipe.max_vocab, recipe.scripts)
+
+    t0 = time.perf_counter()
+    with atomic_output_dir(out_path, overwrite=overwrite) as tmp:
+        _write_trimmed(tmp, net, source.path, cut, by_id, select.rows, counted.counts)
+        _self_check(tok, tmp, texts, cut.old_to_new)
+        result = TrimResult(
+            output=out_path, languages=langs, vocab_before=len(by_id), vocab_after=len(cut.keep_ids),
+            params_before=cut.params_before, params_after=_params(net),
+            bytes_before=_weights_bytes(source.path), bytes_after=_weights_bytes(tmp),
+            coverage=cover, tokens_counted=counted.tokens, seconds=timings, heldout_coverage=heldout,
+            frequent_words=words, notes=notes,
+        )
+        timings["save"] = time.perf_counter() - t0  # the same dict as result.seconds: "save" shows there too
+        write_provenance(
+            tmp, "trim", parameters=recipe.provenance(langs, ranks), inputs=_provenance_inputs(source, texts),
+            metrics={k: v for k, v in result.as_dict().items() if k not in ("output", "languages")},
+        )
+    return result
+
+
+def _languages_and_corpora(languages: str | list[str], corpora: Any) -> tuple[list[str], dict[str, list[Corpus]]]:
+    """The target languages and their corpora; a corpus for a language outside the targets is an error."""
     langs = parse_languages(languages)
     texts = parse_corpora(corpora)
     extra = sorted(set(texts) - set(langs))
     if extra:
         raise LanguageError(f"corpus given for {', '.join(extra)}, which is not among the target languages {langs}",
                             "add the language to -l, or drop its --corpus")
+    return langs, texts
+
+
+@dataclass
+class _Recipe:
+    """What a trim keeps, resolved from its options: the policy, word variants, the word list and its budget."""
+
+    policy: Any
+    word_variants: bool
+    frequent_words: int
+    max_vocab: int | None
+    scripts: bool
+    keep_tokens: Iterable[str]
+
+    def languages_to_count(self, langs: list[str], texts: Mapping[str, list[Corpus]]) -> list[str]:
+        """Every target language when the policy needs counts, else just those with a corpus."""
+        return langs if self.policy.needs_counts else [lang for lang in langs if lang in texts]
+
+    def word_ranks(self, backend: Any, langs: list[str], size: int) -> WordRanks | None:
+        """The word lists' ranked pieces, when the recipe adds frequent words (never with the script policy)."""
+        return word_ranks(backend, langs, self.frequent_words, size) if self.frequent_words and not self.scripts else None
+
+    def selection(self, tj: dict[str, Any], by_id: list[str | None], net: Any, ranks: WordRanks | None) -> _Selection:
+        """The id selection for this tokenizer and model (fixed ids checked against the model's rows)."""
+        return _Selection(self.policy, tj, by_id, _fixed_ids(tj, by_id, net, self.keep_tokens), vocab_rows(net),
+                          self.word_variants, ranks, self.frequent_words, self.max_vocab)
+
+    def provenance(self, langs: list[str], ranks: WordRanks | None) -> dict[str, Any]:
+        """The parameters recorded in mlcompress.json (key order is part of the byte-identical output)."""
+        return {"languages": langs, "policy": {"name": type(self.policy).__name__, **asdict(self.policy)},
+                "keep_tokens": list(self.keep_tokens), "word_variants": self.word_variants,
+                "frequent_words": self.frequent_words, "max_vocab": self.max_vocab, "word_list": _word_list_version(ranks)}
+
+
+def _recipe(langs: list[str], texts: Mapping[str, list[Corpus]], *, top_k: int | None, min_count: int | None,
+            coverage: float | None, quotas: Mapping[str, int] | None, scripts: bool, keep_tokens: Iterable[str],
+            word_variants: bool | None, frequent_words: int | None, max_vocab: int | None) -> _Recipe:
+    """Resolve the options: no policy option means the default recipe (word variants and word lists on).
+
+    Checks the word-list options and that a counting policy has text for every language.
+    """
     default_recipe = not any(x is not None for x in (top_k, min_count, coverage, quotas or None)) and not scripts
     word_variants = default_recipe if word_variants is None else word_variants
     frequent_words = (DEFAULT_FREQUENT_WORDS if default_recipe else 0) if frequent_words is None else frequent_words
@@ -120,69 +206,67 @@ def trim(
         if missing:
             raise LanguageError(f"no text for language(s) {', '.join(missing)}",
                                 "pass --corpus LANG=PATH for each target language, or use --scripts (needs no corpus)")
-    out_path = check_output(output, overwrite)
-    cache = Path(cache_dir) if cache_dir else None
-    timings: dict[str, float] = {}
+    return _Recipe(policy, word_variants, frequent_words, max_vocab, scripts, keep_tokens)
 
-    source = resolve_model(model, cache)
-    tok = load_tokenizer(source.path)
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Record the seconds the block took under ``key`` (only when it completes, as the trim reports them)."""
+    t0 = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t0
+
+
+def _read_tokenizer(path: Path) -> tuple[Any, dict[str, Any], list[str | None]]:
+    """The source tokenizer, its tokenizer.json (a supported model type, else an error) and the piece of each id."""
+    tok = load_tokenizer(path)
     tj = json.loads(tok.backend_tokenizer.to_str())
     ts.model_type(tj)
-    by_id = ts.pieces(tj)
+    return tok, tj, ts.pieces(tj)
 
-    t0 = time.perf_counter()
-    counted = _count(tok.backend_tokenizer, langs if policy.needs_counts else [lang for lang in langs if lang in texts],
-                     texts, len(by_id), cache)
-    ranks = word_ranks(tok.backend_tokenizer, langs, frequent_words, len(by_id)) if frequent_words and not scripts else None
-    timings["count"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    net = load_model(source.path)
-    timings["load"] = time.perf_counter() - t0
+@dataclass
+class _Cut:
+    """The selection applied: ids kept (old numbering), the word-list cutoff, the trimmed tokenizer and id map."""
 
-    t0 = time.perf_counter()
-    select = _Selection(policy, tj, by_id, _fixed_ids(tj, by_id, net, keep_tokens), vocab_rows(net), word_variants,
-                        ranks, frequent_words, max_vocab)
-    keep_ids, cutoff = select(counted.counts)
+    keep_ids: list[int]
+    cutoff: int
+    new_tj: dict[str, Any]
+    old_to_new: dict[int, int]
+    params_before: int
+
+
+def _cut(select: _Selection, counts: dict[str, np.ndarray], tj: dict[str, Any], net: Any) -> _Cut:
+    """Choose the ids from the counts, then trim the tokenizer JSON and the model (in place) to them."""
+    keep_ids, cutoff = select(counts)
     params_before = _params(net)
     new_tj, old_to_new = ts.trim_tokenizer_json(tj, keep_ids)
     trim_model(net, keep_ids, old_to_new)
-    timings["trim"] = time.perf_counter() - t0
-    heldout = counted.heldout_coverage(select)
+    return _Cut(keep_ids, cutoff, new_tj, old_to_new, params_before)
 
-    kept_mask = np.zeros(len(by_id), dtype=bool)
+
+def _coverage(counts: dict[str, np.ndarray], keep_ids: list[int], size: int) -> dict[str, float]:
+    """Share of each language's counted token occurrences whose token is kept."""
+    kept_mask = np.zeros(size, dtype=bool)
     kept_mask[keep_ids] = True
-    cover = {lang: float(c[kept_mask].sum() / max(c.sum(), 1)) for lang, c in counted.counts.items()}
-    words = dict(per_language_words(ranks, cutoff)) if ranks else {}
-    notes = _notes(ranks, frequent_words, cutoff, max_vocab, scripts)
+    return {lang: float(c[kept_mask].sum() / max(c.sum(), 1)) for lang, c in counts.items()}
 
-    t0 = time.perf_counter()
-    with atomic_output_dir(out_path, overwrite=overwrite) as tmp:
-        net.save_pretrained(tmp)
-        _write_tokenizer(source.path, tmp, new_tj, old_to_new, {by_id[i] for i in keep_ids})
-        (tmp / ID_MAP_FILE).write_text(json.dumps({"source_vocab_size": len(by_id), "source_rows": select.rows,
-                                                   "old_ids": keep_ids}) + "\n", encoding="utf-8")
-        if counted.counts:
-            np.savez_compressed(tmp / COUNTS_FILE, **counted.counts)
-        _self_check(tok, tmp, texts, old_to_new)
-        result = TrimResult(
-            output=out_path, languages=langs, vocab_before=len(by_id), vocab_after=len(keep_ids),
-            params_before=params_before, params_after=_params(net),
-            bytes_before=_weights_bytes(source.path), bytes_after=_weights_bytes(tmp),
-            coverage=cover, tokens_counted=counted.tokens, seconds=timings, heldout_coverage=heldout,
-            frequent_words=words, notes=notes,
-        )
-        timings["save"] = time.perf_counter() - t0
-        write_provenance(
-            tmp, "trim",
-            parameters={"languages": langs, "policy": {"name": type(policy).__name__, **asdict(policy)},
-                        "keep_tokens": list(keep_tokens), "word_variants": word_variants,
-                        "frequent_words": frequent_words, "max_vocab": max_vocab, "word_list": _word_list_version(ranks)},
-            inputs=[source.describe() | {"sha256": _model_sha(source.path)}]
-            + [{"language": lang, "corpus": c.spec, "fingerprint": c.fingerprint()} for lang, cs in texts.items() for c in cs],
-            metrics={k: v for k, v in result.as_dict().items() if k not in ("output", "languages")},
-        )
-    return result
+
+def _write_trimmed(tmp: Path, net: Any, source: Path, cut: _Cut, by_id: list[str | None], rows: int,
+                   counts: dict[str, np.ndarray]) -> None:
+    """Write the trimmed model, its tokenizer files, the id map and the counts into ``tmp``."""
+    net.save_pretrained(tmp)
+    _write_tokenizer(source, tmp, cut.new_tj, cut.old_to_new, {by_id[i] for i in cut.keep_ids})
+    (tmp / ID_MAP_FILE).write_text(json.dumps({"source_vocab_size": len(by_id), "source_rows": rows,
+                                               "old_ids": cut.keep_ids}) + "\n", encoding="utf-8")
+    if counts:
+        np.savez_compressed(tmp / COUNTS_FILE, **counts)
+
+
+def _provenance_inputs(source: Any, texts: Mapping[str, list[Corpus]]) -> list[dict[str, Any]]:
+    """The inputs recorded in mlcompress.json: the source model (with its weights' hash) and each corpus."""
+    return ([source.describe() | {"sha256": _model_sha(source.path)}]
+            + [{"language": lang, "corpus": c.spec, "fingerprint": c.fingerprint()} for lang, cs in texts.items() for c in cs])
 
 
 @dataclass
