@@ -3,8 +3,9 @@
 Importing this package is light (no torch, no onnxruntime); each function imports what it needs.
 """
 
-from .api import ExportResult, export
+from .api import export
 from .bundle import BundleError, verify
 from .quantize import QUANTIZE_CHOICES
+from .result import ExportResult
 
 __all__ = ["QUANTIZE_CHOICES", "BundleError", "ExportResult", "export", "verify"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
 
 from mlcompress.errors import InputError
+
+from .writer import Payload
 
 BNB_QUANTIZE = {"int8-dynamic": 8, "int8-static": 8, "int4": 4}
 
@@ -27,18 +28,14 @@ def require_bnb(quantize: str) -> int:
     return BNB_QUANTIZE[quantize]
 
 
-def export_bnb(model: str | os.PathLike[str], output: Path, quantize: str, overwrite: bool = False,
-               cache_dir: str | os.PathLike[str] | None = None) -> Any:
-    """Load MODEL quantised by bitsandbytes and save it as a save_pretrained checkpoint (weights stay quantised)."""
+def export_bnb(model: str | os.PathLike[str], quantize: str, cache_dir: str | os.PathLike[str] | None = None) -> Payload:
+    """Load MODEL quantised by bitsandbytes; the writer saves it as a save_pretrained checkpoint (weights stay quantised)."""
     bits = require_bnb(quantize)
     import torch
     import transformers
 
-    from mlcompress.artifacts import atomic_output_dir, write_provenance
     from mlcompress.errors import ModelSourceError
     from mlcompress.sources import load_config, load_tokenizer, resolve_model
-
-    from .api import ExportResult
 
     source = resolve_model(model, cache_dir)
     config = load_config(source.path)
@@ -51,9 +48,12 @@ def export_bnb(model: str | os.PathLike[str], output: Path, quantize: str, overw
     except Exception as exc:
         raise ModelSourceError(f"{source.path}: could not load it quantised by bitsandbytes ({type(exc).__name__}: {exc})",
                                "the weights may be corrupt, or bitsandbytes does not support this GPU") from exc
-    with atomic_output_dir(output, overwrite=overwrite) as target:
+
+    def save(target: Path) -> None:
         loaded.save_pretrained(target)
         load_tokenizer(source.path).save_pretrained(target)
-        write_provenance(target, "export", {"format": "bnb", "quantize": quantize, "bits": bits}, [source.describe()], {})
-    size = sum(p.stat().st_size for p in output.iterdir() if p.is_file())
-    return ExportResult(output, "bnb", quantize, "checkpoint", "model.safetensors", size, None, None, {}, {"bits": bits})
+
+    return Payload(save=save, params={"format": "bnb", "quantize": quantize, "bits": bits}, inputs=[source.describe()],
+                   metrics={}, result={"format": "bnb", "quantize": quantize, "task": "checkpoint",
+                                       "model_file": "model.safetensors", "parity": None, "latency_ms": None,
+                                       "fused_operators": {}, "quantization": {"bits": bits}})

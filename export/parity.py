@@ -1,4 +1,5 @@
-"""Parity of an exported graph with the PyTorch model on target-language text: cosine, max abs difference, label agreement."""
+"""Parity of an exported graph with the PyTorch model on target-language text: cosine, max abs difference, label agreement;
+and the gate that refuses an export below its thresholds."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from mlcompress.errors import GateError
+
+from .step import step
 
 # Minimum mean cosine and label agreement per quantisation; an export below either is refused unless forced.
 COSINE_THRESHOLDS = {"none": 0.9999, "fp16": 0.999, "int8-dynamic": 0.99, "int8-static": 0.98, "int4": 0.98}
@@ -73,3 +78,35 @@ def compare(task: str, reference: list[np.ndarray], exported: list[np.ndarray], 
                   min_cosine=float(c.min()) if c.size else 0.0, max_abs_diff=max(diffs, default=0.0),
                   label_agreement=float(np.concatenate(agree).mean()) if agree else None,
                   cosine_threshold=cosine_threshold, agreement_threshold=agreement_threshold if agree else None)
+
+
+def thresholds(quantize: str, min_cosine: float | None, min_agreement: float | None) -> tuple[float, float]:
+    """The mean-cosine and label-agreement thresholds: those given, else the quantisation's defaults."""
+    cos_t = COSINE_THRESHOLDS[quantize] if min_cosine is None else min_cosine
+    agr_t = AGREEMENT_THRESHOLDS[quantize] if min_agreement is None else min_agreement
+    return cos_t, agr_t
+
+
+def gate(parity: Parity, quantize: str, force: bool) -> dict[str, Any]:
+    """The parity record for the manifest; an export below its thresholds is refused (GateError), or marked forced."""
+    record = parity.as_dict()
+    if parity.passed:
+        return record
+    if not force:
+        what = f"mean cosine {parity.mean_cosine:.4f} (threshold {parity.cosine_threshold})"
+        if parity.label_agreement is not None:
+            what += f", label agreement {parity.label_agreement:.3f} (threshold {parity.agreement_threshold})"
+        raise GateError(f"the {quantize} export fails its parity check against PyTorch on {parity.texts} target-language "
+                        f"sentences: {what}; nothing was written",
+                        "try a gentler quantisation (int8-dynamic, or none), or pass --force to write it anyway")
+    record["forced"] = True
+    return record
+
+
+def check(session: Any, module: Any, task: str, output_name: str, feeds: list[dict[str, np.ndarray]], quantize: str,
+          min_cosine: float | None, min_agreement: float | None, force: bool) -> dict[str, Any]:
+    """Run the exported graph (an onnxruntime session) and the PyTorch module on ``feeds``, compare, and gate."""
+    cos_t, agr_t = thresholds(quantize, min_cosine, min_agreement)
+    with step("running the exported graph in ONNX Runtime", "update onnxruntime, or try another --quantize"):
+        got = ort_outputs(session, output_name, feeds)
+    return gate(compare(task, torch_outputs(module, feeds), got, feeds, cos_t, agr_t), quantize, force)

@@ -1,0 +1,160 @@
+"""The export function of the graph formats (onnx, tensorrt): load the model, its head and tokenizer; build the graph
+(`graph`), check it against PyTorch (`parity`), time it, build a TensorRT engine from it where asked; hand the writer
+a `Payload`."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlcompress.artifacts import sha256_file
+
+from .graph import build
+from .step import step
+from .texts import auto_prefix, batches, sentences, take, text_sources
+from .writer import Payload, copier, measured_on
+
+
+@dataclass
+class Prepared:
+    """The model to export: its source, configuration and head, the target-language text, and the tokenizer's settings."""
+
+    source: Any
+    config: Any
+    spec: Any
+    sources: dict[str, Any]
+    pad_id: int
+    pad_token: str
+    max_length: int
+    prefix: str
+    tokenizer_json: dict[str, Any]
+
+
+def prepare(model: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None,
+            texts: Mapping[str, Any] | list[str] | None, langs: list[str], *, task: str | None, pooling: str | None,
+            normalize: bool | None, prefix: str | None, max_length: int | None) -> Prepared:
+    """Resolve MODEL, detect its head, find the target-language text, and fix the tokenizer's padding, length and prefix."""
+    from mlcompress.sources import load_config, load_tokenizer, resolve_model
+
+    from .heads import detect_head
+
+    source = resolve_model(model, cache_dir)  # transformers' own verbosity is the caller's (the CLI turns it down)
+    config = load_config(source.path)
+    spec = detect_head(config, source.path, task=task, pooling=pooling, normalize=normalize)
+    sources = text_sources(texts, source.path, langs)
+    hf_tok = load_tokenizer(source.path)
+    pad_token = hf_tok.pad_token or hf_tok.eos_token or hf_tok.unk_token
+    pad_id = hf_tok.convert_tokens_to_ids(pad_token)
+    offset = (config.pad_token_id or 0) + 1 if config.model_type in ("xlm-roberta", "roberta", "camembert") else 0
+    limit = min(int(getattr(config, "max_position_embeddings", 512)) - offset, 512 if hf_tok.model_max_length > 100_000 else hf_tok.model_max_length)
+    max_length = min(max_length or limit, limit)
+    prefix = auto_prefix(str(model), source.path) if prefix is None else prefix
+    tok_json = json.loads(hf_tok.backend_tokenizer.to_str())
+    tok_json["padding"] = tok_json["truncation"] = None
+    return Prepared(source, config, spec, sources, pad_id, pad_token, max_length, prefix, tok_json)
+
+
+def export_graph(p: Prepared, scratch: Path, format: str, quantize: str, bundle: bool, langs: list[str],
+                 opts: dict[str, Any]) -> Payload:
+    """Export, optimise, quantise, check and time one graph in ``scratch`` (and build its engine for tensorrt)."""
+    from .heads import load_for_export, wrap
+    from .runtime import make_tokenizer
+
+    (scratch / "tokenizer.json").write_text(json.dumps(p.tokenizer_json, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+    tok = make_tokenizer(scratch / "tokenizer.json", p.pad_id, p.pad_token, p.max_length)
+    n_langs = max(1, len(p.sources) if "given" not in p.sources else 1)
+    feeds = batches(tok, take(p.sources, max(1, opts["parity_texts"] // n_langs), opts["calibration_texts"] // n_langs), p.prefix, 16)
+    module = wrap(load_for_export(p.source.path, p.spec), p.spec)
+    opts = {**opts, "n_langs": n_langs, "output_name": p.spec.output_name, "task": p.spec.task}
+    final, fused, qinfo = build(module, p.spec, p.config, scratch, quantize, tok, p.prefix, p.sources, p.pad_id, opts)
+    with step("loading the exported graph in ONNX Runtime", "update onnxruntime, or try another --quantize"):
+        session = _session(final)
+    from .parity import check
+
+    parity = check(session, module, p.spec.task, p.spec.output_name, feeds, quantize, opts["min_cosine"],
+                   opts["min_agreement"], opts["force"])
+    latency, timed = _latency(session, p, tok) if opts["measure_latency"] else (None, None)
+    if qinfo.get("accuracy_control"):
+        _control_cost(qinfo["accuracy_control"], scratch / "candidate-000.onnx", final, p.spec.output_name, timed)
+    model_file = final.name
+    if format == "tensorrt":
+        from .tensorrt import build_engine
+
+        model_file, qinfo = build_engine(final, scratch / "model.engine", quantize).name, {**qinfo, "tensorrt": True}
+    result = {"format": format, "quantize": quantize, "task": p.spec.task, "model_file": model_file, "parity": parity,
+              "latency_ms": latency, "fused_operators": fused, "quantization": qinfo}
+    return _payload(p, result, scratch, _out_dim(module, feeds[0]), bundle, langs, opts["force"])
+
+
+def _session(path: Path) -> Any:
+    """An onnxruntime CPU session for the graph at ``path`` (ORT's own log quiet below errors)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _latency(session: Any, p: Prepared, tok: Any) -> tuple[dict[str, Any], tuple[dict[str, Any], dict[str, Any]]]:
+    """Batch-1 and batch-32 latency on sentence-length target text, with what was timed; and the two timed inputs."""
+    from .latency import session_latency
+    from .runtime import tokenize
+
+    texts = sentences(take(p.sources, 32, 0))[:32]  # sentence-length inputs, as users embed them
+    texts = (texts * (32 // max(1, len(texts)) + 1))[:32]
+    feeds_b1, feeds_b32 = tokenize(tok, texts[:1], p.prefix), tokenize(tok, texts, p.prefix)
+    latency = session_latency(session, p.spec.output_name, feeds_b1, feeds_b32)
+    # the figures depend on text length: say what was timed
+    latency["tokens_batch_1"] = int(feeds_b1["input_ids"].shape[1])
+    latency["padded_length_batch_32"] = int(feeds_b32["input_ids"].shape[1])
+    return latency, (feeds_b1, feeds_b32)
+
+
+def _control_cost(control: dict[str, Any], plain: Path, final: Path, output_name: str,
+                  timed: tuple[dict[str, Any], dict[str, Any]] | None) -> None:
+    """What --max-drop's float operators cost against the plain graph (the search's first trial), timed the same way."""
+    if timed is not None and plain.is_file():
+        from .latency import session_latency
+
+        control["plain_latency_ms"] = session_latency(_session(plain), output_name, *timed)
+    control["plain_bytes"] = (plain if plain.is_file() else final).stat().st_size
+    control["bytes"] = final.stat().st_size
+
+
+def _out_dim(module: Any, feeds: dict[str, Any]) -> int:
+    from .parity import torch_outputs
+
+    return int(torch_outputs(module, [{k: v[:1] for k, v in feeds.items()}])[0].shape[-1])
+
+
+def _payload(p: Prepared, result: dict[str, Any], scratch: Path, out_dim: int, bundle: bool, langs: list[str],
+             force: bool) -> Payload:
+    """The provenance, the bundle manifest's fields (bundles only) and the files the writer copies from ``scratch``."""
+    model_file, qinfo, task = result["model_file"], result["quantization"], p.spec.task
+    files = [model_file, "tokenizer.json", "mlcompress.json"]
+    params = {"format": result["format"], "quantize": result["quantize"], "bundle": bundle,
+              "languages": langs or sorted(k for k in p.sources if k != "given"), "task": task, "prefix": p.prefix,
+              "max_length": p.max_length, "quantization": qinfo, "force": force}
+    weights = sorted(p.source.path.glob("*.safetensors"))
+    src_entry = {**p.source.describe(), "sha256": sha256_file(weights[0]) if weights else None}
+    metrics = {"parity": result["parity"], "latency_ms": result["latency_ms"], "fused_operators": result["fused_operators"],
+               "model_bytes": (scratch / model_file).stat().st_size}
+    manifest = None
+    if bundle:
+        shape = ["batch", out_dim] if task in ("sentence-embedding", "sequence-classification") else ["batch", "sequence", out_dim]
+        manifest = {
+            "model": model_file, "runtime": "onnxruntime" if result["format"] == "onnx" else "tensorrt",
+            "head": p.spec.as_dict(),
+            "inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in ("input_ids", "attention_mask")],
+            "outputs": [{"name": p.spec.output_name, "dtype": "float32", "shape": shape}],
+            "tokenizer": {"file": "tokenizer.json", "pad_id": int(p.pad_id), "pad_token": p.pad_token,
+                          "max_length": p.max_length, "prefix": p.prefix},
+            "languages": params["languages"], "quantization": {"name": result["quantize"], **qinfo},
+            "source": src_entry, "parity": result["parity"], "latency_ms": result["latency_ms"], "measured_on": measured_on(),
+        }
+    return Payload(save=copier(scratch, [model_file, "tokenizer.json"]), params=params, inputs=[src_entry], metrics=metrics,
+                   result=result, manifest=manifest, files=files)
