@@ -33,13 +33,25 @@ def export_command(
     languages: Annotated[Optional[str], typer.Option("-l", "--languages", help="Target languages, e.g. en,de (default: the model's trim languages).")] = None,
     text: Annotated[Optional[list[str]], typer.Option("--text", help="LANG=SPEC: target-language text for the parity check and static calibration: a file or folder (plain or .gz), hf://NAME?..., or wordfreq:LANG. Repeatable. Default: the corpora the model was trimmed on.")] = None,
     task: Annotated[Optional[str], typer.Option(help="sentence-embedding, token-classification, sequence-classification or masked-lm (default: from the architecture).")] = None,
+    pooling: Annotated[Optional[str], typer.Option(help="Sentence-embedding pooling: mean or cls (default: the sentence-transformers config, else mean).")] = None,
+    normalize: Annotated[Optional[bool], typer.Option("--normalize/--no-normalize", help="L2-normalise sentence embeddings (default: as the sentence-transformers config says).")] = None,
     prefix: Annotated[Optional[str], typer.Option(help="Text put before each input (default: 'query: ' for E5 models, else none).")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Longest input in tokens (default and cap: the model's position limit, at most 512).")] = None,
+    per_channel: Annotated[bool, typer.Option("--per-channel/--no-per-channel", help="int8 weight scales per output channel (else per tensor).")] = True,
     reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", help="7-bit int8 weights (default: on for x86 CPUs without VNNI).")] = None,
-    calibration: Annotated[str, typer.Option(help="int8-static activation ranges: minmax, percentile or entropy.")] = "minmax",
     quantize_embeddings: Annotated[Optional[bool], typer.Option("--quantize-embeddings/--no-quantize-embeddings", help="4-bit block-quantise embedding tables (default: on for int8 and int4).")] = None,
+    embedding_block_size: Annotated[int, typer.Option(help="Block size of the 4-bit embedding tables.")] = 32,
+    int4_block_size: Annotated[int, typer.Option(help="Block size of int4 weights.")] = 128,
+    calibration: Annotated[str, typer.Option(help="int8-static activation ranges: minmax, percentile or entropy.")] = "minmax",
+    optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Fuse the graph with ONNX Runtime's transformer optimiser.")] = True,
+    parity_texts: Annotated[int, typer.Option(help="Target-language sentences the parity check runs on (split across languages).")] = 32,
+    calibration_texts: Annotated[int, typer.Option(help="Target-language sentences that calibrate static int8 and rank operators for --max-drop.")] = 64,
     min_cosine: Annotated[Optional[float], typer.Option(help="Parity threshold: minimum mean cosine with PyTorch (default per quantisation).")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(help="Parity threshold for classifier and masked-LM heads: minimum label agreement with PyTorch (default per quantisation).")] = None,
     max_drop: Annotated[Optional[float], typer.Option(help="Accuracy-aware quantisation: keep the most sensitive weight operators float until 1 - mean cosine (1 - label agreement for classifiers) against the float graph on held-out target text is at most this, e.g. 0.005.")] = None,
+    accuracy_texts: Annotated[int, typer.Option(help="Held-out target-language sentences --max-drop is measured on.")] = 128,
     force: Annotated[bool, typer.Option("--force", help="Write the export even if it fails its parity threshold.")] = False,
+    measure_latency: Annotated[bool, typer.Option("--measure-latency/--no-measure-latency", help="Time the export on this CPU (batch 1 and 32).")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists (only once the new one is complete).")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Cache for bundled models.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -50,9 +62,13 @@ def export_command(
     from mlcompress.export import export
 
     result = export(model, output, format=format, quantize=quantize, bundle=bundle, languages=languages,
-                    texts=_parse_texts(text or []) or None, task=task, prefix=prefix, reduce_range=reduce_range,
-                    calibration=calibration, quantize_embeddings=quantize_embeddings, min_cosine=min_cosine, max_drop=max_drop,
-                    force=force, overwrite=overwrite, cache_dir=cache_dir)
+                    texts=_parse_texts(text or []) or None, task=task, pooling=pooling, normalize=normalize, prefix=prefix,
+                    max_length=max_length, per_channel=per_channel, reduce_range=reduce_range,
+                    quantize_embeddings=quantize_embeddings, embedding_block_size=embedding_block_size,
+                    int4_block_size=int4_block_size, calibration=calibration, optimize=optimize, parity_texts=parity_texts,
+                    calibration_texts=calibration_texts, min_cosine=min_cosine, min_agreement=min_agreement,
+                    max_drop=max_drop, accuracy_texts=accuracy_texts, force=force, measure_latency=measure_latency,
+                    overwrite=overwrite, cache_dir=cache_dir)
     out = Console()
     if as_json:
         out.print_json(json.dumps(result.as_dict(), default=str))

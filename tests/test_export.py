@@ -401,3 +401,59 @@ def test_export_reads_corpora_its_trim_recorded(tiny, tmp_path, data_dir):
     result = export(model, tmp_path / "out", quantize="none", **FAST)
     assert result.parity["passed"]
     assert json.loads((tmp_path / "out" / "mlcompress.json").read_text())["parameters"]["languages"] == ["de"]
+
+
+def test_cli_export_exposes_every_api_parameter():
+    """`mlcompress export` takes each parameter of export() under the same name and default (--text LANG=SPEC is texts)."""
+    import inspect
+
+    from mlcompress.export.cli import export_command
+
+    api = inspect.signature(export).parameters
+    cli = inspect.signature(export_command).parameters
+    names = {"texts": "text"}
+    assert [n for n in api if names.get(n, n) not in cli] == []
+    assert {n: (p.default, cli[names.get(n, n)].default) for n, p in api.items()
+            if p.default != cli[names.get(n, n)].default} == {}
+
+
+def test_cli_export_passes_its_options_through(monkeypatch, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    import mlcompress.export as export_pkg
+    from mlcompress.export import ExportResult
+    from mlcompress.export.cli import register
+
+    seen: dict = {}
+
+    def fake(model, output, **kwargs):
+        seen.update(kwargs, model=model, output=output)
+        return ExportResult(Path(output), "onnx", kwargs["quantize"], "sentence-embedding", "model.onnx", 1, None, None)
+
+    monkeypatch.setattr(export_pkg, "export", fake)
+    app = typer.Typer()
+    register(app)
+    args = ["export", "m", "-o", str(tmp_path / "o"), "--pooling", "cls", "--no-normalize", "--max-length", "64",
+            "--no-per-channel", "--embedding-block-size", "64", "--int4-block-size", "32", "--no-optimize",
+            "--parity-texts", "8", "--calibration-texts", "9", "--min-agreement", "0.5", "--accuracy-texts", "10",
+            "--no-measure-latency", "--text", "de=x.txt"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert {k: seen[k] for k in ("pooling", "normalize", "max_length", "per_channel", "embedding_block_size",
+                                 "int4_block_size", "optimize", "parity_texts", "calibration_texts", "min_agreement",
+                                 "accuracy_texts", "measure_latency", "texts")} == {
+        "pooling": "cls", "normalize": False, "max_length": 64, "per_channel": False, "embedding_block_size": 64,
+        "int4_block_size": 32, "optimize": False, "parity_texts": 8, "calibration_texts": 9, "min_agreement": 0.5,
+        "accuracy_texts": 10, "measure_latency": False, "texts": {"de": ["x.txt"]}}
+
+
+def test_no_export_function_runs_past_80_lines():
+    import ast
+
+    long = []
+    for path in sorted((ROOT / "export").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert long == []
