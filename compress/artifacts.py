@@ -236,3 +236,47 @@ def read_provenance(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
 
         raise InputError(f"{path} is not an mlcompress record (a JSON object)", "rebuild the artifact with its stage's command")
     return record
+
+
+# ---- sizes, shared by every stage and the orchestration layer -------------------------------------------------------
+
+
+def dir_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes of every file under ``path`` (or of ``path`` itself when it is a file)."""
+    p = Path(path)
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+
+
+def onnx_parameters(path: str | os.PathLike[str]) -> int | None:
+    """Elements in the initializers of a directory's ONNX model(s), read without their external data; None without onnx."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    total = 0
+    for f in sorted(Path(path).glob("*.onnx")):
+        model = onnx.load(str(f), load_external_data=False)
+        for init in model.graph.initializer:
+            count = 1
+            for d in init.dims:
+                count *= int(d)
+            total += count
+    return total or None
+
+
+def format_mb(n: Any, unit: str = "", missing: str = "—") -> str:
+    """Bytes as megabytes (10^6) with one decimal, e.g. '12.3' (+ ``unit``); ``missing`` for a value that is not a number."""
+    return f"{n / 1e6:,.1f}{unit}" if isinstance(n, (int, float)) else missing
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' logging and progress bars (the commands print their own progress)."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def format_number(x: Any, fmt: str = "{:,}", missing: str = "—") -> str:
+    """``fmt.format(x)`` for a number; ``missing`` for anything else (a figure that was not measured)."""
+    return fmt.format(x) if isinstance(x, (int, float)) else missing

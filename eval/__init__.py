@@ -1,35 +1,28 @@
 """mlcompress.eval: compare a compressed model with its source on the same work, and report retention.
 
 Heavy imports (torch, transformers, matplotlib) happen inside the functions, so importing this package is cheap.
+The names below are the stage's public API; other layers import them from here, never from the modules.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-__all__ = ["DEFAULT_TASKS", "TASKS", "EvalReport", "Limits", "Score", "evaluate", "load_encoder", "shuffled_embeddings"]
+# public name -> module that defines it (imported on first use: keeps `mlcompress --help` fast)
+_EXPORTS = {
+    "evaluate": "run", "EvalReport": "run", "Limits": "run", "DEFAULT_TASKS": "run",
+    "TASKS": "data", "parse_tasks": "data",
+    "Score": "retention", "gate": "retention", "summary": "retention", "gate_error": "retention",
+    "load_encoder": "encoders",
+    "shuffled_embeddings": "controls",
+    "pipeline_html": "report",
+}
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    """Load the public API lazily (keeps `mlcompress --help` fast)."""
-    if name in ("evaluate", "EvalReport", "Limits", "DEFAULT_TASKS"):
-        from . import run
-
-        return getattr(run, name)
-    if name == "TASKS":
-        from .data import TASKS
-
-        return TASKS
-    if name == "Score":
-        from .retention import Score
-
-        return Score
-    if name == "load_encoder":
-        from .encoders import load_encoder
-
-        return load_encoder
-    if name == "shuffled_embeddings":
-        from .controls import shuffled_embeddings
-
-        return shuffled_embeddings
+    """Load the public API lazily."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'mlcompress.eval' has no attribute {name!r}")

@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from mlcompress.cli import _quiet_transformers
+        from mlcompress.artifacts import quiet_transformers as _quiet_transformers
         from mlcompress.eval import Limits, evaluate
         from mlcompress.eval.retention import gate_error
 

@@ -14,15 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from mlcompress.artifacts import dir_bytes, onnx_parameters
 from mlcompress.errors import ModelSourceError
 from mlcompress.embedding_profile import embedding_profile
 
 MAX_LENGTH = 256
-
-
-def dir_bytes(path: Path) -> int:
-    """Bytes of every file under ``path`` (links followed once)."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 class Encoder:
@@ -273,32 +269,15 @@ class BundleEncoder(Encoder):
         """Parameters (from the manifest, else counted in the ONNX initializers) and bytes on disk."""
         params = self.manifest.get("parameters")
         if params is None:
-            params = _onnx_parameters(self.path)
+            params = onnx_parameters(self.path)
         onnx_bytes = sum(f.stat().st_size for f in self.path.glob("*.onnx*"))
-        disk = dir_bytes(self.path) if self.path.is_dir() else self.path.stat().st_size
+        disk = dir_bytes(self.path)
         return {"parameters": params, "weight_file_bytes": int(onnx_bytes), "bytes_on_disk": disk}
 
     def describe(self) -> dict[str, Any]:
         """The report's entry for this model."""
         keep = {k: self.manifest[k] for k in ("quantization", "quantisation", "languages", "format", "parity") if k in self.manifest}
         return {**super().describe(), **keep, "bundle_prefix": self.bundle_prefix}
-
-
-def _onnx_parameters(path: Path) -> int | None:
-    """Elements in the initializers of the bundle's ONNX model(s)."""
-    try:
-        import onnx
-    except ImportError:
-        return None
-    total = 0
-    for f in path.glob("*.onnx"):
-        model = onnx.load(str(f), load_external_data=False)
-        for init in model.graph.initializer:
-            n = 1
-            for d in init.dims:
-                n *= d
-            total += n
-    return total or None
 
 
 def is_export_bundle(spec: str | os.PathLike[str]) -> bool:

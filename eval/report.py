@@ -9,14 +9,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlcompress.artifacts import atomic_output_dir, write_provenance
+from mlcompress.artifacts import atomic_output_dir, format_mb, format_number, write_provenance
 
 if TYPE_CHECKING:
     from .run import EvalReport
 
 
 def _mb(n: Any) -> str:
-    return f"{n / 1e6:,.1f} MB" if isinstance(n, (int, float)) else "-"
+    return format_mb(n, " MB", "-")
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
@@ -88,11 +88,12 @@ def write_markdown(report: EvalReport) -> str:
     return "\n".join(lines)
 
 
-def _png(fig: Any) -> str:
+def _png(fig: Any, dpi: int = 110) -> str:
+    """A matplotlib figure as a base64 PNG (the figure is closed)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -237,3 +238,125 @@ def write_reports(report: EvalReport, output: Path, overwrite: bool = False) -> 
                          [{"role": "source", **report.source}, {"role": "candidate", **report.candidate}],
                          {"gate": report.gate, "summary": data["summary"]})
     return Path(output).expanduser().absolute()
+
+
+# ---- the pipeline's report: the same renderer, one page for every stage of a pipeline run ------------------------------
+
+
+def pipeline_plots(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, base64 PNG) per figure of a pipeline report: size, parameters, latency and throughput per stage, retention."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["artifacts"]
+    names = [r["stage"] for r in rows]
+    figs = []
+    for key, label, scale in (("bytes", "size on disk (MB)", 1e6), ("parameters", "parameters (M)", 1e6),
+                              ("latency_ms_p50", "latency, batch 1, p50 (ms)", 1.0), ("throughput_per_s", "throughput, batch 32 (sentences/s)", 1.0)):
+        vals = [(n, r.get(key)) for n, r in zip(names, rows) if isinstance(r.get(key), (int, float))]
+        if len(vals) < 1:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 2.8))
+        bars = ax.bar([n for n, _ in vals], [v / scale for _, v in vals], color="#4c72b0")
+        ax.bar_label(bars, fmt="%.1f" if scale != 1.0 or key.startswith("lat") else "%.0f", fontsize=8)
+        ax.set_title(label)
+        figs.append((label, _png(fig, dpi=100)))
+    retention = _pipeline_retention_plot(report)
+    return figs + ([("retention", retention)] if retention else [])
+
+
+def _pipeline_retention_plot(report: dict[str, Any]) -> str | None:
+    """Minimum retention per task, one bar per evaluated stage, with the gate's bar; None when nothing was evaluated."""
+    rows = report["artifacts"]
+    tasks = sorted({t for r in rows for t in (r.get("retention") or {})})
+    evald = [r for r in rows if r.get("retention")]
+    if not (tasks and evald):
+        return None
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    width = 0.8 / len(evald)
+    x = np.arange(len(tasks))
+    for i, r in enumerate(evald):
+        ax.bar(x + i * width, [r["retention"].get(t, np.nan) for t in tasks], width, label=r["stage"])
+    if report["gate"].get("min_retention"):
+        ax.axhline(report["gate"]["min_retention"], color="red", linestyle="--", linewidth=1, label="gate")
+    ax.set_xticks(x + width * (len(evald) - 1) / 2, tasks)
+    ax.set_ylim(max(0.0, min([r["retention"].get(t, 1.0) for r in evald for t in tasks] + [0.9]) - 0.05), 1.02)
+    ax.set_title("minimum retention per task (candidate / source)")
+    ax.legend(fontsize=8)
+    return _png(fig, dpi=100)
+
+
+_PIPELINE_CSS = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}table{border-collapse:collapse}"
+                 "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}td:first-child{text-align:left}"
+                 ".muted{color:#666;font-size:90%}")
+
+
+def _pipeline_head(report: dict[str, Any]) -> list[str]:
+    """Title, the gate's verdict and rule, and the failures below the bar."""
+    e = html.escape
+    verdict = {True: "<b style='color:#1a7f37'>PASSED</b>", False: "<b style='color:#cf222e'>FAILED</b>", None: "no gate"}[report["passed"]]
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>mlcompress pipeline report</title>",
+             f"<style>{_PIPELINE_CSS}</style></head><body>",
+             f"<h1>mlcompress pipeline: {e(report['source'])} → {e(', '.join(report['languages']))}</h1>",
+             f"<p>Gate: {verdict}" + (f" (every gated score of the final artifact keeps ≥ {report['gate']['min_retention']} of the source's;"
+                                       f" {report['gate'].get('checked', 0)} checked)" if report["gate"].get("min_retention") else "") + "</p>",
+             f"<p class='muted'>Gate rule: {e(report['gate'].get('rule') or '')}</p>"]
+    if report["gate"].get("failures"):
+        parts.append("<ul>" + "".join(f"<li>{e(f['task'])} {e(f['language'])} {e(f['metric'])}: {f['retention']:.3f}</li>"
+                                      for f in report["gate"]["failures"]) + "</ul>")
+    return parts
+
+
+def _pipeline_tables(report: dict[str, Any]) -> list[str]:
+    """The stages (action, seconds, note) and the artifacts (size, parameters, vocabulary, speed, retention)."""
+    e, num = html.escape, format_number
+    parts = ["<h2>Stages</h2><table><tr><th>stage</th><th>action</th><th>seconds</th><th>note</th></tr>"]
+    for s in report["stages"]:
+        parts.append(f"<tr><td>{e(s['name'])}</td><td>{e(s.get('action', ''))}</td><td>{num(s.get('seconds'), '{:.1f}')}</td>"
+                     f"<td style='text-align:left'>{e(s.get('note') or '')}</td></tr>")
+    parts.append("</table><h2>Artifacts</h2><table><tr><th>stage</th><th>kind</th><th>MB on disk</th><th>parameters</th><th>vocabulary</th>"
+                 "<th>latency p50 ms</th><th>sentences/s</th><th>min retention per task</th></tr>")
+    for r in report["artifacts"]:
+        ret = ", ".join(f"{t} {v:.3f}" for t, v in (r.get("retention") or {}).items())
+        parts.append(f"<tr><td>{e(r['stage'])}</td><td>{e(str(r.get('kind')))}</td><td>{format_mb(r.get('bytes'))}</td>"
+                     f"<td>{num(r.get('parameters'), '{:,}')}</td><td>{num(r.get('vocab_size'), '{:,}')}</td>"
+                     f"<td>{num(r.get('latency_ms_p50'), '{:,.2f}')}</td><td>{num(r.get('throughput_per_s'), '{:,.1f}')}</td><td>{e(ret)}</td></tr>")
+    parts.append("</table>")
+    return parts
+
+
+def _pipeline_evaluations(report: dict[str, Any]) -> list[str]:
+    """Per evaluated stage: every score with its retention, interval and whether it was gated; what was skipped."""
+    e, num = html.escape, format_number
+    parts = []
+    for name, ev in report["evaluations"].items():
+        parts.append(f"<h2>Retention of {e(name)}</h2><table><tr><th>task</th><th>language</th><th>metric</th><th>source</th>"
+                     "<th>candidate</th><th>retention</th><th>95% interval</th><th>gated</th></tr>")
+        for s in ev["scores"]:
+            iv = s.get("interval") or {}
+            span = f"{num(iv.get('retention_low'), '{:.3f}')}..{num(iv.get('retention_high'), '{:.3f}')}" if iv else "—"
+            parts.append(f"<tr><td>{e(s['task'])}</td><td>{e(s['language'])}</td><td>{e(s['metric'])}</td><td>{num(s.get('source'), '{:.4f}')}</td>"
+                         f"<td>{num(s.get('candidate'), '{:.4f}')}</td><td>{num(s.get('retention'), '{:.4f}')}</td><td>{span}</td>"
+                         f"<td title='{e(s.get('note') or '')}'>{'yes' if s.get('gated') else 'no'}</td></tr>")
+        parts.append("</table>")
+        if ev["skipped"]:
+            parts.append("<p class='muted'>skipped: " + "; ".join(e(f"{s['task']} {s['language']}: {s['reason']}") for s in ev["skipped"]) + "</p>")
+    return parts
+
+
+def pipeline_html(report: dict[str, Any]) -> str:
+    """A pipeline report (``mlcompress pipeline``'s report.json) as one self-contained HTML page with its plots embedded."""
+    e = html.escape
+    parts = _pipeline_head(report) + _pipeline_tables(report)
+    for label, png in pipeline_plots(report):
+        parts.append(f"<div style='display:inline-block'><img alt='{e(label)}' src='data:image/png;base64,{png}'></div>")
+    parts += _pipeline_evaluations(report)
+    if report["notes"]:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in report["notes"]) + "</ul>")
+    parts.append(f"<p class='muted'>data: {e(str(report['data']))}</p></body></html>")
+    return "\n".join(parts)
