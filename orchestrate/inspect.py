@@ -12,8 +12,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from .artifacts import read_provenance
-from .errors import InputError
+from mlcompress.artifacts import dir_bytes, onnx_parameters, read_provenance
+from mlcompress.errors import InputError
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -21,10 +21,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def safetensors_parameters(path: Path) -> int:
@@ -41,22 +37,6 @@ def safetensors_parameters(path: Path) -> int:
                     count *= int(d)
                 total += count
     return total
-
-
-def _onnx_parameters(path: Path) -> int | None:
-    try:
-        import onnx
-    except ImportError:
-        return None
-    total = 0
-    for f in sorted(path.glob("*.onnx")):
-        model = onnx.load(str(f), load_external_data=False)
-        for init in model.graph.initializer:
-            count = 1
-            for d in init.dims:
-                count *= int(d)
-            total += count
-    return total or None
 
 
 def _vocab_size(path: Path, config: dict[str, Any] | None) -> int | None:
@@ -93,7 +73,7 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
         return info
     if manifest is not None:
         head = manifest.get("head") or {}
-        params = manifest.get("parameters") or _onnx_parameters(p)
+        params = manifest.get("parameters") or onnx_parameters(p)
         info.update(kind="export bundle", model_type=head.get("architecture"), task=head.get("task"), parameters=params,
                     weight_bytes=sum(f.stat().st_size for f in p.glob("*.onnx*")), vocab_size=_vocab_size(p, None),
                     languages=manifest.get("languages"), quantization=(manifest.get("quantization") or {}).get("name"),

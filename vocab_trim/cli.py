@@ -1,30 +1,22 @@
-"""The `mlcompress` command line: a thin layer over the Python API."""
+"""CLI of the trim stage (`mlcompress trim`), mounted on the root app by ``register(app)``.
+
+One option per parameter of :func:`mlcompress.vocab_trim.trim` (repeatable options take the singular:
+``--corpus`` fills ``corpora``, ``--quota`` ``quotas``, ``--keep-token`` ``keep_tokens``). Importing this module is light.
+"""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from .errors import InputError, MlcompressError
-from .sources import DEFAULT_MODEL
+from mlcompress.errors import InputError
+from mlcompress.sources import DEFAULT_MODEL
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Make small, fast, language-specific models from massively multilingual transformers.")
-err = Console(stderr=True, soft_wrap=True)
-out = Console()
-
-
-def _quiet_transformers() -> None:
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+# CLI option -> trim() parameter, where the names differ
+OPTION_PARAMETERS = {"corpus": "corpora", "quota": "quotas", "keep_token": "keep_tokens"}
 
 
 def _parse_quotas(items: list[str]) -> dict[str, int]:
@@ -37,8 +29,7 @@ def _parse_quotas(items: list[str]) -> dict[str, int]:
     return quotas
 
 
-@app.command()
-def trim(
+def trim_command(
     model: Annotated[str, typer.Argument(help=f"Model: a save_pretrained directory, a Hub id, or {DEFAULT_MODEL}.")] = DEFAULT_MODEL,
     languages: Annotated[str, typer.Option("-l", "--languages", help="Target languages, e.g. en,de.")] = "en,de",
     corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="LANG=PATH: a text file or folder (plain or .gz), a datasets id (hf://NAME?config=C&split=S&column=COL&max_lines=N), or a word-frequency list (wordfreq:LANG?n=N). Repeat per language and per corpus.")] = None,
@@ -57,16 +48,29 @@ def trim(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Cut a model's vocabulary to the tokens the target languages use; outputs are unchanged on covered text."""
-    from .vocab_trim import trim as trim_api
+    from rich.console import Console
 
-    _quiet_transformers()
-    result = trim_api(model, languages, corpus, output, top_k=top_k, min_count=min_count, coverage=coverage,
-                      quotas=_parse_quotas(quota or []), scripts=scripts, keep_tokens=keep_token or [], word_variants=word_variants,
-                      frequent_words=frequent_words, overwrite=overwrite, cache_dir=cache_dir,
-                      **({"max_vocab": max_vocab} if max_vocab is not None else {}))
+    from mlcompress.artifacts import quiet_transformers
+
+    from .trim import trim
+
+    quiet_transformers()
+    result = trim(model, languages, corpus, output, top_k=top_k, min_count=min_count, coverage=coverage,
+                  quotas=_parse_quotas(quota or []), scripts=scripts, keep_tokens=keep_token or [], word_variants=word_variants,
+                  frequent_words=frequent_words, overwrite=overwrite, cache_dir=cache_dir,
+                  **({"max_vocab": max_vocab} if max_vocab is not None else {}))  # None: trim's own budget
     if as_json:
-        out.print_json(json.dumps(result.as_dict()))
+        Console().print_json(json.dumps(result.as_dict()))
         return
+    _print_result(model, result)
+
+
+def _print_result(model: str, result: Any) -> None:
+    """The before/after table, the coverage per language and the trim's notes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    out, err = Console(), Console(stderr=True, soft_wrap=True)
     table = Table(title=f"trimmed {model} -> {result.output}", show_header=True)
     table.add_column("")
     table.add_column("before", justify="right")
@@ -86,49 +90,6 @@ def trim(
         err.print(f"[yellow]note:[/yellow] {note}")
 
 
-@app.callback()
-def _root() -> None:
-    """Make small, fast, language-specific models from massively multilingual transformers."""
-
-
-def _mount_stage_commands() -> None:
-    """Each stage package owns its commands (``mlcompress.<stage>.cli.register``); the root only mounts them."""
-    from mlcompress.distill.cli import register as register_distill
-    from mlcompress.eval.cli import register as register_eval
-    from mlcompress.export.cli import register as register_export
-    from mlcompress.pipeline_cli import register as register_pipeline
-
-    register_distill(app)
-    register_export(app)
-    register_eval(app)
-    register_pipeline(app)
-
-
-_mount_stage_commands()
-
-
-def main() -> None:
-    """Entry point: run the app, turning mlcompress errors into a message, a hint and an exit code."""
-    try:
-        app()
-    except MlcompressError as exc:
-        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-        if exc.hint:
-            err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
-        sys.exit(exc.exit_code)
-    except OSError as exc:  # the OS refused a read or write that no stage check caught: say so, not a traceback
-        from mlcompress.artifacts import is_disk_full
-
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        err.print("[yellow]hint:[/] " + ("free some space on that disk, or write to another one" if is_disk_full(exc)
-                                         else "check that the path exists and that you may read or write it"), highlight=False)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("interrupted: the step that was running wrote nothing (outputs are renamed into place only when "
-                  "complete); finished pipeline stages and distillation checkpoints are kept, and rerunning the same "
-                  "command resumes from them")
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()
+def register(app: typer.Typer) -> None:
+    """Add the `trim` command to the root app."""
+    app.command("trim")(trim_command)

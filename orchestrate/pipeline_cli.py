@@ -1,0 +1,196 @@
+"""The `mlcompress pipeline` and `mlcompress inspect` commands (mounted by ``register(app)``); imports stay light."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from mlcompress.artifacts import format_mb, format_number
+
+
+def _retentions(r: dict[str, Any]) -> str:
+    return ", ".join(f"{t} {v:.3f}" for t, v in (r.get("retention") or {}).items())
+
+
+# ---- pipeline ---------------------------------------------------------------------------------------------------------
+
+
+def _pipeline_of(config: Path | None, languages: str | None, data: Path | None, model: str | None, max_drop: float | None) -> Any:
+    """The Pipeline the command line asks for: the config file (with -l, --data, --model over it) or the built-in job."""
+    from mlcompress.errors import InputError
+    from mlcompress.sources import DEFAULT_MODEL
+
+    from .config import default_config, load_config, validate_config
+    from .runner import Pipeline
+
+    if config is None:
+        if not languages:
+            raise InputError("no config and no languages", "run `mlcompress pipeline -l en,de -o OUT` (the built-in job), or pass a CONFIG.yaml")
+        pipe = Pipeline(default_config(languages, data, model or DEFAULT_MODEL))
+    else:
+        cfg = load_config(config)
+        if languages:
+            cfg["languages"] = languages
+        if data is not None:
+            cfg["data"] = str(data.expanduser().absolute())
+        if model:
+            cfg["source"] = model
+        if languages or data is not None or model:
+            stages = {k: v for k, v in cfg["stages"].items()}
+            cfg = validate_config({**cfg, "stages": stages})
+        pipe = Pipeline(cfg)
+    if max_drop is not None:
+        if "export" not in pipe.config["stages"]:
+            raise InputError("--max-drop needs an export stage", "add export to the config's stages, or drop --max-drop")
+        pipe.config["stages"]["export"]["max_drop"] = max_drop
+        pipe = Pipeline(pipe.config)  # validated again with the option
+    return pipe
+
+
+def _print_pipeline_result(result: Any) -> None:
+    """Per stage: what was done, its time, size, parameters, vocabulary, speed and retention; the gate; the reports."""
+    from rich.console import Console
+    from rich.table import Table
+
+    out, num = Console(), format_number
+    table = Table(title=f"mlcompress pipeline -> {result.output}")
+    for col in ("stage", "action", "s", "MB", "parameters", "vocab", "ms p50", "min retention"):
+        table.add_column(col, justify="left" if col in ("stage", "action", "min retention") else "right")
+    rows = {r["stage"]: r for r in result.report.get("artifacts", [])}
+    src = rows.get("source", {})
+    table.add_row("source", "", "", format_mb(src.get("bytes")), num(src.get("parameters")), num(src.get("vocab_size")),
+                  num(src.get("latency_ms_p50"), "{:.2f}"), "")
+    for s in result.stages:
+        r = rows.get(s["name"], {})
+        table.add_row(s["name"], s.get("action", ""), num(s.get("seconds"), "{:.1f}"), format_mb(r.get("bytes")),
+                      num(r.get("parameters")), num(r.get("vocab_size")), num(r.get("latency_ms_p50"), "{:.2f}"), _retentions(r))
+    out.print(table)
+    for s in result.stages:
+        if s.get("note"):
+            out.print(f"  note: {s['name']}: {s['note']}")
+    verdict = {True: "[green]PASSED[/]", False: "[red]FAILED[/]", None: "no gate"}[result.passed]
+    g = result.gate
+    out.print(f"gate: {verdict}" + (f" (min retention {g['min_retention']}, {g.get('checked', 0)} scores checked)" if g.get("min_retention") else ""))
+    out.print(f"report: {result.output / 'report.json'}  {result.output / 'report.html'}")
+
+
+def pipeline_command(
+    config: Annotated[Optional[Path], typer.Argument(help="Pipeline config (YAML). Without it: the built-in default job on -l's languages.")] = None,
+    languages: Annotated[Optional[str], typer.Option("-l", "--languages", help="Target languages, e.g. en,de (overrides the config's).")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Pipeline folder: one sub-folder per stage, pipeline.json, report.json, report.html. Rerunning into it reuses unchanged stages.")] = Path("mlcompress-out"),
+    data: Annotated[Optional[Path], typer.Option("--data", help="A folder laid out like ../shared/data (default: ../shared/data when present).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Source model (default job only; default bundled:multilingual-e5-small).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rerun every stage even if its inputs and options are unchanged.")] = False,
+    max_drop: Annotated[Optional[float], typer.Option(help="Export with accuracy-aware quantisation (stages.export.max_drop): keep the most sensitive operators float until 1 - mean cosine against the float graph is at most this.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Chain trim -> distill (GPU) -> export (bundle) -> eval against the source; exit 1 when the gate fails."""
+    from rich.console import Console
+
+    from mlcompress.artifacts import quiet_transformers
+    from mlcompress.eval import gate_error
+
+    err = Console(stderr=True, soft_wrap=True)
+    quiet_transformers()
+    pipe = _pipeline_of(config, languages, data, model, max_drop)
+    result = pipe.run(output, force=force, progress=lambda m: err.print(f"[dim]pipeline[/] {m}", highlight=False))
+    if as_json:
+        Console().print_json(json.dumps(result.as_dict(), default=str))
+    else:
+        _print_pipeline_result(result)
+    if result.passed is False:
+        raise gate_error(result.gate, str(result.output))
+
+
+# ---- inspect ----------------------------------------------------------------------------------------------------------
+
+
+def _inspect_fields(info: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The (label, value) rows of an artifact's summary table."""
+    num = format_number
+    fields = [("stage", info.get("stage")), ("model type", info.get("model_type")), ("task", info.get("task")),
+              ("layers", info.get("layers")), ("hidden", info.get("hidden")), ("vocabulary", num(info.get("vocab_size"))),
+              ("parameters", num(info.get("parameters"))), ("bytes on disk", num(info.get("bytes"))),
+              ("weight bytes", num(info.get("weight_bytes"))), ("quantization", info.get("quantization")),
+              ("languages", ", ".join(info["languages"]) if isinstance(info.get("languages"), list) else info.get("languages")),
+              ("source", info.get("source"))]
+    if info.get("parity"):
+        fields.append(("parity", ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in info["parity"].items()
+                                           if isinstance(v, (int, float, str)))))
+    if info.get("latency_ms"):
+        fields.append(("latency ms", ", ".join(f"{k} {v:.2f}" for k, v in info["latency_ms"].items() if isinstance(v, (int, float)))))
+    if info.get("heldout_coverage"):
+        fields.append(("held-out coverage (est.)", ", ".join(f"{k} {v:.2%}" for k, v in info["heldout_coverage"].items())))
+    if info.get("gate"):
+        fields.append(("gate", f"passed={info['gate'].get('passed')} min_retention={info['gate'].get('min_retention')}"))
+    if info.get("passed") is not None:
+        fields.append(("verdict", "PASSED" if info["passed"] else "FAILED"))
+    return fields
+
+
+def _inspect_tables(info: dict[str, Any]) -> list[Any]:
+    """The tables after the summary: measured metrics, a pipeline's stages, the provenance chain (where there are any)."""
+    from rich.table import Table
+
+    tables = []
+    metrics = info.get("metrics") or {}
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    if scalars:
+        mt = Table(title="measured (mlcompress.json metrics)")
+        mt.add_column("metric")
+        mt.add_column("value", justify="right")
+        for k, v in scalars.items():
+            mt.add_row(k, f"{v:,.4g}" if isinstance(v, float) else (f"{v:,}" if isinstance(v, int) else v))
+        tables.append(mt)
+    if info.get("kind") == "pipeline":
+        st = Table(title="stages")
+        for col in ("stage", "kind", "MB", "parameters", "vocab", "ms p50", "min retention", "path"):
+            st.add_column(col)
+        for r in info.get("artifacts") or []:
+            st.add_row(r["stage"], str(r.get("kind")), format_mb(r.get("bytes")), format_number(r.get("parameters")),
+                       format_number(r.get("vocab_size")), format_number(r.get("latency_ms_p50"), "{:.2f}"), _retentions(r), r["path"])
+        tables.append(st)
+    chain = info.get("provenance") or []
+    if chain:
+        ct = Table(title="provenance (newest first)")
+        for col in ("#", "stage", "path", "created"):
+            ct.add_column(col)
+        for i, step in enumerate(chain):
+            ct.add_row(str(i), str(step.get("stage")), str(step.get("source") or step.get("path")), str(step.get("created") or ""))
+        tables.append(ct)
+    return tables
+
+
+def inspect_command(
+    path: Annotated[Path, typer.Argument(help="A model directory, an export bundle, an eval report folder or a pipeline folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON.")] = False,
+) -> None:
+    """What an artifact is (type, vocabulary, parameters, bytes, languages), where it came from, and what was measured on it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .inspect import inspect
+
+    out = Console()
+    info = inspect(path)
+    if as_json:
+        out.print_json(json.dumps(info, default=str))
+        return
+    table = Table(title=f"{info['kind']}: {info['path']}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    for k, v in _inspect_fields(info):
+        if v not in (None, "", "—"):
+            table.add_row(k, str(v))
+    out.print(table)
+    for t in _inspect_tables(info):
+        out.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `pipeline` and `inspect` commands to the root app."""
+    app.command("pipeline")(pipeline_command)
+    app.command("inspect")(inspect_command)
