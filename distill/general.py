@@ -172,12 +172,9 @@ def distill_general(
     out = Path(output).expanduser().absolute()
     source = resolve_model(teacher, cache_dir)
     objective, profile = _objective(objective, source.path, str(teacher), prefix)
-    losses = losses or Phase1Losses.preset(objective)
-    if losses.attention_kind not in ("mse", "kl"):
-        raise InputError(f"unknown attention loss {losses.attention_kind!r}", "use mse or kl")
-    data = {"block_size": block_size, "max_blocks": max_blocks_per_language} if objective == "bistil" else \
-        {"prefix": profile.prefix, "pooling": profile.pooling, "max_length": max_length,
-         "short_span_share": short_span_share, "max_sentences": max_sentences_per_language}
+    losses = _checked_losses(losses, objective)
+    data = _data_settings(objective, profile, block_size, max_blocks_per_language, max_length, short_span_share,
+                          max_sentences_per_language)
     settings = {"teacher": str(source.path), "languages": langs, "corpora": {k: [c.fingerprint() for c in v] for k, v in texts.items()},
                 "every_k": every_k, "layers": layers, "objective": objective, "data": data, "hidden_size": hidden_size,
                 "losses": asdict(losses), "train": {k: v for k, v in asdict(config).items() if k != "progress"},
@@ -202,16 +199,43 @@ def distill_general(
     if state.step < state.planned:  # stopped early (tests): leave the checkpoints for a resume
         return result
     if accelerator.is_main_process:
-        with atomic_output_dir(out, overwrite=overwrite) as tmp:
-            run.save(accelerator.unwrap_model(run.student), tmp, save_profile)
-            write_provenance(tmp, "distill-general", {**settings, "layer_map": run.mapping},
-                             [source.describe()], {**result.as_dict(), run.sizes_key: run.sizes})
-            snap = work_dir_for(out) / "snapshots"
-            if snap.is_dir():
-                shutil.move(str(snap), str(tmp / "snapshots"))
+        _write_student(run, out, overwrite, save_profile, {**settings, "layer_map": run.mapping}, source, result,
+                       accelerator)
         close_work_dir(work, out)
     accelerator.wait_for_everyone()
     return result
+
+
+def _checked_losses(losses: Phase1Losses | None, objective: str) -> Phase1Losses:
+    """The given loss weights, else the objective's preset; an unknown attention loss is an error."""
+    losses = losses or Phase1Losses.preset(objective)
+    if losses.attention_kind not in ("mse", "kl"):
+        raise InputError(f"unknown attention loss {losses.attention_kind!r}", "use mse or kl")
+    return losses
+
+
+def _data_settings(objective: str, profile: Any, block_size: int, max_blocks: int | None, max_length: int,
+                   short_span_share: float, max_sentences: int | None) -> dict[str, Any]:
+    """How the training text is cut: packed MLM blocks (bistil) or prefixed single sentences (embedding).
+
+    Part of the run's settings, so a resume with other data settings is refused.
+    """
+    if objective == "bistil":
+        return {"block_size": block_size, "max_blocks": max_blocks}
+    return {"prefix": profile.prefix, "pooling": profile.pooling, "max_length": max_length,
+            "short_span_share": short_span_share, "max_sentences": max_sentences}
+
+
+def _write_student(run: _Phase1Run, out: Path, overwrite: bool, profile: Any, parameters: dict[str, Any], source: Any,
+                   result: DistillResult, accelerator: Any) -> None:
+    """Write the finished student to ``out`` atomically, with its provenance and the run's snapshots (main process)."""
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        run.save(accelerator.unwrap_model(run.student), tmp, profile)
+        write_provenance(tmp, "distill-general", parameters, [source.describe()],
+                         {**result.as_dict(), run.sizes_key: run.sizes})
+        snap = work_dir_for(out) / "snapshots"
+        if snap.is_dir():
+            shutil.move(str(snap), str(tmp / "snapshots"))
 
 
 def _languages_and_texts(languages: str | list[str], corpora: Any) -> tuple[list[str], dict[str, Any]]:

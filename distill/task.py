@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -158,21 +159,8 @@ def distill_task(teacher: str | os.PathLike[str], student: str | os.PathLike[str
     after_step, selected = None, None
     if density is not None:
         initial = {k: v.detach().clone() for k, v in student_model.state_dict().items()}
-        masks_file = work / "masks.safetensors"
-        if masks_file.is_file():
-            masks = {k: v.bool() for k, v in load_file(str(masks_file)).items()}
-        else:  # with a time budget, the dense pass that picks the parameters gets a third of it
-            dense_budget = None if config.time_budget is None else config.time_budget * DENSE_SHARE
-            dense_config = TrainConfig(**{**asdict(config), "steps": dense_steps or config.steps, "time_budget": dense_budget})
-            train(student_model, loss_fn, batches, dense_config, work / "dense", accelerator, started_at=started)
-            trained = {k: v.detach().cpu() for k, v in accelerator.unwrap_model(student_model).state_dict().items()}
-            head = tuple(n for n, _ in student_model.named_parameters() if n.startswith(("classifier", "score")))
-            params = {n for n, _ in student_model.named_parameters()}
-            masks = select_by_movement({k: v for k, v in initial.items() if k in params}, trained, density, always=head)
-            if accelerator.is_main_process:  # safetensors (no pickle), renamed into place (a kill leaves no half file)
-                partial = masks_file.with_suffix(".partial")
-                save_file({k: m.to(torch.uint8).contiguous() for k, m in masks.items()}, str(partial))
-                os.replace(partial, masks_file)
+        masks = _sparse_masks(student_model, initial, loss_fn, batches, config, dense_steps, density, work, accelerator,
+                              started)
         student_model = load_student()
         student_model.load_state_dict(initial)  # the lottery ticket: back to the start, train only the winners
         if losses.attention:
@@ -197,6 +185,31 @@ def distill_task(teacher: str | os.PathLike[str], student: str | os.PathLike[str
                              {**result.as_dict(), "selected_parameters": selected})
         close_work_dir(work, out)
     return result
+
+
+def _sparse_masks(student_model: torch.nn.Module, initial: dict[str, torch.Tensor], loss_fn: Any, batches: Any,
+                  config: TrainConfig, dense_steps: int | None, density: float, work: Path, accelerator: Any,
+                  started: float) -> dict[str, torch.Tensor]:
+    """The parameters the sparse run trains: those a dense pass moved most (kept in the work dir for a resume).
+
+    The dense pass trains ``student_model`` in place; the caller reloads the student before the sparse run.
+    """
+    masks_file = work / "masks.safetensors"
+    if masks_file.is_file():
+        return {k: v.bool() for k, v in load_file(str(masks_file)).items()}
+    # with a time budget, the dense pass that picks the parameters gets a third of it
+    dense_budget = None if config.time_budget is None else config.time_budget * DENSE_SHARE
+    dense_config = TrainConfig(**{**asdict(config), "steps": dense_steps or config.steps, "time_budget": dense_budget})
+    train(student_model, loss_fn, batches, dense_config, work / "dense", accelerator, started_at=started)
+    trained = {k: v.detach().cpu() for k, v in accelerator.unwrap_model(student_model).state_dict().items()}
+    head = tuple(n for n, _ in student_model.named_parameters() if n.startswith(("classifier", "score")))
+    params = {n for n, _ in student_model.named_parameters()}
+    masks = select_by_movement({k: v for k, v in initial.items() if k in params}, trained, density, always=head)
+    if accelerator.is_main_process:  # safetensors (no pickle), renamed into place (a kill leaves no half file)
+        partial = masks_file.with_suffix(".partial")
+        save_file({k: m.to(torch.uint8).contiguous() for k, m in masks.items()}, str(partial))
+        os.replace(partial, masks_file)
+    return masks
 
 
 def _layer_map(teacher: torch.nn.Module, student: torch.nn.Module) -> list[int]:
