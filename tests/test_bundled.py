@@ -124,7 +124,7 @@ def test_trim_cli_exact_form_on_the_bundled_model(e5_small, tmp_path) -> None:
         corpora[lang] = tmp_path / f"{lang}.txt"
         corpora[lang].write_text("\n".join(read_lines(DATA / "mono" / f"{lang}.txt.gz", n=3000)) + "\n", encoding="utf-8")
     out = tmp_path / "e5-en-de"
-    cmd = [sys.executable, "-m", "mlcompress.cli", "trim", "bundled:multilingual-e5-small", "-l", "en,de",
+    cmd = [sys.executable, "-m", "mlcompress.orchestrate.cli", "trim", "bundled:multilingual-e5-small", "-l", "en,de",
            "--corpus", f"en={corpora['en']}", "--corpus", f"de={corpora['de']}", "-o", str(out),
            "--cache-dir", str(e5_small.parents[1])]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -65,7 +65,7 @@ def test_wheel_maps_folders_into_one_namespace(tmp_path: Path) -> None:
                    check=True, capture_output=True)
     wheel = next(tmp_path.glob("mlcompress-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("mlcompress/__init__.py", "mlcompress/cli.py", "mlcompress/vocab_trim/trim.py",
+    for module in ("mlcompress/__init__.py", "mlcompress/orchestrate/cli.py", "mlcompress/vocab_trim/trim.py",
                    "mlcompress/distill/__init__.py", "mlcompress/export/__init__.py", "mlcompress/eval/__init__.py"):
         assert module in names
     assert not any(n.startswith(("eval/", "export/", "compress/", "vocab_trim/", "tests/")) for n in names)

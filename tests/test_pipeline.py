@@ -18,7 +18,8 @@ from conftest import read_lines
 from tiny_models import build_xlmr, training_lines
 
 from mlcompress.errors import GateError, InputError, LanguageError, OutputExistsError
-from mlcompress.pipeline import Pipeline, default_config, load_config, validate_config
+from mlcompress.orchestrate.config import default_config, load_config, validate_config
+from mlcompress.orchestrate.runner import Pipeline
 
 
 def _write_gz(path: Path, lines: list[str]) -> None:
@@ -97,7 +98,7 @@ def test_config_file_errors_and_defaults(tiny: dict[str, Path], tmp_path: Path, 
     assert full["languages"] == ["en", "de"] and list(full["stages"]) == ["trim", "distill", "export", "eval"]
     assert full["stages"]["eval"]["min_retention"] == 0.95
     # the built-in job needs a data folder
-    monkeypatch.setattr("mlcompress.pipeline.default_data_dir", lambda: None)
+    monkeypatch.setattr("mlcompress.orchestrate.config.default_data_dir", lambda: None)
     with pytest.raises(InputError, match="no data folder.*--data"):
         default_config("en,de")
     with pytest.raises(InputError, match="not found"):
@@ -250,7 +251,7 @@ def test_changed_upstream_artifact_is_noticed(chain: dict, tiny: dict[str, Path]
 
 def test_changed_stage_code_reruns_that_stage(chain: dict, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """After an upgrade that changed the export code, a rerun redoes export (and eval after it), not trim."""
-    import mlcompress.pipeline as pl
+    import mlcompress.orchestrate.runner as pl
 
     out = chain["out"]
     Pipeline(_config(tiny, quantize="int8-dynamic")).run(out)  # settle after the tests before
@@ -275,7 +276,7 @@ def test_failed_gate_is_reported_and_raised(tiny: dict[str, Path], chain: dict, 
 
 
 def _app() -> typer.Typer:
-    from mlcompress.pipeline_cli import register
+    from mlcompress.orchestrate.pipeline_cli import register
 
     app = typer.Typer()
 
@@ -304,7 +305,7 @@ def test_cli_pipeline_with_a_config_file(chain: dict, tiny: dict[str, Path], tmp
 
 
 def test_inspect_bundle_model_and_pipeline(chain: dict, tiny: dict[str, Path]) -> None:
-    from mlcompress.inspect import inspect
+    from mlcompress.orchestrate.inspect import inspect
 
     out = chain["out"]
     b = inspect(out / "03-export")
@@ -331,7 +332,8 @@ def test_inspect_bundle_model_and_pipeline(chain: dict, tiny: dict[str, Path]) -
 
 
 def test_import_is_light() -> None:
-    code = "import sys, mlcompress, mlcompress.pipeline, mlcompress.pipeline_cli, mlcompress.inspect; mlcompress.Pipeline; print('torch' in sys.modules)"
+    code = ("import sys, mlcompress, mlcompress.orchestrate.runner, mlcompress.orchestrate.pipeline_cli, mlcompress.orchestrate.inspect, "
+            "mlcompress.orchestrate.cli; mlcompress.Pipeline; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
 
@@ -355,7 +357,7 @@ def test_distill_stage_runs_and_survives_a_sigkill_in_every_stage(tiny: dict[str
     """The pipeline with its distill stage on the CPU (tiny XLM-R, four steps), killed (SIGKILL: no cleanup) in each
     stage in turn: finished stages stay as they were, the killed stage leaves no artifact, and the last run reuses
     what was done, resumes the distillation from its last complete checkpoint and completes the pipeline."""
-    from mlcompress.pipeline import STAGE_DIRS
+    from mlcompress.orchestrate.runner import STAGE_DIRS
 
     cfg = _config(tiny)
     cfg["stages"]["distill"] = {"enabled": True, "device": "cpu", "steps": 4, "batch_size": 4, "block_size": 32,

@@ -52,7 +52,17 @@ def corpora(tmp_path: Path, data_dir: Path) -> dict[str, Path]:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mlcompress.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "mlcompress.orchestrate.cli", *args], capture_output=True, text=True)
+
+
+def test_trim_command_has_an_option_per_trim_parameter() -> None:
+    """`mlcompress trim` (vocab_trim/cli.py) exposes every parameter of the trim() API, and nothing else but --json."""
+    import inspect
+
+    from mlcompress.vocab_trim.cli import OPTION_PARAMETERS, trim_command
+
+    options = {OPTION_PARAMETERS.get(name, name) for name in inspect.signature(trim_command).parameters} - {"as_json"}
+    assert options == set(inspect.signature(trim).parameters)
 
 
 def test_cli_exact_form_then_refuses_existing_output(tiny_bert: Path, corpora: dict[str, Path], tmp_path: Path) -> None:
