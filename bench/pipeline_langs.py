@@ -20,7 +20,7 @@ DATA = ROOT.parent / "shared" / "data"
 
 def lowest(evaluation: dict[str, Any] | None, languages: list[str]) -> dict[str, Any] | None:
     """The gated score (above chance, all its languages targets) with the lowest retention, or None."""
-    from mlcompress.pipeline import in_scope
+    from mlcompress.orchestrate.stages import in_scope
 
     gated = [s for s in (evaluation or {}).get("scores", [])
              if s.get("gated") and s.get("retention") is not None and in_scope(s["language"], languages)]

@@ -88,7 +88,7 @@ def main(argv: list[str]) -> None:
             kill_in_archive()
         else:
             raise SystemExit(f"unknown kill point {opts[1]}")
-    from mlcompress.cli import main as cli_main
+    from mlcompress.orchestrate.cli import main as cli_main
 
     sys.argv = ["mlcompress", *args]
     cli_main()

@@ -164,13 +164,13 @@ def test_bad_input_gets_clear_errors(teacher_dir: Path, tmp_path: Path) -> None:
 
 def test_cli_distill_general(teacher_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli-student"
-    run = subprocess.run([sys.executable, "-m", "mlcompress.cli", "distill", "general", str(teacher_dir), "-l", "en,de",
+    run = subprocess.run([sys.executable, "-m", "mlcompress.orchestrate.cli", "distill", "general", str(teacher_dir), "-l", "en,de",
                           "--corpus", f"en={CORPORA['en']}", "--corpus", f"de={CORPORA['de']}", "-o", str(out),
                           "--block-size", "32", "--max-blocks", "32", "--steps", "3", "--batch-size", "4",
                           "--device", "cpu"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(run.stdout)["steps"] == 3 and (out / "model.safetensors").is_file()
-    bad = subprocess.run([sys.executable, "-m", "mlcompress.cli", "distill", "general", str(teacher_dir), "-l", "en,de",
+    bad = subprocess.run([sys.executable, "-m", "mlcompress.orchestrate.cli", "distill", "general", str(teacher_dir), "-l", "en,de",
                           "--corpus", f"en={CORPORA['en']}", "-o", str(tmp_path / "y")], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "no text for language" in bad.stderr and "hint:" in bad.stderr

@@ -18,7 +18,7 @@ from mlcompress.distill.loop import BudgetPlan, LinearSchedule, parse_duration
 from mlcompress.distill.sentences import SentencePool, add_short_spans, split_sentences
 from mlcompress.distill.student import make_student
 from mlcompress.embedding_profile import E5_PREFIX, embedding_profile, write_sentence_transformers_config, EmbeddingProfile
-from mlcompress.pipeline import Pipeline
+from mlcompress.orchestrate.runner import Pipeline
 from tiny_models import build_bert_teacher, build_xlmr, training_lines
 
 CORPORA = {"en": str(DATA / "mono" / "en.txt.gz"), "de": str(DATA / "mono" / "de.txt.gz")}

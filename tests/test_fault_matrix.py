@@ -129,7 +129,7 @@ def snapshot(root: Path) -> dict[str, str]:
 
 def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """Run the console entry point in this process; return (exit code, stderr). Any non-mlcompress error propagates."""
-    from mlcompress.cli import main
+    from mlcompress.orchestrate.cli import main
 
     monkeypatch.setattr(sys, "argv", ["mlcompress", *args])
     with pytest.raises(SystemExit) as info:

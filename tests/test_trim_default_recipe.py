@@ -63,7 +63,7 @@ def test_default_trim_covers_held_out_words_a_mono_only_trim_drops(model: Path, 
 
 
 def test_held_out_coverage_is_estimated_and_recorded(model: Path, corpora: dict[str, Path], tmp_path: Path) -> None:
-    from mlcompress.inspect import inspect
+    from mlcompress.orchestrate.inspect import inspect
 
     default = trim(model, "en,de", corpora, tmp_path / "default")
     mono = trim(model, "en,de", corpora, tmp_path / "mono", frequent_words=0, word_variants=False)
