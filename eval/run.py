@@ -148,47 +148,28 @@ def evaluate(
 
     limits = limits or Limits()
     say = progress or (lambda _msg: None)
-    task_list = parse_tasks(tasks)
-    langs = parse_languages(languages)
-    per_task = {t: parse_languages(v) for t, v in (task_languages or {}).items()}
-    parse_tasks(list(per_task) or task_list)
-    if min_retention is not None and not 0 < min_retention <= 10:
-        raise InputError(f"--min-retention {min_retention} is out of range", "give a fraction such as 0.97")
+    task_list, langs, per_task = _parse_request(tasks, languages, task_languages, min_retention)
     data = DataSource.open(data_dir, hub_data)
     plan, skipped = _plan(data, task_list, langs, per_task)
     mode = resolve_mode(transfer)
     _check_output(output, overwrite)
 
     t0 = time.perf_counter()
-    if encoders is None:
-        say(f"loading {source}")
-        src = load_encoder(source, cache_dir, pooling, device)
-        say(f"loading {candidate}")
-        cand = load_encoder(candidate, cache_dir, pooling, device)
-    else:
-        src, cand = encoders
+    src, cand = encoders if encoders is not None else _load_encoders(source, candidate, cache_dir, pooling, device, say)
     seconds = {"load": time.perf_counter() - t0}
     pre = detect_prefix(src) if prefix is None else prefix
     if mode == "finetune" and not ("finetune" in src.capabilities and "finetune" in cand.capabilities):
         mode = "probe"  # both models always get the same recipe
     recipe = Recipe(mode=mode, seed=seed)
-    scores: list[Score] = []
-    efficiency: dict[str, Any] = {}
     runners = {
         "fidelity": lambda: _fidelity(src, cand, data, plan["fidelity"], limits, pre, skipped),
         "retrieval": lambda: _retrieval(src, cand, data, plan["retrieval"], limits, pre),
         "pos": lambda: _pos(src, cand, data, plan["pos"], limits, recipe, skipped),
         "nli": lambda: _nli(src, cand, data, plan["nli"], limits, recipe, pre),
         "sts": lambda: _sts(src, cand, data, plan["sts"], limits, pre, langs if within_languages else None, skipped),
+        "efficiency": lambda: _efficiency(src, cand, data, plan["efficiency"], limits, pre),
     }
-    for task in task_list:
-        t = time.perf_counter()
-        say(f"{task}: {', '.join(plan[task]) or '-'}")
-        if task == "efficiency":
-            efficiency = _efficiency(src, cand, data, plan["efficiency"], limits, pre)
-        else:
-            scores += runners[task]()
-        seconds[task] = time.perf_counter() - t
+    scores, efficiency = _run_tasks(task_list, plan, runners, say, seconds)
     seconds["total"] = time.perf_counter() - t0
     parameters = {"languages": langs, "tasks": task_list, "task_languages": per_task, "min_retention": min_retention,
                   "transfer": recipe.mode, "seed": seed, "prefix": pre, "data": str(data.root) if data.root else None,
@@ -202,6 +183,46 @@ def evaluate(
     if raise_on_fail and report.passed is False:
         raise gate_error(report.gate, str(report.output) if report.output else None)
     return report
+
+
+def _parse_request(tasks: str | list[str], languages: str | list[str],
+                   task_languages: dict[str, str | list[str]] | None,
+                   min_retention: float | None) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """The tasks, the languages and each overridden task's languages, checked before any model loads."""
+    task_list = parse_tasks(tasks)
+    langs = parse_languages(languages)
+    per_task = {t: parse_languages(v) for t, v in (task_languages or {}).items()}
+    parse_tasks(list(per_task) or task_list)
+    if min_retention is not None and not 0 < min_retention <= 10:
+        raise InputError(f"--min-retention {min_retention} is out of range", "give a fraction such as 0.97")
+    return task_list, langs, per_task
+
+
+def _load_encoders(source: str | os.PathLike[str], candidate: str | os.PathLike[str],
+                   cache_dir: str | os.PathLike[str] | None, pooling: str, device: str | None,
+                   say: Callable[[str], None]) -> tuple[Encoder, Encoder]:
+    """Load the source and the candidate model the same way, saying which one is loading."""
+    say(f"loading {source}")
+    src = load_encoder(source, cache_dir, pooling, device)
+    say(f"loading {candidate}")
+    cand = load_encoder(candidate, cache_dir, pooling, device)
+    return src, cand
+
+
+def _run_tasks(task_list: list[str], plan: dict[str, list[str]], runners: dict[str, Callable[[], Any]],
+               say: Callable[[str], None], seconds: dict[str, float]) -> tuple[list[Score], dict[str, Any]]:
+    """Run the tasks in order, timing each into ``seconds``: efficiency's measurements apart, the others' scores."""
+    scores: list[Score] = []
+    efficiency: dict[str, Any] = {}
+    for task in task_list:
+        t = time.perf_counter()
+        say(f"{task}: {', '.join(plan[task]) or '-'}")
+        if task == "efficiency":
+            efficiency = runners[task]()
+        else:
+            scores += runners[task]()
+        seconds[task] = time.perf_counter() - t
+    return scores, efficiency
 
 
 # --------------------------------------------------------------------------------------------------- tasks
