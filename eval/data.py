@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from mlcompress.errors import InputError, LanguageError
+from mlcompress.errors import InputError
 
 TASKS = ("fidelity", "retrieval", "pos", "nli", "sts", "efficiency")
 
@@ -39,21 +39,6 @@ def parse_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
         raise InputError(f"unknown task(s): {', '.join(unknown) or '(none given)'}",
                          f"choose from {','.join(TASKS)}, e.g. --tasks retrieval,pos,sts")
     return [t for t in TASKS if t in items]
-
-
-def parse_languages(spec: str | list[str] | tuple[str, ...]) -> list[str]:
-    """Validate target languages ("de,el"), normalised to ISO 639-1 where one exists."""
-    from mlcompress.languages import normalize_language
-
-    items = [x.strip() for x in (spec.split(",") if isinstance(spec, str) else spec) if x.strip()]
-    if not items:
-        raise LanguageError("no target language given", "pass one or more languages, e.g. -l de,el")
-    out: list[str] = []
-    for item in items:
-        code = normalize_language(item)
-        if code not in out:
-            out.append(code)
-    return out
 
 
 def tatoeba_code(lang: str) -> str:

@@ -11,8 +11,9 @@ from typing import Any
 
 from mlcompress.artifacts import check_output
 from mlcompress.errors import InputError
+from mlcompress.languages import parse_languages
 
-from .data import DataSource, parse_languages, parse_tasks
+from .data import DataSource, parse_tasks
 from .encoders import Encoder, load_encoder
 from .retention import Score, gate, gate_error, summary
 
