@@ -35,6 +35,16 @@ def _check_arguments(format: str, quantize: str, calibration: str, max_drop: flo
                          "use --max-drop between 0 and 1 (e.g. 0.005) with --format onnx and int8-dynamic, int8-static or int4")
 
 
+def _check_ort(ort: bool, format: str, bundle: bool) -> None:
+    """--ort converts a bundle's ONNX graph: refuse it without --bundle or with another format."""
+    if ort and format != "onnx":
+        raise InputError(f"--ort with --format {format}: the .ort form is converted from an ONNX graph",
+                         "use --ort with --format onnx --bundle")
+    if ort and not bundle:
+        raise InputError("--ort without --bundle: the .ort model and its operator config go into an edge bundle",
+                         "add --bundle (OUT a directory or a .tar.gz)")
+
+
 def _check_output(output: Path, bundle: bool, overwrite: bool) -> bool:
     """True when the output is a .tar.gz archive (bundles only); refuse an existing path unless overwriting."""
     archive = output.name.endswith((".tar.gz", ".tgz"))
@@ -51,6 +61,7 @@ def export(
     format: str = "onnx",
     quantize: str = "int8-dynamic",
     bundle: bool = False,
+    ort: bool = False,
     languages: str | list[str] | None = None,
     texts: Mapping[str, str | os.PathLike[str] | list[str]] | list[str] | None = None,
     task: str | None = None,
@@ -81,8 +92,10 @@ def export(
     ``max_drop`` (int8-dynamic, int8-static, int4) keeps the most sensitive weight operators at full precision until
     the drop against the float graph (1 - mean cosine; 1 - label agreement for classifiers) on ``accuracy_texts``
     held-out target-language sentences is within it; the manifest records what was kept and what it cost.
+    ``ort`` (bundles, onnx) also writes ONNX Runtime's mobile form: model.ort and required_operators.config.
     """
     _check_arguments(format, quantize, calibration, max_drop)
+    _check_ort(ort, format, bundle)
     output = Path(output).expanduser().absolute()
     langs = parse_languages(languages) if languages and (not isinstance(languages, str) or languages.strip()) else []
     if format == "tensorrt":
@@ -101,7 +114,7 @@ def export(
             "embedding_block_size": embedding_block_size, "int4_block_size": int4_block_size, "calibration": calibration,
             "optimize": optimize, "parity_texts": parity_texts, "calibration_texts": calibration_texts,
             "min_cosine": min_cosine, "min_agreement": min_agreement, "max_drop": max_drop,
-            "accuracy_texts": accuracy_texts, "force": force, "measure_latency": measure_latency}
+            "accuracy_texts": accuracy_texts, "force": force, "measure_latency": measure_latency, "ort": ort}
     scratch = scratch_dir("export")
     try:
         payload = export_graph(prepared, scratch, format, quantize, bundle, langs, opts)

@@ -27,6 +27,7 @@ MAX_MANIFEST_BYTES = 16 << 20
 REQUIRED_FIELDS = {"model": str, "files": dict, "tokenizer": dict, "head": dict, "outputs": list}
 REQUIRED_TOKENIZER_FIELDS = ("file", "pad_id", "pad_token", "max_length")
 REQUIRED_HEAD_FIELDS = ("task", "output")
+ORT_FIELDS = ("model", "operators_config")  # the manifest's `ort` entry (bundles exported with --ort)
 
 
 class BundleError(InputError):
@@ -96,7 +97,8 @@ def check_fields(manifest: dict[str, Any], where: Path) -> None:
         raise BundleError(f"{where / MANIFEST} lacks field(s) {', '.join(missing)} (or they have the wrong type)",
                           "the bundle is incomplete or from another tool; re-export it with `mlcompress export --bundle`")
     files = manifest["files"]
-    for role, name in (("model", manifest["model"]), ("tokenizer", manifest["tokenizer"]["file"])):
+    roles = [("model", manifest["model"]), ("tokenizer", manifest["tokenizer"]["file"]), *_ort_files(manifest, where)]
+    for role, name in roles:
         if not isinstance(name, str) or name not in files:
             raise BundleError(f"{where / MANIFEST}: its {role} file {name!r} is not among the files it lists with a sha256",
                               "a bundle loads only files whose checksums it verifies; re-export the bundle")
@@ -104,6 +106,17 @@ def check_fields(manifest: dict[str, Any], where: Path) -> None:
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not isinstance(entry.get("bytes"), int):
             raise BundleError(f"{where / MANIFEST}: its entry for {name!r} has no sha256 and byte count",
                               "re-export the bundle")
+
+
+def _ort_files(manifest: dict[str, Any], where: Path) -> list[tuple[str, Any]]:
+    """The `--ort` files a manifest names (none without an ``ort`` entry): they too must be listed with a sha256."""
+    if "ort" not in manifest:
+        return []
+    entry = manifest["ort"]
+    if not isinstance(entry, dict) or not all(k in entry for k in ORT_FIELDS):
+        raise BundleError(f"{where / MANIFEST}: its ort entry lacks {' or '.join(ORT_FIELDS)}",
+                          "the bundle is incomplete or from another tool; re-export it with `--bundle --ort`")
+    return [(".ort model", entry["model"]), ("operator config", entry["operators_config"])]
 
 
 def verify_dir(directory: Path) -> dict[str, Any]:

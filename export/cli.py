@@ -30,6 +30,7 @@ def export_command(
     format: Annotated[str, typer.Option("--format", help="onnx, tensorrt (needs TensorRT and a GPU), or bnb (bitsandbytes checkpoint, GPU).")] = "onnx",
     quantize: Annotated[str, typer.Option("--quantize", help="none, fp16, int8-dynamic, int8-static or int4.")] = "int8-dynamic",
     bundle: Annotated[bool, typer.Option("--bundle", help="Write an edge bundle: model, tokenizer.json and manifest.json.")] = False,
+    ort: Annotated[bool, typer.Option("--ort", help="With --bundle and --format onnx: also write ONNX Runtime's mobile form, model.ort and required_operators.config (the operators for a reduced-size ONNX Runtime build).")] = False,
     languages: Annotated[Optional[str], typer.Option("-l", "--languages", help="Target languages, e.g. en,de (default: the model's trim languages).")] = None,
     text: Annotated[Optional[list[str]], typer.Option("--text", help="LANG=SPEC: target-language text for the parity check and static calibration: a file or folder (plain or .gz), hf://NAME?..., or wordfreq:LANG. Repeatable. Default: the corpora the model was trimmed on.")] = None,
     task: Annotated[Optional[str], typer.Option(help="sentence-embedding, token-classification, sequence-classification or masked-lm (default: from the architecture).")] = None,
@@ -61,7 +62,7 @@ def export_command(
 
     from mlcompress.export import export
 
-    result = export(model, output, format=format, quantize=quantize, bundle=bundle, languages=languages,
+    result = export(model, output, format=format, quantize=quantize, bundle=bundle, ort=ort, languages=languages,
                     texts=_parse_texts(text or []) or None, task=task, pooling=pooling, normalize=normalize, prefix=prefix,
                     max_length=max_length, per_channel=per_channel, reduce_range=reduce_range,
                     quantize_embeddings=quantize_embeddings, embedding_block_size=embedding_block_size,
@@ -85,6 +86,11 @@ def export_command(
         lat = result.latency_ms
         out.print(f"  latency on this CPU: batch 1 {lat['batch_1']:.2f} ms ({lat.get('tokens_batch_1', '?')} tokens), "
                   f"batch 32 {lat['batch_32']:.1f} ms (padded to {lat.get('padded_length_batch_32', '?')} tokens)")
+    mobile = (result.manifest or {}).get("ort")
+    if mobile:
+        ops = sum(len(o) for opsets in mobile["operators"].values() for o in opsets.values())
+        out.print(f"  mobile: {mobile['model']} ({result.manifest['files'][mobile['model']]['bytes'] / 2**20:.2f} MiB, "
+                  f"{mobile['optimization_level']} optimisations) and {mobile['operators_config']} ({ops} operators)")
     control = result.quantization.get("accuracy_control")
     if control:
         _print_control(out, control)

@@ -85,9 +85,14 @@ def export_graph(p: Prepared, scratch: Path, format: str, quantize: str, bundle:
         from .tensorrt import build_engine
 
         model_file, qinfo = build_engine(final, scratch / "model.engine", quantize).name, {**qinfo, "tensorrt": True}
+    mobile = None
+    if opts.get("ort"):
+        from .mobile import convert
+
+        mobile = convert(final, scratch)
     result = {"format": format, "quantize": quantize, "task": p.spec.task, "model_file": model_file, "parity": parity,
               "latency_ms": latency, "fused_operators": fused, "quantization": qinfo}
-    return _payload(p, result, scratch, _out_dim(module, feeds[0]), bundle, langs, opts["force"])
+    return _payload(p, result, scratch, _out_dim(module, feeds[0]), bundle, langs, opts["force"], mobile)
 
 
 def _session(path: Path) -> Any:
@@ -132,10 +137,12 @@ def _out_dim(module: Any, feeds: dict[str, Any]) -> int:
 
 
 def _payload(p: Prepared, result: dict[str, Any], scratch: Path, out_dim: int, bundle: bool, langs: list[str],
-             force: bool) -> Payload:
-    """The provenance, the bundle manifest's fields (bundles only) and the files the writer copies from ``scratch``."""
+             force: bool, mobile: dict[str, Any] | None = None) -> Payload:
+    """The provenance, the bundle manifest's fields (bundles only) and the files the writer copies from ``scratch``
+    (with ``mobile``, the `--ort` entry: model.ort and required_operators.config too)."""
     model_file, qinfo, task = result["model_file"], result["quantization"], p.spec.task
-    files = [model_file, "tokenizer.json", "mlcompress.json"]
+    extra = [mobile["model"], mobile["operators_config"]] if mobile else []
+    files = [model_file, "tokenizer.json", *extra, "mlcompress.json"]
     params = {"format": result["format"], "quantize": result["quantize"], "bundle": bundle,
               "languages": langs or sorted(k for k in p.sources if k != "given"), "task": task, "prefix": p.prefix,
               "max_length": p.max_length, "quantization": qinfo, "force": force}
@@ -143,6 +150,9 @@ def _payload(p: Prepared, result: dict[str, Any], scratch: Path, out_dim: int, b
     src_entry = {**p.source.describe(), "sha256": sha256_file(weights[0]) if weights else None}
     metrics = {"parity": result["parity"], "latency_ms": result["latency_ms"], "fused_operators": result["fused_operators"],
                "model_bytes": (scratch / model_file).stat().st_size}
+    if mobile:
+        params["ort"] = {k: v for k, v in mobile.items() if k != "operators"}
+        metrics["ort_model_bytes"] = (scratch / mobile["model"]).stat().st_size
     manifest = None
     if bundle:
         shape = ["batch", out_dim] if task in ("sentence-embedding", "sequence-classification") else ["batch", "sequence", out_dim]
@@ -156,5 +166,7 @@ def _payload(p: Prepared, result: dict[str, Any], scratch: Path, out_dim: int, b
             "languages": params["languages"], "quantization": {"name": result["quantize"], **qinfo},
             "source": src_entry, "parity": result["parity"], "latency_ms": result["latency_ms"], "measured_on": measured_on(),
         }
-    return Payload(save=copier(scratch, [model_file, "tokenizer.json"]), params=params, inputs=[src_entry], metrics=metrics,
+        if mobile:
+            manifest["ort"] = mobile
+    return Payload(save=copier(scratch, [model_file, "tokenizer.json", *extra]), params=params, inputs=[src_entry], metrics=metrics,
                    result=result, manifest=manifest, files=files)

@@ -3,6 +3,7 @@
     from mlcompress.export import runtime
     model = runtime.load("bundle/")          # verifies every file's sha256 first
     emb = model.encode(["Guten Morgen", "Good morning"])   # (2, dim) float32, L2-normalised
+    mobile = runtime.load("bundle/", format="ort")    # a bundle exported with --ort: its model.ort instead
 """
 
 from __future__ import annotations
@@ -47,13 +48,45 @@ def _verified_bytes(directory: Path, manifest: dict[str, Any], name: str) -> byt
     return data
 
 
+MODEL_FORMATS = ("onnx", "ort")
+
+
+def _model_file(manifest: dict[str, Any], directory: Path, format: str) -> str:
+    """The bundle file of the model in ``format``: model.onnx (the manifest's ``model``), or the `--ort` model.ort."""
+    if format not in MODEL_FORMATS:
+        raise BundleError(f"unknown model format {format!r}", f"choose one of {', '.join(MODEL_FORMATS)}")
+    if format == "onnx":
+        return manifest["model"]
+    if not isinstance(manifest.get("ort"), dict):
+        raise BundleError(f"bundle {directory} has no .ort model", "re-export it with `mlcompress export --bundle --ort`, "
+                          "or load its ONNX model (format='onnx')")
+    return manifest["ort"]["model"]
+
+
+def _session(data: bytes, name: str, format: str, threads: int | None, providers: list[str] | None) -> Any:
+    """An onnxruntime session for the verified model bytes ``data`` (ORT's flatbuffer format when ``format`` is ort)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    if format == "ort":
+        options.add_session_config_entry("session.load_model_format", "ORT")
+    try:
+        return ort.InferenceSession(data, options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:
+        raise BundleError(f"onnxruntime cannot load {name} ({type(exc).__name__}: {exc})",
+                          "the bundle may need a newer onnxruntime (it uses contrib operators), or another "
+                          "execution provider; check `providers`") from exc
+
+
 class Bundle:
-    """A loaded, verified bundle: its manifest, tokenizer and onnxruntime session."""
+    """A loaded, verified bundle: its manifest, tokenizer and onnxruntime session (of model.onnx, or with
+    ``format="ort"`` of the `--ort` model.ort)."""
 
     def __init__(self, directory: Path, manifest: dict[str, Any], threads: int | None = None,
-                 providers: list[str] | None = None) -> None:
-        import onnxruntime as ort
-
+                 providers: list[str] | None = None, format: str = "onnx") -> None:
         check_fields(manifest, directory)  # verify_dir did; a hand-made manifest gets the same clear error
         self.directory = directory
         self.manifest = manifest
@@ -65,17 +98,9 @@ class Bundle:
         except Exception as exc:  # tokenizers raises its own Exception type for a bad file
             raise BundleError(f"bundle {directory}: cannot read its tokenizer {t['file']} ({type(exc).__name__}: {exc})",
                               "re-export the bundle; tokenizer.json must be a tokenizers-library file") from exc
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(_verified_bytes(directory, manifest, manifest["model"]), options,
-                                                providers=providers or ["CPUExecutionProvider"])
-        except Exception as exc:
-            raise BundleError(f"onnxruntime cannot load {manifest['model']} ({type(exc).__name__}: {exc})",
-                              "the bundle may need a newer onnxruntime (it uses contrib operators), or another "
-                              "execution provider; check `providers`") from exc
+        name = _model_file(manifest, directory, format)
+        self.model_file = name
+        self.session = _session(_verified_bytes(directory, manifest, name), name, format, threads, providers)
         self.task = manifest["head"]["task"]
         self.output_name = manifest["head"]["output"]
 
@@ -116,12 +141,16 @@ class Bundle:
         return result
 
 
-def load(path: str | os.PathLike[str], threads: int | None = None, providers: list[str] | None = None) -> Bundle:
-    """Open a bundle directory or .tar.gz, verify every file against the manifest, and load it."""
+def load(path: str | os.PathLike[str], threads: int | None = None, providers: list[str] | None = None,
+         format: str = "onnx") -> Bundle:
+    """Open a bundle directory or .tar.gz, verify every file against the manifest, and load it: its model.onnx, or
+    with ``format="ort"`` the model.ort that `mlcompress export --bundle --ort` wrote (the same verified bytes)."""
+    if format not in MODEL_FORMATS:  # before unpacking anything
+        raise BundleError(f"unknown model format {format!r}", f"choose one of {', '.join(MODEL_FORMATS)}")
     directory, tmp = open_bundle(path)
     try:
         manifest = verify_dir(directory)
-        bundle = Bundle(directory, manifest, threads=threads, providers=providers)
+        bundle = Bundle(directory, manifest, threads=threads, providers=providers, format=format)
     finally:
         if tmp is not None:  # the session and tokenizer are in memory now
             shutil.rmtree(tmp, ignore_errors=True)

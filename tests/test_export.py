@@ -457,3 +457,68 @@ def test_no_export_function_runs_past_80_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
                 long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert long == []
+
+
+@pytest.fixture(scope="module")
+def ort_bundle(tiny, texts, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "emb-ort"
+    export(tiny["sentence-embedding"], out, quantize="int8-dynamic", bundle=True, ort=True, texts=texts,
+           languages="en,de", **FAST)
+    return out
+
+
+def test_ort_bundle_lists_and_verifies_the_mobile_files(ort_bundle):
+    """--ort: model.ort and required_operators.config, written by onnxruntime's converter, listed with their sha256."""
+    from onnxruntime.tools.reduced_build_config_parser import parse_config
+
+    manifest = verify(ort_bundle)
+    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json", "model.ort", "required_operators.config",
+                                      "mlcompress.json"}
+    entry = manifest["ort"]
+    assert (entry["model"], entry["operators_config"]) == ("model.ort", "required_operators.config")
+    assert (entry["optimization_style"], entry["optimization_level"], entry["target_platform"]) == ("Fixed", "all", "arm")
+    assert (ort_bundle / "model.ort").read_bytes()[4:8] == b"ORTM"  # the flatbuffer's file identifier
+    required, _ = parse_config(str(ort_bundle / "required_operators.config"))
+    assert {d: sorted(o) for d, v in required.items() for o in v.values()} == {
+        d: ops for d, v in entry["operators"].items() for ops in v.values()}
+    microsoft = {op for ops in entry["operators"]["com.microsoft"].values() for op in ops}
+    assert {"GatherBlockQuantized", "QAttention"} <= microsoft, entry["operators"]
+    assert str(ort_bundle) not in (ort_bundle / "required_operators.config").read_text()  # no temp-folder path inside
+
+
+def test_ort_model_loads_in_the_runtime_with_onnx_parity(ort_bundle, bundle_dir, tmp_path, data_dir):
+    from mlcompress.export import runtime
+
+    sentences = read_lines(data_dir / "tatoeba" / "tatoeba.deu-eng.deu.gz", 8) + ["Hallo Welt", "a"]
+    mobile = runtime.load(ort_bundle, format="ort")
+    assert mobile.model_file == "model.ort"
+    reference = runtime.load(ort_bundle).encode(sentences)
+    got = mobile.encode(sentences)
+    assert got.shape == reference.shape == (10, 32)
+    assert float(np.abs(got - reference).max()) <= 1e-5
+    with pytest.raises(BundleError, match="no .ort model"):
+        runtime.load(bundle_dir, format="ort")
+    with pytest.raises(BundleError, match="unknown model format"):
+        runtime.load(ort_bundle, format="tflite")
+    bad = _copy(ort_bundle, tmp_path / "bad")
+    data = bytearray((bad / "model.ort").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bad / "model.ort").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="model.ort does not match its sha256"):
+        verify(bad)
+    with pytest.raises(BundleError, match="sha256"):
+        runtime.load(bad)  # every listed file is verified, whichever model is loaded
+
+
+def test_ort_needs_an_onnx_bundle(tiny, texts, tmp_path):
+    with pytest.raises(InputError, match="--ort without --bundle"):
+        export(tiny["sentence-embedding"], tmp_path / "o", ort=True, texts=texts, **FAST)
+    for fmt in ("tensorrt", "bnb"):
+        with pytest.raises(InputError, match=f"--ort with --format {fmt}") as info:
+            export(tiny["sentence-embedding"], tmp_path / "o", format=fmt, quantize="int4", bundle=True, ort=True)
+        assert "--format onnx --bundle" in info.value.hint
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "mlcompress"), "export", str(tiny["sentence-embedding"]), "-o",
+                           str(tmp_path / "c"), "--ort", "--text", f"de={texts['de']}"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "--ort without --bundle" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())
