@@ -67,6 +67,7 @@ def _config(tiny: dict[str, Path], **export: object) -> dict:
     ({"stages": {"trim": {"scripts": 1}}}, InputError, r"stages\.trim\.scripts is 1 .*true/false"),
     ({"stages": {"trim": {"topk": 5}}}, InputError, r"unknown key stages\.trim\.'topk' \(did you mean 'top_k'\?\)"),
     ({"stages": {"export": {"quantize": "int3"}}}, InputError, r"stages\.export\.quantize is 'int3'"),
+    ({"stages": {"export": {"ort": "yes"}}}, InputError, r"stages\.export\.ort is 'yes'"),
     ({"stages": {"distill": {"enabled": "sometimes"}}}, InputError, r"stages\.distill\.enabled is 'sometimes'"),
     ({"stages": {"trim": {}, "eval": {"tasks": "retrieval,vibes"}}}, InputError, r"stages\.eval\.tasks"),
     ({"stages": {"trim": {}, "eval": {"min_retention": -1}}}, InputError, r"stages\.eval\.min_retention"),
