@@ -20,6 +20,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -83,6 +84,15 @@ def batched(fn, texts: list[str], size: int = 32) -> np.ndarray:
     return np.concatenate([fn(texts[i:i + size]) for i in range(0, len(texts), size)])
 
 
+def reused(bundle: Path) -> SimpleNamespace | None:
+    """What an earlier run of this bench exported to ``bundle``, read back from its manifest (None if there is none)."""
+    if not (bundle / "manifest.json").is_file():
+        return None
+    m = json.loads((bundle / "manifest.json").read_text())
+    return SimpleNamespace(size_bytes=m["size_bytes"], parity=m.get("parity"), quantization=m.get("quantization"),
+                           fused_operators=m.get("fused_operators"), manifest=m)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -93,6 +103,8 @@ def main() -> None:
     parser.add_argument("--langs", default="en,de", help="en plus one language with a Tatoeba X-eng file, e.g. en,fi")
     parser.add_argument("--max-drop", default=None, help="also export int8-dynamic with each of these --max-drop values "
                         "(comma-separated: a curve)")
+    parser.add_argument("--reuse", action="store_true", help="reuse the bundles already in --out (time and score them "
+                        "again, e.g. on an idle CPU, without exporting)")
     parser.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
                         help="int8 weights in 7 bits (on), 8 bits (off), or the export's default for this CPU (auto)")
     parser.add_argument("--quants", default=",".join(QUANTS), help="which plain quantisations to export (none is needed "
@@ -149,8 +161,9 @@ def main() -> None:
     for q, max_drop in runs:
         t = time.perf_counter()
         name = q if max_drop is None else f"{q}-max-drop-{max_drop:g}"
-        res = export(trimmed, args.out / f"bundle-{name}", quantize=q, bundle=True, overwrite=True, measure_latency=False,
-                     max_drop=max_drop, reduce_range=reduce_range)
+        res = reused(args.out / f"bundle-{name}") if args.reuse else None
+        res = res or export(trimmed, args.out / f"bundle-{name}", quantize=q, bundle=True, overwrite=True,
+                            measure_latency=False, max_drop=max_drop, reduce_range=reduce_range)
         took = time.perf_counter() - t
         model = runtime.load(args.out / f"bundle-{name}")
         archive = pack(args.out / f"bundle-{name}", args.out / f"bundle-{name}.tar.gz")  # the form shipped to a device
