@@ -82,13 +82,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _left_by_dead_process(suffix: str) -> bool:
+    """Whether a leftover name's ``PID-…`` suffix names a process that no longer runs."""
+    pid = suffix.split("-", 1)[0]
+    return pid.isdigit() and not _alive(int(pid))
+
+
 def sweep_leftovers(final: Path) -> None:
     """Clean up after runs to ``final`` that were killed: their temporary folders go, and a previous artifact
     caught between the two renames of a replacement is put back. Folders of live processes are left alone."""
     for leftover in final.parent.glob(f".{glob.escape(final.name)}.*-*"):
         kind, _, rest = leftover.name[len(final.name) + 2:].partition("-")
-        pid = rest.split("-", 1)[0]
-        if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
+        if kind not in ("tmp", "old") or not _left_by_dead_process(rest):
             continue
         previous = leftover / "previous"
         with contextlib.suppress(OSError):  # best effort: a folder we may not change is left as it is
@@ -105,8 +110,7 @@ def scratch_dir(kind: str) -> Path:
     that killed processes left behind (an export's scratch holds graphs of hundreds of MB)."""
     stem = f"mlcompress-{kind}-"
     for old in Path(tempfile.gettempdir()).glob(f"{stem}*-*"):
-        pid = old.name[len(stem):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)) and old.is_dir() and not old.is_symlink():
+        if _left_by_dead_process(old.name[len(stem):]) and old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{stem}{os.getpid()}-"))
 
