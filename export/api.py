@@ -35,14 +35,17 @@ def _check_arguments(format: str, quantize: str, calibration: str, max_drop: flo
                          "use --max-drop between 0 and 1 (e.g. 0.005) with --format onnx and int8-dynamic, int8-static or int4")
 
 
-def _check_ort(ort: bool, format: str, bundle: bool) -> None:
-    """--ort converts a bundle's ONNX graph: refuse it without --bundle or with another format."""
-    if ort and format != "onnx":
-        raise InputError(f"--ort with --format {format}: the .ort form is converted from an ONNX graph",
-                         "use --ort with --format onnx --bundle")
-    if ort and not bundle:
-        raise InputError("--ort without --bundle: the .ort model and its operator config go into an edge bundle",
-                         "add --bundle (OUT a directory or a .tar.gz)")
+def _check_forms(ort: bool, tokenizer_in_graph: bool, format: str, bundle: bool) -> None:
+    """--ort and --tokenizer-in-graph add forms of a bundle's ONNX graph: refuse them without --bundle or with another
+    format."""
+    for flag, given, what in (("--ort", ort, "the .ort model and its operator config go"),
+                              ("--tokenizer-in-graph", tokenizer_in_graph, "the model with its tokenizer inside goes")):
+        if given and format != "onnx":
+            raise InputError(f"{flag} with --format {format}: that form is built from an ONNX graph",
+                             f"use {flag} with --format onnx --bundle")
+        if given and not bundle:
+            raise InputError(f"{flag} without --bundle: {what} into an edge bundle",
+                             "add --bundle (OUT a directory or a .tar.gz)")
 
 
 def _check_output(output: Path, bundle: bool, overwrite: bool) -> bool:
@@ -62,6 +65,7 @@ def export(
     quantize: str = "int8-dynamic",
     bundle: bool = False,
     ort: bool = False,
+    tokenizer_in_graph: bool = False,
     languages: str | list[str] | None = None,
     texts: Mapping[str, str | os.PathLike[str] | list[str]] | list[str] | None = None,
     task: str | None = None,
@@ -93,9 +97,11 @@ def export(
     the drop against the float graph (1 - mean cosine; 1 - label agreement for classifiers) on ``accuracy_texts``
     held-out target-language sentences is within it; the manifest records what was kept and what it cost.
     ``ort`` (bundles, onnx) also writes ONNX Runtime's mobile form: model.ort and required_operators.config.
+    ``tokenizer_in_graph`` (bundles, onnx) also writes model_with_tokenizer.onnx: strings in, the model's output out
+    (onnxruntime-extensions' SentencePiece tokenizer), checked against tokenizer.json + model.onnx.
     """
     _check_arguments(format, quantize, calibration, max_drop)
-    _check_ort(ort, format, bundle)
+    _check_forms(ort, tokenizer_in_graph, format, bundle)
     output = Path(output).expanduser().absolute()
     langs = parse_languages(languages) if languages and (not isinstance(languages, str) or languages.strip()) else []
     if format == "tensorrt":
@@ -110,11 +116,16 @@ def export(
 
     prepared = prepare(model, cache_dir, texts, langs, task=task, pooling=pooling, normalize=normalize, prefix=prefix,
                        max_length=max_length)
+    if tokenizer_in_graph:
+        from .tokenizer_graph import check_supported
+
+        check_supported(prepared.tokenizer_json, prepared.spec.task)
     opts = {"per_channel": per_channel, "reduce_range": reduce_range, "quantize_embeddings": quantize_embeddings,
             "embedding_block_size": embedding_block_size, "int4_block_size": int4_block_size, "calibration": calibration,
             "optimize": optimize, "parity_texts": parity_texts, "calibration_texts": calibration_texts,
             "min_cosine": min_cosine, "min_agreement": min_agreement, "max_drop": max_drop,
-            "accuracy_texts": accuracy_texts, "force": force, "measure_latency": measure_latency, "ort": ort}
+            "accuracy_texts": accuracy_texts, "force": force, "measure_latency": measure_latency, "ort": ort,
+            "tokenizer_in_graph": tokenizer_in_graph}
     scratch = scratch_dir("export")
     try:
         payload = export_graph(prepared, scratch, format, quantize, bundle, langs, opts)

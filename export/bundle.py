@@ -28,6 +28,7 @@ REQUIRED_FIELDS = {"model": str, "files": dict, "tokenizer": dict, "head": dict,
 REQUIRED_TOKENIZER_FIELDS = ("file", "pad_id", "pad_token", "max_length")
 REQUIRED_HEAD_FIELDS = ("task", "output")
 ORT_FIELDS = ("model", "operators_config")  # the manifest's `ort` entry (bundles exported with --ort)
+TEXT_FIELDS = ("model", "input")  # its `tokenizer_in_graph` entry (--tokenizer-in-graph)
 
 
 class BundleError(InputError):
@@ -97,7 +98,7 @@ def check_fields(manifest: dict[str, Any], where: Path) -> None:
         raise BundleError(f"{where / MANIFEST} lacks field(s) {', '.join(missing)} (or they have the wrong type)",
                           "the bundle is incomplete or from another tool; re-export it with `mlcompress export --bundle`")
     files = manifest["files"]
-    roles = [("model", manifest["model"]), ("tokenizer", manifest["tokenizer"]["file"]), *_ort_files(manifest, where)]
+    roles = [("model", manifest["model"]), ("tokenizer", manifest["tokenizer"]["file"]), *_form_files(manifest, where)]
     for role, name in roles:
         if not isinstance(name, str) or name not in files:
             raise BundleError(f"{where / MANIFEST}: its {role} file {name!r} is not among the files it lists with a sha256",
@@ -108,15 +109,20 @@ def check_fields(manifest: dict[str, Any], where: Path) -> None:
                               "re-export the bundle")
 
 
-def _ort_files(manifest: dict[str, Any], where: Path) -> list[tuple[str, Any]]:
-    """The `--ort` files a manifest names (none without an ``ort`` entry): they too must be listed with a sha256."""
-    if "ort" not in manifest:
-        return []
-    entry = manifest["ort"]
-    if not isinstance(entry, dict) or not all(k in entry for k in ORT_FIELDS):
-        raise BundleError(f"{where / MANIFEST}: its ort entry lacks {' or '.join(ORT_FIELDS)}",
-                          "the bundle is incomplete or from another tool; re-export it with `--bundle --ort`")
-    return [(".ort model", entry["model"]), ("operator config", entry["operators_config"])]
+def _form_files(manifest: dict[str, Any], where: Path) -> list[tuple[str, Any]]:
+    """The files of the other forms a manifest names (`--ort`'s model.ort and operator config, `--tokenizer-in-graph`'s
+    model; none without those entries): they too must be listed with a sha256."""
+    roles: list[tuple[str, Any]] = []
+    for key, fields, flag, names in (("ort", ORT_FIELDS, "--ort", (".ort model", "operator config")),
+                                     ("tokenizer_in_graph", TEXT_FIELDS, "--tokenizer-in-graph", ("tokenizer-in-graph model",))):
+        if key not in manifest:
+            continue
+        entry = manifest[key]
+        if not isinstance(entry, dict) or not all(k in entry for k in fields):
+            raise BundleError(f"{where / MANIFEST}: its {key} entry lacks {' or '.join(fields)}",
+                              f"the bundle is incomplete or from another tool; re-export it with `--bundle {flag}`")
+        roles += [(name, entry[field]) for name, field in zip(names, fields)]
+    return roles
 
 
 def verify_dir(directory: Path) -> dict[str, Any]:

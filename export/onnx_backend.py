@@ -85,14 +85,37 @@ def export_graph(p: Prepared, scratch: Path, format: str, quantize: str, bundle:
         from .tensorrt import build_engine
 
         model_file, qinfo = build_engine(final, scratch / "model.engine", quantize).name, {**qinfo, "tensorrt": True}
-    mobile = None
+    forms = _edge_forms(final, p, scratch, tok, opts)
+    result = {"format": format, "quantize": quantize, "task": p.spec.task, "model_file": model_file, "parity": parity,
+              "latency_ms": latency, "fused_operators": fused, "quantization": qinfo}
+    return _payload(p, result, scratch, _out_dim(module, feeds[0]), bundle, langs, opts["force"], forms)
+
+
+def _edge_forms(final: Path, p: Prepared, scratch: Path, tok: Any, opts: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The bundle's other forms of the model, by manifest key: ``ort`` (--ort: model.ort and its operator config) and
+    ``tokenizer_in_graph`` (--tokenizer-in-graph: strings in, checked against the two-file path on target text)."""
+    forms: dict[str, dict[str, Any]] = {}
     if opts.get("ort"):
         from .mobile import convert
 
-        mobile = convert(final, scratch)
-    result = {"format": format, "quantize": quantize, "task": p.spec.task, "model_file": model_file, "parity": parity,
-              "latency_ms": latency, "fused_operators": fused, "quantization": qinfo}
-    return _payload(p, result, scratch, _out_dim(module, feeds[0]), bundle, langs, opts["force"], mobile)
+        forms["ort"] = convert(final, scratch)
+    if opts.get("tokenizer_in_graph"):
+        from mlcompress.errors import GateError
+
+        from .tokenizer_graph import TEXT_MODEL, text_model_parity, write_text_model
+
+        with step("building the model with its tokenizer inside (onnxruntime-extensions)", "export without --tokenizer-in-graph"):
+            entry = write_text_model(final, scratch / TEXT_MODEL, p.tokenizer_json, p.prefix, p.max_length, p.pad_id)
+        texts = sentences(take(p.sources, max(1, opts["parity_texts"]), 0))
+        entry["parity"] = text_model_parity(scratch / TEXT_MODEL, final, tok, p.tokenizer_json, p.prefix, p.max_length,
+                                            p.pad_id, texts)
+        if not entry["parity"]["passed"] and not opts["force"]:
+            raise GateError(f"the model with its tokenizer inside differs from tokenizer.json + model: "
+                            f"{entry['parity']['token_id_mismatches']} of {len(texts)} texts got other token ids "
+                            f"(e.g. {entry['parity']['mismatched'][:2]}), largest output difference "
+                            f"{entry['parity']['max_abs_diff']:.2e}", "report it; --force writes the bundle anyway")
+        forms["tokenizer_in_graph"] = entry
+    return forms
 
 
 def _session(path: Path) -> Any:
@@ -137,11 +160,13 @@ def _out_dim(module: Any, feeds: dict[str, Any]) -> int:
 
 
 def _payload(p: Prepared, result: dict[str, Any], scratch: Path, out_dim: int, bundle: bool, langs: list[str],
-             force: bool, mobile: dict[str, Any] | None = None) -> Payload:
+             force: bool, forms: dict[str, dict[str, Any]] | None = None) -> Payload:
     """The provenance, the bundle manifest's fields (bundles only) and the files the writer copies from ``scratch``
-    (with ``mobile``, the `--ort` entry: model.ort and required_operators.config too)."""
+    (with ``forms``, the other forms' files too: `--ort`'s model.ort and its config, `--tokenizer-in-graph`'s model)."""
     model_file, qinfo, task = result["model_file"], result["quantization"], p.spec.task
-    extra = [mobile["model"], mobile["operators_config"]] if mobile else []
+    forms = forms or {}
+    mobile = forms.get("ort")
+    extra = [entry[key] for entry in forms.values() for key in ("model", "operators_config") if key in entry]
     files = [model_file, "tokenizer.json", *extra, "mlcompress.json"]
     params = {"format": result["format"], "quantize": result["quantize"], "bundle": bundle,
               "languages": langs or sorted(k for k in p.sources if k != "given"), "task": task, "prefix": p.prefix,
@@ -153,6 +178,10 @@ def _payload(p: Prepared, result: dict[str, Any], scratch: Path, out_dim: int, b
     if mobile:
         params["ort"] = {k: v for k, v in mobile.items() if k != "operators"}
         metrics["ort_model_bytes"] = (scratch / mobile["model"]).stat().st_size
+    if "tokenizer_in_graph" in forms:
+        params["tokenizer_in_graph"] = True
+        metrics["tokenizer_in_graph"] = {"parity": forms["tokenizer_in_graph"]["parity"],
+                                         "model_bytes": (scratch / forms["tokenizer_in_graph"]["model"]).stat().st_size}
     manifest = None
     if bundle:
         shape = ["batch", out_dim] if task in ("sentence-embedding", "sequence-classification") else ["batch", "sequence", out_dim]
@@ -166,7 +195,6 @@ def _payload(p: Prepared, result: dict[str, Any], scratch: Path, out_dim: int, b
             "languages": params["languages"], "quantization": {"name": result["quantize"], **qinfo},
             "source": src_entry, "parity": result["parity"], "latency_ms": result["latency_ms"], "measured_on": measured_on(),
         }
-        if mobile:
-            manifest["ort"] = mobile
+        manifest.update(forms)
     return Payload(save=copier(scratch, [model_file, "tokenizer.json", *extra]), params=params, inputs=[src_entry], metrics=metrics,
                    result=result, manifest=manifest, files=files)

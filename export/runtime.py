@@ -4,6 +4,8 @@
     model = runtime.load("bundle/")          # verifies every file's sha256 first
     emb = model.encode(["Guten Morgen", "Good morning"])   # (2, dim) float32, L2-normalised
     mobile = runtime.load("bundle/", format="ort")    # a bundle exported with --ort: its model.ort instead
+    text = runtime.load("bundle/", format="tokenizer-in-graph")  # --tokenizer-in-graph: strings go into the graph
+                                                     # (onnxruntime + onnxruntime-extensions; tokenizers is not used)
 """
 
 from __future__ import annotations
@@ -48,19 +50,32 @@ def _verified_bytes(directory: Path, manifest: dict[str, Any], name: str) -> byt
     return data
 
 
-MODEL_FORMATS = ("onnx", "ort")
+MODEL_FORMATS = ("onnx", "ort", "tokenizer-in-graph")
+_FORM_KEYS = {"ort": ("ort", "--ort"), "tokenizer-in-graph": ("tokenizer_in_graph", "--tokenizer-in-graph")}
 
 
 def _model_file(manifest: dict[str, Any], directory: Path, format: str) -> str:
-    """The bundle file of the model in ``format``: model.onnx (the manifest's ``model``), or the `--ort` model.ort."""
+    """The bundle file of the model in ``format``: model.onnx (the manifest's ``model``), the `--ort` model.ort, or the
+    `--tokenizer-in-graph` model_with_tokenizer.onnx."""
     if format not in MODEL_FORMATS:
         raise BundleError(f"unknown model format {format!r}", f"choose one of {', '.join(MODEL_FORMATS)}")
     if format == "onnx":
         return manifest["model"]
-    if not isinstance(manifest.get("ort"), dict):
-        raise BundleError(f"bundle {directory} has no .ort model", "re-export it with `mlcompress export --bundle --ort`, "
-                          "or load its ONNX model (format='onnx')")
-    return manifest["ort"]["model"]
+    key, flag = _FORM_KEYS[format]
+    if not isinstance(manifest.get(key), dict):
+        raise BundleError(f"bundle {directory} has no {format} model", f"re-export it with `mlcompress export --bundle "
+                          f"{flag}`, or load its ONNX model (format='onnx')")
+    return manifest[key]["model"]
+
+
+def _extensions_options(options: Any) -> None:
+    """Register onnxruntime-extensions' operators (the in-graph tokenizer's) with the session ``options``."""
+    try:
+        from onnxruntime_extensions import get_library_path
+    except ImportError as exc:
+        raise BundleError("the tokenizer-in-graph model needs onnxruntime-extensions, which is not installed",
+                          "pip install onnxruntime-extensions (or 'mlcompress[edge]'), or load format='onnx'") from exc
+    options.register_custom_ops_library(get_library_path())
 
 
 def _session(data: bytes, name: str, format: str, threads: int | None, providers: list[str] | None) -> Any:
@@ -73,6 +88,8 @@ def _session(data: bytes, name: str, format: str, threads: int | None, providers
     options.log_severity_level = 3
     if format == "ort":
         options.add_session_config_entry("session.load_model_format", "ORT")
+    if format == "tokenizer-in-graph":
+        _extensions_options(options)
     try:
         return ort.InferenceSession(data, options, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:
@@ -82,8 +99,9 @@ def _session(data: bytes, name: str, format: str, threads: int | None, providers
 
 
 class Bundle:
-    """A loaded, verified bundle: its manifest, tokenizer and onnxruntime session (of model.onnx, or with
-    ``format="ort"`` of the `--ort` model.ort)."""
+    """A loaded, verified bundle: its manifest, tokenizer and onnxruntime session (of model.onnx; with
+    ``format="ort"`` of the `--ort` model.ort; with ``format="tokenizer-in-graph"`` of model_with_tokenizer.onnx, which
+    tokenizes inside, so tokenizer.json is not read)."""
 
     def __init__(self, directory: Path, manifest: dict[str, Any], threads: int | None = None,
                  providers: list[str] | None = None, format: str = "onnx") -> None:
@@ -92,23 +110,35 @@ class Bundle:
         self.manifest = manifest
         t = manifest["tokenizer"]
         self.prefix = t.get("prefix") or ""
-        tok_bytes = _verified_bytes(directory, manifest, t["file"])
-        try:
-            self.tokenizer = make_tokenizer(tok_bytes, int(t["pad_id"]), str(t["pad_token"]), int(t["max_length"]))
-        except Exception as exc:  # tokenizers raises its own Exception type for a bad file
-            raise BundleError(f"bundle {directory}: cannot read its tokenizer {t['file']} ({type(exc).__name__}: {exc})",
-                              "re-export the bundle; tokenizer.json must be a tokenizers-library file") from exc
+        self.format = format
+        self.tokenizer = None if format == "tokenizer-in-graph" else self._tokenizer(directory, manifest)
         name = _model_file(manifest, directory, format)
         self.model_file = name
         self.session = _session(_verified_bytes(directory, manifest, name), name, format, threads, providers)
         self.task = manifest["head"]["task"]
         self.output_name = manifest["head"]["output"]
 
+    @staticmethod
+    def _tokenizer(directory: Path, manifest: dict[str, Any]) -> Any:
+        """The bundle's verified tokenizer.json with its padding and truncation."""
+        t = manifest["tokenizer"]
+        tok_bytes = _verified_bytes(directory, manifest, t["file"])
+        try:
+            return make_tokenizer(tok_bytes, int(t["pad_id"]), str(t["pad_token"]), int(t["max_length"]))
+        except Exception as exc:  # tokenizers raises its own Exception type for a bad file
+            raise BundleError(f"bundle {directory}: cannot read its tokenizer {t['file']} ({type(exc).__name__}: {exc})",
+                              "re-export the bundle; tokenizer.json must be a tokenizers-library file") from exc
+
     def run(self, texts: list[str] | str, batch_size: int = 32) -> list[np.ndarray]:
-        """Raw outputs per batch of ``texts`` (embeddings, or logits with the attention mask's padding)."""
+        """Raw outputs per batch of ``texts`` (embeddings, or logits with the attention mask's padding; the
+        tokenizer-in-graph model takes the strings themselves and adds the prefix inside)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         outs = []
         for i in range(0, len(texts), batch_size):
+            if self.tokenizer is None:
+                batch = np.array(texts[i:i + batch_size], dtype=object)
+                outs.append((self.session.run([self.output_name], {self.manifest["tokenizer_in_graph"]["input"]: batch})[0], None))
+                continue
             feeds = tokenize(self.tokenizer, texts[i:i + batch_size], self.prefix)
             outs.append((self.session.run([self.output_name], feeds)[0], feeds["attention_mask"]))
         return outs
