@@ -15,6 +15,17 @@ from mlcompress.errors import CorpusError, InputError
 from mlcompress.languages import normalize_language
 
 _TEXT_SUFFIXES = (".txt", ".txt.gz", ".gz", ".text", ".tsv", ".tsv.gz")
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_data_dir() -> Path | None:
+    """$MLCOMPRESS_DATA, else ../shared/data beside the repository (or the working directory), when present."""
+    env = os.environ.get("MLCOMPRESS_DATA")
+    for cand in ([Path(env)] if env else []) + [_REPO_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data",
+                                                 Path.cwd() / "shared" / "data"]:
+        if cand.is_dir():
+            return cand.absolute()
+    return None
 
 
 @dataclass(frozen=True)

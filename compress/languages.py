@@ -45,6 +45,8 @@ LANGUAGES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "zh": ("Chinese", ("CJK",), "zho"),
 }
 _BY_ISO3 = {iso3: code for code, (_, _, iso3) in LANGUAGES.items()}
+# Tatoeba (LASER) file codes where they differ from the ISO 639-3 code above
+_TATOEBA_CODE = {"zh": "cmn", "fa": "pes", "sw": "swh", "ms": "zsm", "lv": "lvs", "no": "nob"}
 
 
 def normalize_language(code: str) -> str:
@@ -72,3 +74,8 @@ def parse_languages(spec: str | list[str] | tuple[str, ...]) -> list[str]:
 def scripts_of(languages: list[str]) -> set[str]:
     """The Unicode scripts the given languages are written in."""
     return {s for lang in languages for s in LANGUAGES[normalize_language(lang)][1]}
+
+
+def tatoeba_code(lang: str) -> str:
+    """The three-letter code of a language in the LASER Tatoeba file names (``tatoeba.deu-eng.deu.gz``)."""
+    return _TATOEBA_CODE.get(lang) or LANGUAGES[lang][2]

@@ -19,11 +19,10 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from mlcompress.errors import InputError
+from mlcompress.languages import tatoeba_code
 
 TASKS = ("fidelity", "retrieval", "pos", "nli", "sts", "efficiency")
 
-# Tatoeba file codes where they differ from the ISO 639-3 code of mlcompress' language table
-_TATOEBA_CODE = {"zh": "cmn", "fa": "pes", "sw": "swh", "ms": "zsm", "lv": "lvs", "no": "nob"}
 _STS17 = {  # track file stem -> (lang1, lang2); track 6 (tr-en) is left out: its gold file is not line-aligned
     "track1.ar-ar": ("ar", "ar"), "track2.ar-en": ("ar", "en"), "track3.es-es": ("es", "es"),
     "track4a.es-en": ("es", "en"), "track4b.es-en": ("es", "en"), "track5.en-en": ("en", "en"),
@@ -39,13 +38,6 @@ def parse_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
         raise InputError(f"unknown task(s): {', '.join(unknown) or '(none given)'}",
                          f"choose from {','.join(TASKS)}, e.g. --tasks retrieval,pos,sts")
     return [t for t in TASKS if t in items]
-
-
-def tatoeba_code(lang: str) -> str:
-    """The three-letter code of a language in the LASER Tatoeba file names."""
-    from mlcompress.languages import LANGUAGES
-
-    return _TATOEBA_CODE.get(lang) or LANGUAGES[lang][2]
 
 
 def read_lines(path: Path, n: int | None = None, skip: int = 0) -> list[str]:

@@ -10,12 +10,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mlcompress.corpus import default_data_dir
 from mlcompress.errors import InputError, LanguageError
 from mlcompress.languages import normalize_language, parse_languages
 from mlcompress.sources import DEFAULT_MODEL
 
 STAGES = ("trim", "distill", "export", "eval")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # the default eval: tasks a vocabulary trim + int8 export can be judged on with an embedding-only bundle, on a CPU, in minutes
 DEFAULT_EVAL_TASKS = "retrieval,sts,fidelity,efficiency"
@@ -266,16 +266,6 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise InputError(f"config file {p} is not valid YAML: {exc}", "check its indentation and quoting") from exc
     return validate_config(raw if raw is not None else {}, p.parent.absolute())
-
-
-def default_data_dir() -> Path | None:
-    """$MLCOMPRESS_DATA, else ../shared/data beside the repository (or the working directory), when present."""
-    env = os.environ.get("MLCOMPRESS_DATA")
-    for cand in ([Path(env)] if env else []) + [REPO_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data",
-                                                 Path.cwd() / "shared" / "data"]:
-        if cand.is_dir():
-            return cand.absolute()
-    return None
 
 
 def default_config(languages: str | list[str], data: str | os.PathLike[str] | None = None,
