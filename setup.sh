@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install mlcompress into it (editable). `./setup.sh --dev` adds the test tools.
+# Create .venv and install mlcompress into it (editable). `./setup.sh --dev` adds the test tools, and headless
+# Chromium with its driver (Debian packages chromium, chromium-driver) for the web demo's test, when missing.
 # On a machine without an NVIDIA GPU the CPU build of torch is installed first, so that the
 # project's torch range is met without pulling a multi-GB CUDA build.
 set -euo pipefail
@@ -17,5 +18,15 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
 fi
 extras=""
 [ "${1:-}" = "--dev" ] && extras="[dev]"
+if [ -n "$extras" ] && ! { command -v chromedriver >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1; }; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -q
+    $SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver
+  else
+    echo "warning: install Chromium and chromedriver yourself (no apt-get here): tests/test_web_demo.py needs them" >&2
+  fi
+fi
 "$VPY" -m pip install -q -e ".${extras}"
 echo "mlcompress installed in .venv ($("$VPY" -c 'import mlcompress, torch; print(mlcompress.__version__, "torch", torch.__version__)'))"

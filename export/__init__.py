@@ -7,5 +7,6 @@ from .api import export
 from .bundle import BundleError, verify
 from .quantize import QUANTIZE_CHOICES
 from .result import ExportResult
+from .web_demo import write_demo
 
-__all__ = ["QUANTIZE_CHOICES", "BundleError", "ExportResult", "export", "verify"]
+__all__ = ["QUANTIZE_CHOICES", "BundleError", "ExportResult", "export", "verify", "write_demo"]

@@ -1,4 +1,5 @@
-"""CLI commands of the export stage (`mlcompress export`, `mlcompress bundle verify`), mounted by `mlcompress.cli`."""
+"""CLI commands of the export stage (`mlcompress export`, `mlcompress bundle verify`, `mlcompress bundle demo`), mounted by
+`mlcompress.cli`."""
 
 from __future__ import annotations
 
@@ -121,6 +122,29 @@ def verify_command(path: Annotated[Path, typer.Argument(help="A bundle directory
     size = sum(e["bytes"] for e in files.values())
     Console().print(f"ok: {path} ({manifest['head']['task']}, {quantization}, "
                     f"{len(files)} files, {size / 1e6:.1f} MB) matches its manifest")
+
+
+@bundle_app.command("demo")
+def demo_command(
+    bundle: Annotated[Path, typer.Argument(help="A sentence-embedding bundle directory or .tar.gz.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write the page into (serve it over http).")],
+    sentences: Annotated[Optional[Path], typer.Option("--sentences", help="Sentences to rank, one a line (plain or .gz). Default: Tatoeba lines in the bundle's languages from --data.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="A folder laid out like ../shared/data, for the default sentences (default: $MLCOMPRESS_DATA or ../shared/data).")] = None,
+    per_language: Annotated[int, typer.Option(help="Default sentences per bundle language.")] = 20,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists (only once the new one is complete).")] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache for the npm packages the page runs (onnxruntime-web, @huggingface/tokenizers).")] = None,
+) -> None:
+    """Write a static web page that runs the bundle in the browser (onnxruntime-web, wasm) and ranks sentences by similarity."""
+    from rich.console import Console
+
+    from mlcompress.export.web_demo import write_demo
+
+    out = write_demo(bundle, output, sentences, data=data, per_language=per_language, overwrite=overwrite,
+                     cache_dir=cache_dir)
+    console = Console(soft_wrap=True)
+    console.print(f"wrote the demo of {bundle} to {out}")
+    console.print(f"  serve it: python -m http.server -d {out} 8000", highlight=False)
+    console.print("  and open: http://localhost:8000/", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
