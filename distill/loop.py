@@ -23,6 +23,8 @@ import torch
 
 from mlcompress.errors import InputError, OutputError
 
+from .workdir import complete_checkpoints
+
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
@@ -115,12 +117,6 @@ def make_accelerator(config: TrainConfig):
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=precision, step_scheduler_with_optimizer=False)
     set_seed(config.seed)
     return accelerator
-
-
-def _checkpoints(work_dir: Path) -> list[Path]:
-    root = work_dir / "checkpoints"
-    found = [p for p in root.glob("step-*") if (p / "trainer_state.json").is_file()] if root.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 class LinearSchedule:
@@ -218,7 +214,7 @@ def train(model: torch.nn.Module, loss_fn: LossFn, batch_for_step: Callable[[int
                          f"{config.grad_accum} accumulation step(s)", "choose a batch size divisible by their product")
     model, optimizer, scheduler, schedule = _prepare(model, config, accelerator)
     state = TrainState()
-    existing = _checkpoints(work)
+    existing = complete_checkpoints(work)
     saved_plan = None
     if existing:
         accelerator.load_state(str(existing[-1]))
@@ -338,7 +334,7 @@ def _save_checkpoint(accelerator, work: Path, state: TrainState, keep: int) -> N
         partial = target / "trainer_state.json.partial"  # the file that marks a checkpoint complete: renamed into place
         partial.write_text(json.dumps({"step": state.step, "tokens": state.tokens, "planned_steps": state.planned}) + "\n")
         os.replace(partial, target / "trainer_state.json")
-        for old in _checkpoints(work)[:-max(keep, 1)]:
+        for old in complete_checkpoints(work)[:-max(keep, 1)]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 

@@ -28,7 +28,7 @@ from .objective import add_representation_terms, paired_forward
 from .sparse import SparseUpdate, select_by_movement
 from .student import PROJECTION_FILE, encoder_layers, hidden_pairs
 from .task_data import TASKS, encode_task, example_batches
-from .workdir import close_work_dir, open_work_dir
+from .workdir import close_work_dir, discard_if_unused, open_work_dir, work_dir_for
 
 DENSE_SHARE = 1 / 3  # of a time budget, for the dense pass that picks the sparse parameters
 
@@ -65,28 +65,30 @@ def finetune_teacher(source: str | os.PathLike[str], task: str, train_file: str 
                 "max_examples": max_examples, "max_length": max_length,
                 "train": {k: v for k, v in asdict(config).items() if k != "progress"}}
     accelerator = make_accelerator(config)  # device errors before anything is written
+    fresh = not work_dir_for(out).exists()
     work = open_work_dir(out, settings, overwrite, restart, accelerator)
-    tok = load_tokenizer(src.path)
-    data = encode_task(task, train_file, tok, max_length, max_examples)
-    model = load_weights(
-        _auto_class(task), src.path, num_labels=len(data.labels), id2label=dict(enumerate(data.labels)),
-        label2id={n: i for i, n in enumerate(data.labels)}, dtype=torch.float32)
+    with discard_if_unused(work, fresh, accelerator):  # a run that fails before its first checkpoint leaves nothing
+        tok = load_tokenizer(src.path)
+        data = encode_task(task, train_file, tok, max_length, max_examples)
+        model = load_weights(
+            _auto_class(task), src.path, num_labels=len(data.labels), id2label=dict(enumerate(data.labels)),
+            label2id={n: i for i, n in enumerate(data.labels)}, dtype=torch.float32)
 
-    def loss_fn(m: torch.nn.Module, batch: dict[str, torch.Tensor]):
-        loss = m(**batch).loss
-        return loss, {"loss": loss.detach()}
+        def loss_fn(m: torch.nn.Module, batch: dict[str, torch.Tensor]):
+            loss = m(**batch).loss
+            return loss, {"loss": loss.detach()}
 
-    state = train(model, loss_fn, example_batches(data, config.batch_size, config.seed), config, work, accelerator,
-                  stop_after=stop_after)
-    result = DistillResult(out, [], state.step, state.resumed_from, state.seconds,
-                           state.run_tokens / state.seconds if state.seconds else 0.0, state.last,
-                           model.num_parameters(), model.num_parameters())
-    if state.step >= state.planned and accelerator.is_main_process:
-        with atomic_output_dir(out, overwrite=overwrite) as tmp:
-            accelerator.unwrap_model(model).save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            write_provenance(tmp, "distill-teacher", settings, [src.describe()], result.as_dict())
-        close_work_dir(work, out)
+        state = train(model, loss_fn, example_batches(data, config.batch_size, config.seed), config, work, accelerator,
+                      stop_after=stop_after)
+        result = DistillResult(out, [], state.step, state.resumed_from, state.seconds,
+                               state.run_tokens / state.seconds if state.seconds else 0.0, state.last,
+                               model.num_parameters(), model.num_parameters())
+        if state.step >= state.planned and accelerator.is_main_process:
+            with atomic_output_dir(out, overwrite=overwrite) as tmp:
+                accelerator.unwrap_model(model).save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+                write_provenance(tmp, "distill-teacher", settings, [src.describe()], result.as_dict())
+            close_work_dir(work, out)
     return result
 
 
@@ -135,55 +137,57 @@ def distill_task(teacher: str | os.PathLike[str], student: str | os.PathLike[str
                 "train": {k: v for k, v in asdict(config).items() if k != "progress"}}
     started = time.perf_counter()
     accelerator = make_accelerator(config)  # device errors before anything is written
+    fresh = not work_dir_for(out).exists()
     work = open_work_dir(out, settings, overwrite, restart, accelerator)
-    cls = _auto_class(task)
-    teacher_model = load_weights(cls, t_src.path, dtype=torch.float32)
-    names = [teacher_model.config.id2label[i] for i in range(teacher_model.config.num_labels)]
-    tok = load_tokenizer(s_src.path)
-    data = encode_task(task, train_file, tok, max_length, max_examples, labels=names)
+    with discard_if_unused(work, fresh, accelerator):  # a run that fails before its first checkpoint leaves nothing
+        cls = _auto_class(task)
+        teacher_model = load_weights(cls, t_src.path, dtype=torch.float32)
+        names = [teacher_model.config.id2label[i] for i in range(teacher_model.config.num_labels)]
+        tok = load_tokenizer(s_src.path)
+        data = encode_task(task, train_file, tok, max_length, max_examples, labels=names)
 
-    def load_student() -> torch.nn.Module:
-        return load_weights(cls, s_src.path, num_labels=len(names), id2label=dict(enumerate(names)),
-                                   label2id={n: i for i, n in enumerate(names)}, dtype=torch.float32)
+        def load_student() -> torch.nn.Module:
+            return load_weights(cls, s_src.path, num_labels=len(names), id2label=dict(enumerate(names)),
+                                       label2id={n: i for i, n in enumerate(names)}, dtype=torch.float32)
 
-    student_model = load_student()
-    mapping = _layer_map(teacher_model, student_model)
-    basis = _student_basis(teacher_model, student_model, s_src.path)
-    if losses.attention:
-        use_capture_backend(teacher_model)
-        use_capture_backend(student_model)
-    teacher_model.eval().requires_grad_(False).to(accelerator.device)
-    loss_fn = phase2_loss(teacher_model, mapping, losses, task, basis)
-    batches = example_batches(data, config.batch_size, config.seed)
-
-    after_step, selected = None, None
-    if density is not None:
-        initial = {k: v.detach().clone() for k, v in student_model.state_dict().items()}
-        masks = _sparse_masks(student_model, initial, loss_fn, batches, config, dense_steps, density, work, accelerator,
-                              started)
         student_model = load_student()
-        student_model.load_state_dict(initial)  # the lottery ticket: back to the start, train only the winners
+        mapping = _layer_map(teacher_model, student_model)
+        basis = _student_basis(teacher_model, student_model, s_src.path)
         if losses.attention:
+            use_capture_backend(teacher_model)
             use_capture_backend(student_model)
-        after_step = SparseUpdate(student_model, masks)
-        after_step.freeze_unselected(student_model)
-        selected = int(sum(m.sum() for m in masks.values()))
-    state = train(student_model, loss_fn, batches, config, work / ("sparse" if density else "dense"), accelerator,
-                  after_step=after_step, stop_after=stop_after, started_at=started)
-    result = DistillResult(out, mapping, state.step, state.resumed_from, state.seconds,
-                           state.run_tokens / state.seconds if state.seconds else 0.0, state.last,
-                           teacher_model.num_parameters(), student_model.num_parameters())
-    if state.step >= state.planned and accelerator.is_main_process:
-        final = accelerator.unwrap_model(student_model)
-        final.requires_grad_(True)
-        with atomic_output_dir(out, overwrite=overwrite) as tmp:
-            final.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            if density is not None:  # the selected entries, for users composing sparse fine-tunings
-                save_file({k: m.to(torch.uint8).contiguous() for k, m in masks.items()}, str(tmp / "sparse_mask.safetensors"))
-            write_provenance(tmp, "distill-task", {**settings, "layer_map": mapping}, [t_src.describe(), s_src.describe()],
-                             {**result.as_dict(), "selected_parameters": selected})
-        close_work_dir(work, out)
+        teacher_model.eval().requires_grad_(False).to(accelerator.device)
+        loss_fn = phase2_loss(teacher_model, mapping, losses, task, basis)
+        batches = example_batches(data, config.batch_size, config.seed)
+
+        after_step, selected = None, None
+        if density is not None:
+            initial = {k: v.detach().clone() for k, v in student_model.state_dict().items()}
+            masks = _sparse_masks(student_model, initial, loss_fn, batches, config, dense_steps, density, work, accelerator,
+                                  started)
+            student_model = load_student()
+            student_model.load_state_dict(initial)  # the lottery ticket: back to the start, train only the winners
+            if losses.attention:
+                use_capture_backend(student_model)
+            after_step = SparseUpdate(student_model, masks)
+            after_step.freeze_unselected(student_model)
+            selected = int(sum(m.sum() for m in masks.values()))
+        state = train(student_model, loss_fn, batches, config, work / ("sparse" if density else "dense"), accelerator,
+                      after_step=after_step, stop_after=stop_after, started_at=started)
+        result = DistillResult(out, mapping, state.step, state.resumed_from, state.seconds,
+                               state.run_tokens / state.seconds if state.seconds else 0.0, state.last,
+                               teacher_model.num_parameters(), student_model.num_parameters())
+        if state.step >= state.planned and accelerator.is_main_process:
+            final = accelerator.unwrap_model(student_model)
+            final.requires_grad_(True)
+            with atomic_output_dir(out, overwrite=overwrite) as tmp:
+                final.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+                if density is not None:  # the selected entries, for users composing sparse fine-tunings
+                    save_file({k: m.to(torch.uint8).contiguous() for k, m in masks.items()}, str(tmp / "sparse_mask.safetensors"))
+                write_provenance(tmp, "distill-task", {**settings, "layer_map": mapping}, [t_src.describe(), s_src.describe()],
+                                 {**result.as_dict(), "selected_parameters": selected})
+            close_work_dir(work, out)
     return result
 
 

@@ -61,6 +61,14 @@ def close_work_dir(work: Path, output: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def complete_checkpoints(work_dir: Path) -> list[Path]:
+    """The checkpoints under ``work_dir/checkpoints`` that were written to the end (their trainer_state.json, written
+    last, is there), oldest first."""
+    root = work_dir / "checkpoints"
+    found = [p for p in root.glob("step-*") if (p / "trainer_state.json").is_file()] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
 @contextlib.contextmanager
 def discard_if_unused(work: Path, fresh: bool, accelerator: Any = None) -> Iterator[None]:
     """On a failure, remove the work dir this run created if it holds no checkpoint yet (a failed start leaves nothing
@@ -69,6 +77,6 @@ def discard_if_unused(work: Path, fresh: bool, accelerator: Any = None) -> Itera
         yield
     except BaseException:
         main = accelerator is None or accelerator.is_main_process
-        if fresh and main and not any((work / "checkpoints").glob("step-*/trainer_state.json")):
+        if fresh and main and not any(complete_checkpoints(c.parent) for c in work.rglob("checkpoints")):
             shutil.rmtree(work, ignore_errors=True)
         raise

@@ -13,6 +13,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer, BertModel
 
+from mlcompress.errors import CorpusError
+
 from conftest import DATA, ROOT
 from mlcompress import InputError, LanguageError, OutputExistsError
 from mlcompress.distill import Phase1Losses, TrainConfig, distill_general, distill_task, finetune_teacher, make_student
@@ -279,3 +281,15 @@ def test_narrower_student_resumes_exactly(teacher_dir: Path, tmp_path: Path) -> 
     for name in ("model.safetensors", "hidden_projection.safetensors"):
         a, b = load_file(tmp_path / "straight" / name), load_file(tmp_path / "resumed" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_failed_task_starts_leave_no_work_dir(teacher_dir: Path, tmp_path: Path) -> None:
+    """finetune_teacher and distill_task: a failure before the first checkpoint (here: no train file) leaves nothing."""
+    missing = tmp_path / "no-such-train.tsv.gz"
+    with pytest.raises(CorpusError, match="no-such-train"):  # raised after the work dir was opened
+        finetune_teacher(teacher_dir, "token-classification", missing, tmp_path / "teacher", max_examples=8,
+                         train_config=_config(steps=2, checkpoint_every=2))
+    with pytest.raises(CorpusError, match="no-such-train"):
+        distill_task(teacher_dir, teacher_dir, "token-classification", missing, tmp_path / "task", max_examples=8,
+                     train_config=_config(steps=2, checkpoint_every=2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
