@@ -32,6 +32,7 @@ def export_command(
     quantize: Annotated[str, typer.Option("--quantize", help="none, fp16, int8-dynamic, int8-static or int4.")] = "int8-dynamic",
     bundle: Annotated[bool, typer.Option("--bundle", help="Write an edge bundle: model, tokenizer.json and manifest.json.")] = False,
     ort: Annotated[bool, typer.Option("--ort", help="With --bundle and --format onnx: also write ONNX Runtime's mobile form, model.ort and required_operators.config (the operators for a reduced-size ONNX Runtime build).")] = False,
+    tokenizer_in_graph: Annotated[bool, typer.Option("--tokenizer-in-graph", help="With --bundle and --format onnx: also write model_with_tokenizer.onnx, which takes strings (the tokenizer inside, as onnxruntime-extensions operators: SentencePiece for Unigram vocabularies, BertTokenizer for WordPiece) and needs only onnxruntime and onnxruntime-extensions.")] = False,
     languages: Annotated[Optional[str], typer.Option("-l", "--languages", help="Target languages, e.g. en,de (default: the model's trim languages).")] = None,
     text: Annotated[Optional[list[str]], typer.Option("--text", help="LANG=SPEC: target-language text for the parity check and static calibration: a file or folder (plain or .gz), hf://NAME?..., or wordfreq:LANG. Repeatable. Default: the corpora the model was trimmed on.")] = None,
     task: Annotated[Optional[str], typer.Option(help="sentence-embedding, token-classification, sequence-classification or masked-lm (default: from the architecture).")] = None,
@@ -63,7 +64,8 @@ def export_command(
 
     from mlcompress.export import export
 
-    result = export(model, output, format=format, quantize=quantize, bundle=bundle, ort=ort, languages=languages,
+    result = export(model, output, format=format, quantize=quantize, bundle=bundle, ort=ort,
+                    tokenizer_in_graph=tokenizer_in_graph, languages=languages,
                     texts=_parse_texts(text or []) or None, task=task, pooling=pooling, normalize=normalize, prefix=prefix,
                     max_length=max_length, per_channel=per_channel, reduce_range=reduce_range,
                     quantize_embeddings=quantize_embeddings, embedding_block_size=embedding_block_size,

@@ -50,6 +50,7 @@ _STAGE_OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "task": ((str, _NONE), None), "quantize_embeddings": ((bool, _NONE), None), "max_length": ((int, _NONE), None),
         "min_cosine": ((float, int, _NONE), None), "force": ((bool,), False), "measure_latency": ((bool,), True),
         "max_drop": ((float, _NONE), None), "ort": ((bool,), False),
+        "tokenizer_in_graph": ((bool,), False),
     },
     "eval": {
         "tasks": ((str, list), DEFAULT_EVAL_TASKS), "min_retention": ((float, int, _NONE), DEFAULT_MIN_RETENTION),

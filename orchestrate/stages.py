@@ -50,7 +50,8 @@ def export_stage(model: Path, target: Path, cfg: dict[str, Any], corpora: dict[s
                   languages=cfg["languages"], texts=dict(corpora) or None, task=opts["task"],
                   quantize_embeddings=opts["quantize_embeddings"], max_length=opts["max_length"],
                   min_cosine=opts["min_cosine"], force=opts["force"], measure_latency=opts["measure_latency"],
-                  max_drop=opts["max_drop"], ort=opts["ort"], overwrite=True, cache_dir=cfg["cache_dir"])
+                  max_drop=opts["max_drop"], ort=opts["ort"],
+                  tokenizer_in_graph=opts["tokenizer_in_graph"], overwrite=True, cache_dir=cfg["cache_dir"])
     return {k: v for k, v in r.as_dict().items() if k not in ("output", "manifest")}
 
 
