@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 # the operators each scheme quantises (their constant weight is input 1)
-QUANTISED_OPS = {"int8-dynamic": ("MatMul", "Attention"), "int8-static": ("MatMul",), "int4": ("MatMul",)}
+QUANTISED_OPS = {"int8-dynamic": ("MatMul", "Attention"), "int8-static": ("MatMul",), "int8-weights": ("MatMul", "Attention"),
+                 "int4": ("MatMul",)}
+WEIGHT_ONLY = ("int8-weights", "int4")  # activations stay float
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def _fake_weight(w: np.ndarray, quantize: str, reduce_range: bool, block_size: i
         scale = np.abs(blocks).max(axis=1, keepdims=True) / 7
         scale[scale == 0] = 1.0
         return (np.clip(np.round(blocks / scale), -8, 7) * scale).reshape(-1, n)[:k]
-    qmax = 63 if reduce_range else 127
+    qmax = 63 if reduce_range and quantize != "int8-weights" else 127
     scale = np.abs(w).max(axis=0, keepdims=True) / qmax
     scale[scale == 0] = 1.0
     return np.clip(np.round(w / scale), -qmax, qmax) * scale
@@ -139,7 +141,7 @@ def rank_operators(graph_path: Path, feeds: list[dict[str, np.ndarray]], quantiz
             x = acts[act]
             x = x[mask] if x.shape[:2] == mask.shape else x.reshape(-1, x.shape[-1])  # real tokens only
             y = x @ w_float[name]
-            xq = x if quantize == "int4" else _fake_activation(x)
+            xq = x if quantize in WEIGHT_ONLY else _fake_activation(x)
             num[name] += float(((y - xq @ w_fake[name]) ** 2).sum())
             den[name] += float((y ** 2).sum())
     labels = labels or {}

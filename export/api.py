@@ -32,7 +32,7 @@ def _check_arguments(format: str, quantize: str, calibration: str, max_drop: flo
     if max_drop is not None and (quantize not in QUANTISED_OPS or format != "onnx"
                                  or not 0 < max_drop < 1):
         raise InputError(f"--max-drop {max_drop} with --format {format} --quantize {quantize}",
-                         "use --max-drop between 0 and 1 (e.g. 0.005) with --format onnx and int8-dynamic, int8-static or int4")
+                         "use --max-drop between 0 and 1 (e.g. 0.005) with --format onnx and int8-dynamic, int8-static, int8-weights or int4")
 
 
 def _check_forms(ort: bool, tokenizer_in_graph: bool, format: str, bundle: bool) -> None:

@@ -15,7 +15,8 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # static int8 activat
 # How far ORT fuses attention before each quantisation: dynamic int8 quantises the fused Attention op itself
 # (QAttention); static int8 and int4 quantise MatMuls only, so they keep the projections apart; fp16 graphs
 # are checked on CPU, whose fused attention kernels are fp32-only.
-ATTENTION_FUSION = {"none": "fused", "int8-dynamic": "fused", "int8-static": "mha", "int4": "mha", "fp16": "none"}
+ATTENTION_FUSION = {"none": "fused", "int8-dynamic": "fused", "int8-weights": "fused", "int8-static": "mha", "int4": "mha",
+                    "fp16": "none"}
 MODEL_FILE = "model.onnx"
 RERANK_TOP = 12  # operators re-ranked by a measured drop (a quantise-and-validate round each) before the search
 
@@ -76,7 +77,7 @@ def _quantise_once(current: Path, dst: Path, quantize: str, feeds: list[dict[str
 
     embeddings = opts["quantize_embeddings"]
     if embeddings is None:
-        embeddings = quantize in ("int8-dynamic", "int8-static", "int4")
+        embeddings = quantize in ("int8-dynamic", "int8-static", "int8-weights", "int4")
     weights = dst.with_name(dst.stem + ".weights.onnx")
     qinfo: dict[str, Any] = {}
     with step(f"the {quantize} quantisation", "try another --quantize (int8-dynamic, or none), or update onnxruntime"):
@@ -86,6 +87,8 @@ def _quantise_once(current: Path, dst: Path, quantize: str, feeds: list[dict[str
         elif quantize == "int8-static":
             qinfo = q.quantize_int8_static(current, weights, feeds, per_channel=opts["per_channel"],
                                            reduce_range=opts["reduce_range"], method=opts["calibration"], exclude=exclude)
+        elif quantize == "int8-weights":
+            qinfo = q.quantize_int8_weights(current, weights, exclude=exclude)
         elif quantize == "int4":
             qinfo = q.quantize_int4(current, weights, block_size=opts["int4_block_size"], exclude=exclude)
         elif quantize == "fp16":

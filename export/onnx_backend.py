@@ -72,7 +72,7 @@ def export_graph(p: Prepared, scratch: Path, format: str, quantize: str, bundle:
     opts = {**opts, "n_langs": n_langs, "output_name": p.spec.output_name, "task": p.spec.task}
     final, fused, qinfo = build(module, p.spec, p.config, scratch, quantize, tok, p.prefix, p.sources, p.pad_id, opts)
     with step("loading the exported graph in ONNX Runtime", "update onnxruntime, or try another --quantize"):
-        session = _session(final)
+        session = _session(final, qinfo.get("session_config"))
     from .parity import check
 
     parity = check(session, module, p.spec.task, p.spec.output_name, feeds, quantize, opts["min_cosine"],
@@ -118,12 +118,15 @@ def _edge_forms(final: Path, p: Prepared, scratch: Path, tok: Any, opts: dict[st
     return forms
 
 
-def _session(path: Path) -> Any:
-    """An onnxruntime CPU session for the graph at ``path`` (ORT's own log quiet below errors)."""
+def _session(path: Path, config: dict[str, str] | None = None) -> Any:
+    """An onnxruntime CPU session for the graph at ``path`` (ORT's own log quiet below errors), with the session
+    ``config`` entries its quantisation asks for."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

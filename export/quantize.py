@@ -1,4 +1,5 @@
-"""Quantisation of an exported ONNX graph: dynamic and static int8, int4 weight-only (MatMulNBits), fp16."""
+"""Quantisation of an exported ONNX graph: dynamic and static int8, int8 weight-only (DequantizeLinear), int4 weight-only
+(MatMulNBits), fp16."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from .quiet import quiet
 
 T = TypeVar("T")
 
-QUANTIZE_CHOICES = ("none", "fp16", "int8-dynamic", "int8-static", "int4")
+QUANTIZE_CHOICES = ("none", "fp16", "int8-dynamic", "int8-static", "int8-weights", "int4")
+# int8-weights: the session folds each DequantizeLinear of a constant weight into a float constant when it loads
+# (ORT skips folding them by default, to keep QDQ groups for int8 kernels; there are none here)
+WEIGHT_ONLY_SESSION_CONFIG = {"session.disable_quant_qdq": "1"}
 
 
 def cpu_flags() -> set[str]:
@@ -133,6 +137,43 @@ def quantize_int8_dynamic(src: Path, dst: Path, per_channel: bool = True, reduce
                      extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1})
     return {"method": "dynamic", "per_channel": per_channel, "reduce_range": reduce_range, "weights": "int8",
             "ops": ["MatMul", "Attention"]}
+
+
+def quantize_int8_weights(src: Path, dst: Path, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """Weight-only int8: each constant weight of a MatMul or fused Attention is stored as int8 per output channel
+    (symmetric) behind a DequantizeLinear, and computed in float. ONNX Runtime has no pass for int8 weight-only in the
+    standard operators (MatMulNBits' 8-bit path dequantises at every run, 4-5x slower), so this one is written here.
+
+    Activations stay float, so every runtime computes the same thing (no platform int8 kernels): the form for the
+    browser, where onnxruntime-web's int8 arithmetic differs from x86's. Nodes named in ``exclude`` stay float."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    nodes, count = [], 0
+    for node in graph.node:
+        weight = inits.get(node.input[1]) if node.op_type in ("MatMul", "Attention") and len(node.input) > 1 else None
+        if weight is not None and weight.data_type == TensorProto.FLOAT and len(weight.dims) == 2 and node.name not in exclude:
+            w = numpy_helper.to_array(weight)
+            scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+            scale[scale == 0] = 1.0
+            q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+            graph.initializer.remove(weight)
+            graph.initializer.extend([numpy_helper.from_array(q, f"{weight.name}_int8"),
+                                      numpy_helper.from_array(scale, f"{weight.name}_scale")])
+            nodes.append(helper.make_node("DequantizeLinear", [f"{weight.name}_int8", f"{weight.name}_scale"],
+                                          [f"{weight.name}_dequantized"], name=f"{weight.name}_dequantize", axis=1))
+            node.input[1] = f"{weight.name}_dequantized"
+            count += 1
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(dst))
+    return {"method": "weight-only", "op": "DequantizeLinear", "weights": "int8", "per_channel": True, "symmetric": True,
+            "ops": ["MatMul", "Attention"], "operators": count, "session_config": dict(WEIGHT_ONLY_SESSION_CONFIG)}
 
 
 class _Feeds:

@@ -78,14 +78,18 @@ def _extensions_options(options: Any) -> None:
     options.register_custom_ops_library(get_library_path())
 
 
-def _session(data: bytes, name: str, format: str, threads: int | None, providers: list[str] | None) -> Any:
-    """An onnxruntime session for the verified model bytes ``data`` (ORT's flatbuffer format when ``format`` is ort)."""
+def _session(data: bytes, name: str, format: str, threads: int | None, providers: list[str] | None,
+             config: dict[str, str] | None = None) -> Any:
+    """An onnxruntime session for the verified model bytes ``data`` (ORT's flatbuffer format when ``format`` is ort),
+    with the session ``config`` entries the bundle's quantisation asks for (int8-weights: fold its weights at load)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(str(key), str(value))
     if format == "ort":
         options.add_session_config_entry("session.load_model_format", "ORT")
     if format == "tokenizer-in-graph":
@@ -114,7 +118,8 @@ class Bundle:
         self.tokenizer = None if format == "tokenizer-in-graph" else self._tokenizer(directory, manifest)
         name = _model_file(manifest, directory, format)
         self.model_file = name
-        self.session = _session(_verified_bytes(directory, manifest, name), name, format, threads, providers)
+        self.session = _session(_verified_bytes(directory, manifest, name), name, format, threads, providers,
+                                (manifest.get("quantization") or {}).get("session_config"))
         self.task = manifest["head"]["task"]
         self.output_name = manifest["head"]["output"]
 

@@ -112,6 +112,29 @@ def test_quantised_exports_pass_their_thresholds(tiny, texts, tmp_path, quantize
     assert ("MultiHeadAttention" in ops) == (quantize != "int8-dynamic"), ops
 
 
+def test_int8_weights_is_weight_only_float_compute_folded_at_load(tiny, texts, tmp_path):
+    """int8-weights: int8 weights behind DequantizeLinear, float activations, so no batch or platform dependence; the
+    bundle asks the session to fold the weights when it loads."""
+    import onnx
+
+    from mlcompress.export import runtime
+
+    result = export(tiny["sentence-embedding"], tmp_path / "w", quantize="int8-weights", bundle=True, texts=texts, **FAST)
+    assert result.parity["passed"] and result.parity["mean_cosine"] >= 0.99, result.parity
+    q = verify(tmp_path / "w")["quantization"]
+    assert (q["name"], q["method"], q["weights"]) == ("int8-weights", "weight-only", "int8")
+    assert q["session_config"] == {"session.disable_quant_qdq": "1"} and q["embeddings"]["op"] == "GatherBlockQuantized"
+    model = onnx.load(str(tmp_path / "w" / "model.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"DequantizeLinear", "Attention"} <= ops and not ops & {"DynamicQuantizeLinear", "MatMulInteger", "QAttention"}
+    int8 = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8) == q["operators"] >= 2 * 3  # per layer: fused q/k/v, attention output, two FFN
+    bundle = runtime.load(tmp_path / "w")
+    sentences = ["Guten Morgen", "Where is the station?", "Ein viel längerer Satz, der die Auffüllung der anderen erzwingt."]
+    alone = np.stack([bundle.encode(s) for s in sentences])
+    assert float(np.abs(bundle.encode(sentences) - alone).max()) <= 1e-5  # no dynamic activation scales
+
+
 @pytest.mark.parametrize("method", ["percentile", "entropy"])
 def test_static_int8_with_histogram_calibration(tiny, texts, tmp_path, method):
     """ORT's histogram calibrators stack every batch, so calibration batches are padded to one length first."""

@@ -185,12 +185,24 @@ async function load() {
   ort.env.wasm.numThreads = timing.threads;
   ort.env.wasm.wasmPaths = new URL("vendor/", location.href).href;
   ort.env.logLevel = "error";
-  S.session = await ort.InferenceSession.create(new Uint8Array(model), { executionProviders: ["wasm"] });
+  S.session = await ort.InferenceSession.create(new Uint8Array(model),
+                                                { executionProviders: ["wasm"], extra: sessionConfig(manifest) });
   S.ort = ort;
   S.list = list;
   timing.modelBytes = model.byteLength;
   timing.modelLoadMs = performance.now();
   markLoaded();
+}
+
+// The session config entries the bundle's quantisation asks for ("session.disable_quant_qdq": "1" for int8-weights,
+// which folds its weights at load), in onnxruntime-web's nested form ({session: {disable_quant_qdq: "1"}}).
+function sessionConfig(manifest) {
+  const extra = {};
+  for (const [key, value] of Object.entries((manifest.quantization || {}).session_config || {})) {
+    const [group, ...rest] = key.split(".");
+    (extra[group] = extra[group] || {})[rest.join(".")] = String(value);
+  }
+  return extra;
 }
 
 async function embedList() {
