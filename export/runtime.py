@@ -63,7 +63,7 @@ def _model_file(manifest: dict[str, Any], directory: Path, format: str) -> str:
         return manifest["model"]
     key, flag = _FORM_KEYS[format]
     if not isinstance(manifest.get(key), dict):
-        raise BundleError(f"bundle {directory} has no {format} model", f"re-export it with `mlcompress export --bundle "
+        raise BundleError(f"bundle {directory} has no {'.ort' if format == 'ort' else format} model", f"re-export it with `mlcompress export --bundle "
                           f"{flag}`, or load its ONNX model (format='onnx')")
     return manifest[key]["model"]
 
