@@ -252,13 +252,14 @@ def dir_bytes(path: str | os.PathLike[str]) -> int:
 
 
 def onnx_parameters(path: str | os.PathLike[str]) -> int | None:
-    """Elements in the initializers of a directory's ONNX model(s), read without their external data; None without onnx."""
+    """Elements in the initializers of an ONNX model file, or of a directory's ONNX model(s), read without their
+    external data; None without onnx."""
     try:
         import onnx
     except ImportError:
         return None
     total = 0
-    for f in sorted(Path(path).glob("*.onnx")):
+    for f in [Path(path)] if Path(path).is_file() else sorted(Path(path).glob("*.onnx")):
         model = onnx.load(str(f), load_external_data=False)
         for init in model.graph.initializer:
             count = 1

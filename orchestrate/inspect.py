@@ -73,9 +73,11 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
         return info
     if manifest is not None:
         head = manifest.get("head") or {}
-        params = manifest.get("parameters") or onnx_parameters(p)
+        model = p / str(manifest.get("model") or "model.onnx")  # the model; other forms of it are listed apart
+        params = manifest.get("parameters") or (onnx_parameters(model) if model.is_file() else None)
         info.update(kind="export bundle", model_type=head.get("architecture"), task=head.get("task"), parameters=params,
-                    weight_bytes=sum(f.stat().st_size for f in p.glob("*.onnx*")), vocab_size=_vocab_size(p, None),
+                    weight_bytes=sum(f.stat().st_size for f in p.glob(f"{model.name}*")), vocab_size=_vocab_size(p, None),
+                    forms=_forms(p, manifest),
                     languages=manifest.get("languages"), quantization=(manifest.get("quantization") or {}).get("name"),
                     parity=manifest.get("parity"), latency_ms=manifest.get("latency_ms"), measured_on=manifest.get("measured_on"))
     elif config is not None:
@@ -97,6 +99,12 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
         if held:  # a trim's estimate of how much unseen text keeps its tokens
             info["heldout_coverage"] = held
     return info
+
+
+def _forms(directory: Path, manifest: dict[str, Any]) -> dict[str, int]:
+    """The bundle's other forms of its model (`--ort`, `--tokenizer-in-graph`): file name -> bytes."""
+    names = [entry.get("model") for key in ("ort", "tokenizer_in_graph") if isinstance(entry := manifest.get(key), dict)]
+    return {name: (directory / name).stat().st_size for name in names if isinstance(name, str) and (directory / name).is_file()}
 
 
 def provenance_chain(path: str | os.PathLike[str], limit: int = 20) -> list[dict[str, Any]]:

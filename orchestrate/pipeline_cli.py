@@ -117,6 +117,8 @@ def _inspect_fields(info: dict[str, Any]) -> list[tuple[str, Any]]:
               ("weight bytes", num(info.get("weight_bytes"))), ("quantization", info.get("quantization")),
               ("languages", ", ".join(info["languages"]) if isinstance(info.get("languages"), list) else info.get("languages")),
               ("source", info.get("source"))]
+    if info.get("forms"):
+        fields.append(("other forms", ", ".join(f"{name} ({num(size)} bytes)" for name, size in info["forms"].items())))
     if info.get("parity"):
         fields.append(("parity", ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in info["parity"].items()
                                            if isinstance(v, (int, float, str)))))

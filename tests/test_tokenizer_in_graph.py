@@ -81,6 +81,13 @@ def test_manifest_lists_and_verifies_the_text_model(text_bundle):
     assert "model_with_tokenizer.onnx" in manifest["files"] and entry["domains"] == ["ai.onnx", "ai.onnx.contrib", "com.microsoft"]
     assert entry["parity"]["passed"] and entry["parity"]["token_id_mismatches"] == 0
     assert entry["parity"]["max_abs_diff"] <= 1e-5 and entry["parity"]["texts"] >= 16
+    from mlcompress.artifacts import onnx_parameters
+    from mlcompress.orchestrate.inspect import inspect
+
+    info = inspect(text_bundle)  # the model's own size and parameters; the other form listed apart
+    assert info["forms"] == {"model_with_tokenizer.onnx": (text_bundle / "model_with_tokenizer.onnx").stat().st_size}
+    assert info["weight_bytes"] == (text_bundle / "model.onnx").stat().st_size
+    assert info["parameters"] == onnx_parameters(text_bundle / "model.onnx")
 
 
 def test_token_ids_match_tokenizer_json_on_every_tatoeba_line(text_bundle, data_dir):
