@@ -109,6 +109,24 @@ def test_page_embeds_like_the_python_runtime_and_ranks(browser, demo, bundle):  
     assert timing["sentences"] == len(sentences) and "ms per sentence" in shown and "first embedding" in shown
 
 
+def test_int8_weights_bundle_gives_the_python_runtimes_numbers_in_the_browser(browser, bundle, tmp_path, data_dir):
+    """int8-weights (float activations): the page folds the weights as the manifest asks and computes what Python does,
+    in padded batches too (int8-dynamic only comes close: each platform's int8 kernels round differently)."""
+    weights = tmp_path / "w8"
+    source = json.loads((bundle / "mlcompress.json").read_text())["inputs"][0]["path"]
+    texts = {lang: str(data_dir / "mono" / f"{lang}.txt.gz") for lang in ("en", "de")}
+    export(source, weights, quantize="int8-weights", bundle=True, texts=texts, languages="en,de", prefix="query: ", **FAST)
+    site = write_demo(weights, tmp_path / "site", data=data_dir, cache_dir=NPM_CACHE)
+    sentences = [s["text"] for s in json.loads((site / "sentences.json").read_text(encoding="utf-8"))]
+    with serve(site) as url:
+        browser.get(url)
+        wait_ready(browser)
+        config = call(browser, "window.mlcompressDemo.sessionConfig")
+        got = np.asarray(call(browser, "window.mlcompressDemo.embed(args[0])", sentences))
+    assert config["session"]["disable_quant_qdq"] == "1"  # onnxruntime-web adds entries of its own to the object
+    assert float(np.abs(got - runtime.load(weights).encode(sentences)).max()) <= 1e-5
+
+
 def test_not_a_bundle_is_refused_and_nothing_written(tmp_path):
     for source, message in ((tmp_path / "nope", "not found"), (tmp_path, "no manifest.json")):
         with pytest.raises(BundleError, match=message):

@@ -8,6 +8,7 @@
 //   tokenize(texts)     {input_ids, attention_mask}: what the model is fed (number[][] each)
 //   rank(query)         Promise<{text, lang, score}[]>: the sentence list by cosine similarity with query
 //   timing              {firstEmbeddingMs (from page start), modelLoadMs, msPerSentence (batch 1), ...}
+//   sessionConfig       the session config entries the page gave onnxruntime-web (from the manifest's quantisation)
 //   error               null, or the message of what stopped the page
 
 const BATCH = 32; // texts per model run, as runtime.encode
@@ -22,7 +23,7 @@ const loaded = new Promise((res, rej) => { markLoaded = res; failLoaded = rej; }
 const ready = new Promise((res, rej) => { markReady = res; failReady = rej; });
 loaded.catch(() => {});
 ready.catch(() => {});
-const demo = { ready, timing, error: null, embed, tokenize, rank };
+const demo = { ready, timing, error: null, embed, tokenize, rank, sessionConfig: null };
 window.mlcompressDemo = demo;
 
 async function fetchOk(url, kind) {
@@ -185,8 +186,9 @@ async function load() {
   ort.env.wasm.numThreads = timing.threads;
   ort.env.wasm.wasmPaths = new URL("vendor/", location.href).href;
   ort.env.logLevel = "error";
+  demo.sessionConfig = sessionConfig(manifest);
   S.session = await ort.InferenceSession.create(new Uint8Array(model),
-                                                { executionProviders: ["wasm"], extra: sessionConfig(manifest) });
+                                                { executionProviders: ["wasm"], extra: demo.sessionConfig });
   S.ort = ort;
   S.list = list;
   timing.modelBytes = model.byteLength;
