@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mlcompress.export import runtime, verify
-from mlcompress.export.tokenizer_graph import session, tokenizer_graph
+from mlcompress.export.tokenizer_graph import session, token_id_mismatches, tokenizer_graph
 from mlcompress.languages import tatoeba_code
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,13 +54,7 @@ def id_parity(bundle: Path, manifest: dict, files: list[Path]) -> dict:
     graph = session(tokenizer_graph(tok_json, t["prefix"], t["max_length"], t["pad_id"], 21).SerializeToString())
     tok = runtime.make_tokenizer(bundle / t["file"], t["pad_id"], t["pad_token"], t["max_length"])
     lines = list(dict.fromkeys(line for f in files for line in raw_lines(f)))
-    mismatched = []
-    for i in range(0, len(lines), 512):
-        batch = lines[i:i + 512]
-        ids, mask = graph.run(None, {"text": np.array(batch, dtype=object)})
-        for text, row, m, enc in zip(batch, ids, mask, tok.encode_batch([t["prefix"] + x for x in batch])):
-            if row[m == 1].tolist() != [i for i, a in zip(enc.ids, enc.attention_mask) if a]:  # enc is padded
-                mismatched.append(text)
+    mismatched = token_id_mismatches(graph, tok, t["prefix"], lines)
     return {"lines": len(lines), "files": len(files), "mismatches": len(mismatched), "examples": mismatched[:10]}
 
 

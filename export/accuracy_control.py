@@ -120,13 +120,14 @@ def rank_operators(graph_path: Path, feeds: list[dict[str, np.ndarray]], quantiz
     import onnxruntime as ort
     from onnx import helper, numpy_helper
 
+    from .runtime import session_options
+
     model = onnx.load(str(graph_path))
     weights = {t.name: t for t in model.graph.initializer}
     ops = quantisable(graph_path, quantize)
     inputs = sorted({act for _, _, act, _ in ops} - {o.name for o in model.graph.output})
     model.graph.output.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in inputs)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options = session_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every named tensor
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     node_weight = {n.name: n.input[1] for n in model.graph.node if len(n.input) > 1}

@@ -118,14 +118,14 @@ def _accuracy_aware(current: Path, scratch: Path, quantize: str, tok: Any, prefi
     from .accuracy_control import parameter_labels, rank_operators, search
     from .parity import compare, ort_outputs
     from .quantize import default_reduce_range
+    from .runtime import session_options
 
     per_lang = max(1, opts["calibration_texts"] // opts["n_langs"])
     ranking = feeds or batches(tok, sentences(take(sources, per_lang, 0)), prefix, 8)
     skip = per_lang + max(1, opts["parity_texts"] // opts["n_langs"])  # after calibration and parity text
     held_out = batches(tok, sentences(take(sources, max(1, opts["accuracy_texts"] // opts["n_langs"]), skip)), prefix, 16)
     reduce_range = default_reduce_range() if opts["reduce_range"] is None else opts["reduce_range"]
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options = session_options()
     with step("ranking the operators for --max-drop", "try without --max-drop, or another --quantize"):
         ranked = rank_operators(current, ranking, quantize, reduce_range, opts["int4_block_size"],
                                 labels=parameter_labels(opts["module"]))

@@ -85,15 +85,17 @@ def export_graph(p: Prepared, scratch: Path, format: str, quantize: str, bundle:
         from .tensorrt import build_engine
 
         model_file, qinfo = build_engine(final, scratch / "model.engine", quantize).name, {**qinfo, "tensorrt": True}
-    forms = _edge_forms(final, p, scratch, tok, opts)
+    forms = _edge_forms(final, session, p, scratch, tok, opts)
     result = {"format": format, "quantize": quantize, "task": p.spec.task, "model_file": model_file, "parity": parity,
               "latency_ms": latency, "fused_operators": fused, "quantization": qinfo}
     return _payload(p, result, scratch, _out_dim(module, feeds[0]), bundle, langs, opts["force"], forms)
 
 
-def _edge_forms(final: Path, p: Prepared, scratch: Path, tok: Any, opts: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _edge_forms(final: Path, session: Any, p: Prepared, scratch: Path, tok: Any, opts: dict[str, Any]
+                ) -> dict[str, dict[str, Any]]:
     """The bundle's other forms of the model, by manifest key: ``ort`` (--ort: model.ort and its operator config) and
-    ``tokenizer_in_graph`` (--tokenizer-in-graph: strings in, checked against the two-file path on target text)."""
+    ``tokenizer_in_graph`` (--tokenizer-in-graph: strings in, checked against the two-file path, ``session`` of
+    ``final`` with tokenizer.json, on target text)."""
     forms: dict[str, dict[str, Any]] = {}
     if opts.get("ort"):
         from .mobile import convert
@@ -107,7 +109,7 @@ def _edge_forms(final: Path, p: Prepared, scratch: Path, tok: Any, opts: dict[st
         with step("building the model with its tokenizer inside (onnxruntime-extensions)", "export without --tokenizer-in-graph"):
             entry = write_text_model(final, scratch / TEXT_MODEL, p.tokenizer_json, p.prefix, p.max_length, p.pad_id)
         texts = sentences(take(p.sources, max(1, opts["parity_texts"]), 0))
-        entry["parity"] = text_model_parity(scratch / TEXT_MODEL, final, tok, p.tokenizer_json, p.prefix, p.max_length,
+        entry["parity"] = text_model_parity(scratch / TEXT_MODEL, session, tok, p.tokenizer_json, p.prefix, p.max_length,
                                             p.pad_id, texts)
         if not entry["parity"]["passed"] and not opts["force"]:
             raise GateError(f"the model with its tokenizer inside differs from tokenizer.json + model: "
@@ -123,11 +125,9 @@ def _session(path: Path, config: dict[str, str] | None = None) -> Any:
     ``config`` entries its quantisation asks for."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    for key, value in (config or {}).items():
-        options.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    from .runtime import session_options
+
+    return ort.InferenceSession(str(path), session_options(config=config), providers=["CPUExecutionProvider"])
 
 
 def _latency(session: Any, p: Prepared, tok: Any) -> tuple[dict[str, Any], tuple[dict[str, Any], dict[str, Any]]]:

@@ -68,20 +68,10 @@ def _model_file(manifest: dict[str, Any], directory: Path, format: str) -> str:
     return manifest[key]["model"]
 
 
-def _extensions_options(options: Any) -> None:
-    """Register onnxruntime-extensions' operators (the in-graph tokenizer's) with the session ``options``."""
-    try:
-        from onnxruntime_extensions import get_library_path
-    except ImportError as exc:
-        raise BundleError("the tokenizer-in-graph model needs onnxruntime-extensions, which is not installed",
-                          "pip install onnxruntime-extensions (or 'mlcompress[edge]'), or load format='onnx'") from exc
-    options.register_custom_ops_library(get_library_path())
-
-
-def _session(data: bytes, name: str, format: str, threads: int | None, providers: list[str] | None,
-             config: dict[str, str] | None = None) -> Any:
-    """An onnxruntime session for the verified model bytes ``data`` (ORT's flatbuffer format when ``format`` is ort),
-    with the session ``config`` entries the bundle's quantisation asks for (int8-weights: fold its weights at load)."""
+def session_options(threads: int | None = None, config: dict[str, str] | None = None, extensions: bool = False) -> Any:
+    """onnxruntime session options as every mlcompress session uses them: ORT's log quiet below errors, ``threads``
+    intra-op threads, the session ``config`` entries a bundle's quantisation asks for (int8-weights: fold its weights
+    at load), and with ``extensions`` onnxruntime-extensions' operators (the in-graph tokenizer's) registered."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -90,10 +80,25 @@ def _session(data: bytes, name: str, format: str, threads: int | None, providers
     options.log_severity_level = 3
     for key, value in (config or {}).items():
         options.add_session_config_entry(str(key), str(value))
+    if extensions:
+        try:
+            from onnxruntime_extensions import get_library_path
+        except ImportError as exc:
+            raise BundleError("the tokenizer-in-graph model needs onnxruntime-extensions, which is not installed",
+                              "pip install onnxruntime-extensions (or 'mlcompress[edge]'), or load format='onnx'") from exc
+        options.register_custom_ops_library(get_library_path())
+    return options
+
+
+def _session(data: bytes, name: str, format: str, threads: int | None, providers: list[str] | None,
+             config: dict[str, str] | None = None) -> Any:
+    """An onnxruntime session for the verified model bytes ``data`` (ORT's flatbuffer format when ``format`` is ort),
+    with the session ``config`` entries the bundle's quantisation asks for."""
+    import onnxruntime as ort
+
+    options = session_options(threads, config, extensions=format == "tokenizer-in-graph")
     if format == "ort":
         options.add_session_config_entry("session.load_model_format", "ORT")
-    if format == "tokenizer-in-graph":
-        _extensions_options(options)
     try:
         return ort.InferenceSession(data, options, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:

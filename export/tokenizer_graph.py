@@ -260,47 +260,53 @@ def session(model: Path | bytes, threads: int | None = None) -> Any:
     """An onnxruntime CPU session with onnxruntime-extensions' operators registered, for a tokenizer-in-graph model."""
     import onnxruntime as ort
 
-    _extensions_version()
-    from onnxruntime_extensions import get_library_path
+    from .runtime import session_options
 
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(get_library_path())
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                providers=["CPUExecutionProvider"])
+    _extensions_version()  # an export-time error (InputError) naming the extra that installs it
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                session_options(threads, extensions=True), providers=["CPUExecutionProvider"])
 
 
 MAX_ABS_DIFF = 1e-5  # the in-graph model's outputs against the two-file path's, on the same batches
 
 
-def text_model_parity(text_model: Path, model: Path, tokenizer: Any, tokenizer_json: dict[str, Any], prefix: str,
-                      max_length: int, pad_id: int, texts: list[str], batch_size: int = 16) -> dict[str, Any]:
-    """Compare the in-graph model with the two-file path (tokenizer.json + model) on ``texts``: how many texts get other
-    token ids, and the largest output difference on the same batches (dynamic quantisation depends on the batch)."""
+def token_id_mismatches(ids_only: Any, tokenizer: Any, prefix: str, texts: list[str], batch_size: int = 512) -> list[str]:
+    """The texts to which the tokenizer graph session ``ids_only`` gives other ids than ``tokenizer`` (tokenizer.json
+    with the bundle's truncation) after ``prefix``; padding is not compared."""
     import numpy as np
 
     from .runtime import tokenize
 
-    opset = 21
-    ids_only = session(tokenizer_graph(tokenizer_json, prefix, max_length, pad_id, opset).SerializeToString())
-    full, plain = session(text_model), session(model)
-    output = plain.get_outputs()[0].name
-    mismatched, worst = [], 0.0
+    mismatched = []
     for i in range(0, len(texts), batch_size):
         batch = texts[i:i + batch_size]
-        feeds = tokenize(tokenizer, batch, prefix)
+        want = tokenize(tokenizer, batch, prefix)
         ids, mask = ids_only.run(None, {TEXT_INPUT: np.array(batch, dtype=object)})
-        for j, text in enumerate(batch):
-            if not np.array_equal(ids[j][mask[j] == 1], feeds["input_ids"][j][feeds["attention_mask"][j] == 1]):
-                mismatched.append(text)
+        mismatched += [text for text, row, m, ref, ref_m in zip(batch, ids, mask, want["input_ids"], want["attention_mask"])
+                       if not np.array_equal(row[m == 1], ref[ref_m == 1])]
+    return mismatched
+
+
+def text_model_parity(text_model: Path, reference: Any, tokenizer: Any, tokenizer_json: dict[str, Any], prefix: str,
+                      max_length: int, pad_id: int, texts: list[str], batch_size: int = 16) -> dict[str, Any]:
+    """Compare the in-graph model with the two-file path (tokenizer.json + the session ``reference`` of the model) on
+    ``texts``: how many texts get other token ids, and the largest output difference on the same batches (dynamic
+    quantisation depends on the batch)."""
+    import numpy as np
+
+    from .runtime import tokenize
+
+    ids_only = session(tokenizer_graph(tokenizer_json, prefix, max_length, pad_id, 21).SerializeToString())
+    mismatched = token_id_mismatches(ids_only, tokenizer, prefix, texts)
+    full = session(text_model)
+    output = reference.get_outputs()[0].name
+    worst = 0.0
+    for i in range(0, len(texts), batch_size):
+        batch = texts[i:i + batch_size]
         got = full.run([output], {TEXT_INPUT: np.array(batch, dtype=object)})[0]
-        want = plain.run([output], feeds)[0]
-        if got.shape == want.shape:
-            worst = max(worst, float(np.abs(got - want).max()) if got.size else 0.0)
-        else:
-            worst = float("inf")
+        want = reference.run([output], tokenize(tokenizer, batch, prefix))[0]
+        diff = float(np.abs(got - want).max()) if got.shape == want.shape and got.size else 0.0
+        worst = max(worst, diff if got.shape == want.shape else float("inf"))
     return {"texts": len(texts), "token_id_mismatches": len(mismatched), "mismatched": mismatched[:5],
             "max_abs_diff": worst, "max_abs_diff_threshold": MAX_ABS_DIFF,
             "passed": not mismatched and worst <= MAX_ABS_DIFF}
