@@ -101,8 +101,41 @@ class TrainState:
     planned: int = 0  # the step count of the schedule (config.steps, or the time budget's plan)
 
 
+def resolve_precision(config: TrainConfig, use_cpu: bool) -> str | None:
+    """The precision a run trains in: the one asked for; with ``auto``, the launcher's (``accelerate launch
+    --mixed_precision`` or its config file, which set ACCELERATE_MIXED_PRECISION), else what the device computes
+    natively. None hands the choice to accelerate (it reads that variable). Clear errors for what cannot run."""
+    precision = config.mixed_precision
+    if precision == "auto":
+        return None if os.environ.get("ACCELERATE_MIXED_PRECISION") else auto_precision(use_cpu)
+    if precision == "fp16" and use_cpu:
+        raise InputError("fp16 mixed precision was asked for on a CPU, where torch has no fp16 autocast for training "
+                         "(it would silently train in fp32)",
+                         "use --precision bf16 (any x86 CPU; fast with AVX512-BF16 or AMX) or --precision no, or run on a GPU")
+    if precision == "bf16" and not use_cpu and not torch.cuda.is_bf16_supported():
+        raise InputError(f"bf16 mixed precision was asked for on {torch.cuda.get_device_name()}, which has no bf16",
+                         "use --precision fp16 or --precision no on this GPU (or auto, which picks what it has)")
+    return precision
+
+
+def fresh_accelerate_state(use_cpu: bool) -> None:
+    """Forget the accelerate state an earlier run in this process left (a process-wide singleton that would pin its
+    precision for every later run), as accelerate's own tests do between tests. The process state (device, process
+    group) is kept under a multi-process launch; in one process it is rebuilt when the device changes."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    partial = PartialState._shared_state
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    if partial and not distributed and (partial.get("device") is None
+                                        or (partial["device"].type == "cpu") != use_cpu):
+        PartialState._reset_state()
+
+
 def make_accelerator(config: TrainConfig):
-    """An Accelerator for the requested device and precision; a clear error when a GPU is asked for and absent."""
+    """An Accelerator for the requested device and precision, with a state of its own (so that runs in one process
+    can use different precisions); a clear error when a GPU is asked for and absent."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -111,9 +144,8 @@ def make_accelerator(config: TrainConfig):
         raise InputError("a GPU was asked for (device cuda) but torch sees none",
                          "run on a machine with a CUDA GPU and a CUDA build of torch, or use --device cpu")
     use_cpu = config.device == "cpu" or not torch.cuda.is_available()
-    precision = config.mixed_precision
-    if precision == "auto":
-        precision = auto_precision(use_cpu)
+    precision = resolve_precision(config, use_cpu)
+    fresh_accelerate_state(use_cpu)
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=precision, step_scheduler_with_optimizer=False)
     set_seed(config.seed)
     return accelerator
@@ -310,7 +342,8 @@ def _log(state: TrainState, figures: dict[str, torch.Tensor], config: TrainConfi
     progress.update(state.step, state.last)
     if accelerator.is_main_process:
         done = state.step - start_step
-        record = {"step": state.step, "planned_steps": state.planned, **{k: round(v, 6) for k, v in state.last.items()},
+        record = {"step": state.step, "planned_steps": state.planned, "precision": accelerator.mixed_precision,
+                  **{k: round(v, 6) for k, v in state.last.items()},
                   "lr": scheduler.get_last_lr()[0], "tokens": state.tokens, "elapsed_s": round(elapsed, 3),
                   "eta_s": round(elapsed / done * (state.planned - state.step), 1)}
         with metrics.open("a", encoding="utf-8") as f:
@@ -330,6 +363,7 @@ def _save_checkpoint(accelerator, work: Path, state: TrainState, keep: int) -> N
         raise OutputError(f"the disk ran out of space while saving a checkpoint into {work} ({exc})",
                           "free some space on that disk and rerun the same command: it resumes from the last checkpoint"
                           ) from exc
+    accelerator.wait_for_everyone()  # every rank has written its part (its RNG state) before the checkpoint is complete
     if accelerator.is_main_process:
         partial = target / "trainer_state.json.partial"  # the file that marks a checkpoint complete: renamed into place
         partial.write_text(json.dumps({"step": state.step, "tokens": state.tokens, "planned_steps": state.planned}) + "\n")

@@ -123,13 +123,15 @@ def test_sentence_batches_are_balanced_deterministic_and_of_similar_length(teach
 # ---- the objective end to end --------------------------------------------------------------------------------------
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(steps=12, batch_size=16, lr=1e-3, checkpoint_every=4, log_every=1, progress=False, device="cpu")
+    base = dict(steps=12, batch_size=16, lr=1e-3, checkpoint_every=4, log_every=1, progress=False, device="cpu",
+                mixed_precision="no")  # pinned: auto depends on the CPU
     return TrainConfig(**{**base, **kw})
 
 
-def test_embedding_objective_trains_toward_the_teachers_embeddings(teacher_dir: Path, tmp_path: Path) -> None:
-    result = distill_general(teacher_dir, "en,de", CORPORA, tmp_path / "student", objective="auto",
-                             layers="0,3", max_sentences_per_language=400, train_config=_cfg(), snapshots=(0.5,))
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_embedding_objective_trains_toward_the_teachers_embeddings(teacher_dir: Path, tmp_path: Path, precision: str) -> None:
+    result = distill_general(teacher_dir, "en,de", CORPORA, tmp_path / "student", objective="auto", layers="0,3",
+                             max_sentences_per_language=400, train_config=_cfg(mixed_precision=precision), snapshots=(0.5,))
     assert result.objective == "embedding" and result.layer_map == [0, 3] and result.tokens > 0
     records = [json.loads(x) for x in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
     assert {"pooled", "relational", "hidden"} <= set(records[0])
@@ -206,7 +208,7 @@ def test_pipeline_runs_distillation_on_a_cpu_within_its_budget(tmp_path: Path) -
         _gz(data / f"tatoeba/tatoeba.deu-eng.{side}.gz", read_lines(DATA / f"tatoeba/tatoeba.deu-eng.{side}.gz", 40))
     config = {"source": str(src), "languages": "en,de", "data": str(data), "stages": {
         "trim": {"scripts": True},
-        "distill": {"enabled": True, "device": "cpu", "time_budget": "20s", "batch_size": 8, "lr": 1e-3,
+        "distill": {"enabled": True, "device": "cpu", "mixed_precision": "no", "time_budget": "20s", "batch_size": 8, "lr": 1e-3,
                     "objective": "embedding", "every_k": 2},
         "export": {"quantize": "none", "task": "sentence-embedding", "measure_latency": False},
         "eval": {"tasks": "retrieval", "max_examples": 20, "min_retention": None}}}
