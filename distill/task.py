@@ -28,7 +28,7 @@ from .objective import add_representation_terms, paired_forward
 from .sparse import SparseUpdate, select_by_movement
 from .student import PROJECTION_FILE, encoder_layers, hidden_pairs
 from .task_data import TASKS, encode_task, example_batches
-from .workdir import close_work_dir, discard_if_unused, open_work_dir, work_dir_for
+from .workdir import close_work_dir, discard_if_unused, open_work_dir, release_work_dir, work_dir_for
 
 DENSE_SHARE = 1 / 3  # of a time budget, for the dense pass that picks the sparse parameters
 
@@ -89,7 +89,16 @@ def finetune_teacher(source: str | os.PathLike[str], task: str, train_file: str 
                 tok.save_pretrained(tmp)
                 write_provenance(tmp, "distill-teacher", settings, [src.describe()], result.as_dict())
             close_work_dir(work, out)
+        _finish(state, work, accelerator)
     return result
+
+
+def _finish(state: Any, work: Path, accelerator: Any) -> None:
+    """End a run on every rank together, once the main process has written the output (no rank returns before the
+    output exists); a run stopped early gives up its work dir for the resume."""
+    if state.step < state.planned and accelerator.is_main_process:
+        release_work_dir(work)
+    accelerator.wait_for_everyone()
 
 
 def phase2_loss(teacher: torch.nn.Module, mapping: list[int], losses: Phase2Losses, task: str,
@@ -188,6 +197,7 @@ def distill_task(teacher: str | os.PathLike[str], student: str | os.PathLike[str
                 write_provenance(tmp, "distill-task", {**settings, "layer_map": mapping}, [t_src.describe(), s_src.describe()],
                                  {**result.as_dict(), "selected_parameters": selected})
             close_work_dir(work, out)
+        _finish(state, work, accelerator)
     return result
 
 

@@ -44,9 +44,10 @@ _STAGE_OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "grad_accum": ((int,), 1), "lr": ((float, int), 1e-4), "mixed_precision": ((str,), "auto"),
         "checkpoint_every": ((int,), 200), "seed": ((int,), 0), "time_budget": ((str, int, float, _NONE), None),
         "objective": ((str,), "auto"), "layers": ((str, list, _NONE), None), "max_length": ((int,), 128),
+        "restart": ((bool,), False),  # discard an interrupted distillation's checkpoints (kept otherwise, even with --force)
     },
     "export": {
-        "format": ((str,), "onnx"), "quantize": ((str,), "int8-dynamic"), "bundle": ((bool,), True),
+        "format": ((str,), "onnx"), "quantize": ((str,), "int8-weights"), "bundle": ((bool,), True),
         "task": ((str, _NONE), None), "quantize_embeddings": ((bool, _NONE), None), "max_length": ((int, _NONE), None),
         "min_cosine": ((float, int, _NONE), None), "force": ((bool,), False), "measure_latency": ((bool,), True),
         "max_drop": ((float, _NONE), None), "ort": ((bool,), False),
@@ -272,7 +273,7 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 def default_config(languages: str | list[str], data: str | os.PathLike[str] | None = None,
                    source: str = DEFAULT_MODEL) -> dict[str, Any]:
     """The built-in job: trim the source to the languages' text in DATA/mono, distill when a GPU is present,
-    export an int8-dynamic ONNX bundle, and evaluate it (and the trimmed model) against the source with a 0.95 gate."""
+    export an int8-weights ONNX bundle, and evaluate it (and the trimmed model) against the source with a 0.95 gate."""
     root = Path(data).expanduser().absolute() if data is not None else default_data_dir()
     if root is None:
         raise InputError("no data folder: --data was not given and ../shared/data is not present",

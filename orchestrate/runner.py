@@ -36,7 +36,7 @@ STAGE_PACKAGES = {"trim": "vocab_trim", "distill": "distill", "export": "export"
 _NO_GATE: dict[str, Any] = {"min_retention": None, "passed": None, "failures": [], "checked": 0}
 
 Say = Callable[[str], None]
-# a stage's work: (its output folder, whether to resume an interrupted run) -> the metrics it measured
+# a stage's work: (its output folder, whether an interrupted run of it may be resumed) -> the metrics it measured
 Body = Callable[[Path, bool], dict[str, Any]]
 
 
@@ -57,17 +57,24 @@ def code_digest(stage: str) -> str:
     return h.hexdigest()
 
 
+_RECORD_SUFFIXES = (".npz", ".jsonl")  # a stage's statistics beside a model (token counts, metrics)
+
+
 class _Digests:
     """Content digests of artifact directories, cached by (size, mtime) of every file so that a rerun does not rehash."""
 
     def __init__(self, cache: dict[str, Any]) -> None:
         self.cache = cache
 
-    def __call__(self, path: Path) -> str:
+    def __call__(self, path: Path, model_only: bool = False) -> str:
+        """The digest of every file under ``path``; ``model_only``: of the model's files alone, without the records a
+        stage writes beside them (mlcompress.json, statistics), which differ each time the same model is remade."""
         path = Path(path).absolute()
-        files = sorted(p for p in (path.rglob("*") if path.is_dir() else [path]) if p.is_file())
+        files = sorted(p for p in (path.rglob("*") if path.is_dir() else [path]) if p.is_file()
+                       and not (model_only and (p.name == "mlcompress.json" or p.suffix in _RECORD_SUFFIXES)))
         sig = json_digest([(str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
-        hit = self.cache.get(str(path))
+        key = str(path) + ("#model" if model_only else "")
+        hit = self.cache.get(key)
         if hit and hit.get("signature") == sig:
             return hit["sha256"]
         digest = hashlib.sha256()
@@ -75,7 +82,7 @@ class _Digests:
             digest.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
             digest.update(sha256_file(p).encode())
         value = digest.hexdigest()
-        self.cache[str(path)] = {"signature": sig, "sha256": value}
+        self.cache[key] = {"signature": sig, "sha256": value}
         return value
 
 
@@ -135,7 +142,8 @@ def _read_state(path: Path, discard_damaged: bool = False) -> dict[str, Any]:
     if discard_damaged:
         return {}
     raise InputError(f"{path} is damaged ({problem})",
-                     "rerun with --force to redo every stage (the file is rewritten), or use a new output folder")
+                     "rerun with --force to redo every stage (the file is rewritten; an interrupted distillation "
+                     "resumes from its checkpoints), or use a new output folder")
 
 
 class _Run:
@@ -172,8 +180,11 @@ class _Run:
             return prev
         return None
 
-    def stage(self, name: str, options: dict[str, Any], inputs: dict[str, Any], body: Body, note: str | None = None) -> dict[str, Any]:
-        """Reuse the stage's artifact when its fingerprint (options, inputs, code) is unchanged, else run ``body``; record it."""
+    def stage(self, name: str, options: dict[str, Any], inputs: dict[str, Any], body: Body, note: str | None = None,
+              check: Callable[[Path, bool], None] | None = None, resume_key: Any = None) -> dict[str, Any]:
+        """Reuse the stage's artifact when its fingerprint (options, inputs, code) is unchanged, else run ``body`` (after
+        ``check``, which may refuse before the run's state changes); record it. ``resume_key`` (default: the inputs)
+        says whether an interrupted attempt worked on the same inputs."""
         target = self.out / STAGE_DIRS[name]
         fp = json_digest({"stage": name, "options": options, "inputs": inputs, "code": code_digest(name)})
         prev = self._reusable(name, fp, target)
@@ -184,8 +195,14 @@ class _Run:
             return rec
         self.say(f"{name}: running -> {target}" + (f" ({note})" if note else ""))
         prev = self.state["stages"].get(name) or {}
-        resume = prev.get("status") == "running" and prev.get("fingerprint") == fp and not self.force
-        self.state["stages"][name] = {"status": "running", "fingerprint": fp, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        inputs_digest = json_digest(inputs if resume_key is None else resume_key)
+        # False only when the interrupted attempt is known to have started from other inputs (--force redoes a stage,
+        # but an interrupted distillation of the same inputs resumes: its checkpoints are hours of training)
+        resume = not (prev.get("status") == "running" and prev.get("inputs_digest", inputs_digest) != inputs_digest)
+        if check is not None:
+            check(target, resume)
+        self.state["stages"][name] = {"status": "running", "fingerprint": fp, "inputs_digest": inputs_digest,
+                                      "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self.save_state()
         t = time.perf_counter()
         metrics = body(target, resume)
@@ -346,9 +363,12 @@ class Pipeline:
             run.say(f"distill: skipped ({why})")
             return
         model = run.current["path"]
-        rec = run.stage("distill", {**cfg["stages"]["distill"], "languages": cfg["languages"]},
+        options = {k: v for k, v in cfg["stages"]["distill"].items() if k != "restart"}  # what to do, not what to make
+        rec = run.stage("distill", {**options, "languages": cfg["languages"]},
                         {"model": run.current["digest"], "corpora": corpus_fp},
-                        lambda target, resume: stages.distill_stage(model, target, cfg, corpora, resume), why)
+                        lambda target, resume: stages.distill_stage(model, target, cfg, corpora, resume), why,
+                        check=lambda target, resume: stages.check_distill_resume(target, cfg, resume),
+                        resume_key={"model": run.digest(model, model_only=True), "corpora": corpus_fp})
         run.made(rec)
 
     def _export(self, run: _Run, corpora: dict[str, list[str]], corpus_fp: dict[str, list[str]]) -> None:

@@ -145,3 +145,38 @@ def test_trim_cli_exact_form_on_the_bundled_model(e5_small, tmp_path) -> None:
         assert [old_ids[i] for i in ids_small["input_ids"][0].tolist()] == ids_src["input_ids"][0].tolist()
         with torch.no_grad():
             assert torch.equal(small(**ids_small).last_hidden_state, src(**ids_src).last_hidden_state)
+
+
+def test_processes_asking_at_once_build_once_and_keep_the_build(tmp_path, monkeypatch) -> None:
+    """Several askers at once (threads here, each with its own lock handle, as processes have): one builds, the others
+    wait for it and get that build; none deletes it as a leftover or builds again."""
+    import threading
+    import time
+
+    import mlcompress.bundled as bundled
+
+    builds: list[int] = []
+
+    def build_checkpoint(bin_path, out_dir) -> None:  # a stand-in build that takes a while
+        builds.append(threading.get_ident())
+        time.sleep(0.3)
+        (out_dir / "weights").write_text(str(threading.get_ident()), encoding="utf-8")
+
+    monkeypatch.setattr(bundled, "build_checkpoint", build_checkpoint)
+    results: list[object] = []
+
+    def ask() -> None:
+        try:
+            results.append(bundled.ensure_bundled("multilingual-e5-small-enpt", cache_dir=tmp_path))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            results.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(builds) == 1 and len(set(map(str, results))) == 1, results
+    target = results[0]
+    assert (target / "weights").read_text(encoding="utf-8") == str(builds[0])
+    assert sorted(p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")) == [target.name]

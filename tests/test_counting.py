@@ -141,3 +141,49 @@ def test_word_variants_add_case_and_unmarked_forms() -> None:
     keep = word_variants(pieces, {1, 6, 8}, "▁")
     assert keep == {1, 2, 3, 4, 6, 8, 9}  # digits gain nothing; mid-word 'en' gains 'En' only
     assert word_variants(pieces, {8}, None) == {8, 9}
+
+
+def _save_many(path: str, value: int, times: int) -> None:
+    """One process saving the same cache entry again and again (for the concurrency test)."""
+    from mlcompress.vocab_trim.counting import TokenCounts
+
+    for _ in range(times):
+        TokenCounts(np.full(5000, value, dtype=np.int64), 1, 0.0, "chunks").save(Path(path))
+
+
+def test_processes_saving_one_cache_entry_at_once_do_not_collide(tmp_path: Path) -> None:
+    """Four processes save the same entry 40 times each at once: none fails, the entry is one whole writer's file,
+    and no temporary file is left."""
+    import multiprocessing
+
+    from mlcompress.vocab_trim.counting import TokenCounts
+
+    path = tmp_path / "entry.npz"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_save_many, args=(str(path), v, 40)) for v in range(1, 5)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    counts = TokenCounts.load(path).counts
+    assert len(set(counts.tolist())) == 1 and counts[0] in (1, 2, 3, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry.npz"]
+
+
+@pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 cut short", b"\x93NUMPY not an npz"], ids=["empty", "truncated", "other"])
+def test_a_damaged_cache_file_is_a_miss_that_is_overwritten(tmp_path: Path, text: list[str], damage: bytes) -> None:
+    """A cache file cut short or not ours is counted again (with a warning) and overwritten, not a crash."""
+    tok = _train("wordpiece", text[:200])
+    corpus_file = tmp_path / "de.txt"
+    corpus_file.write_text("\n".join(text[:200]) + "\n", encoding="utf-8")
+    corpus = Corpus.parse(corpus_file)
+    cache = tmp_path / "cache"
+    first, _ = count_corpus(tok, corpus, "de", tok.get_vocab_size(), cache)
+    (entry,) = cache.glob("*.npz")
+    entry.write_bytes(damage)
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        again, cached = count_corpus(tok, corpus, "de", tok.get_vocab_size(), cache)
+    assert not cached and np.array_equal(first.counts, again.counts)
+    third, cached = count_corpus(tok, corpus, "de", tok.get_vocab_size(), cache)  # the recount was written back
+    assert cached and np.array_equal(first.counts, third.counts)

@@ -29,6 +29,20 @@ A SIGKILL of a pipeline in each of its stages (the distill stage included) is in
 | bundle verify, runtime.load | tokenizer.json a symlink out of the bundle, manifest missing fields | link / lacks field |
 | bundle verify, runtime.load | .tar.gz: truncated, `..` member, absolute member, symlink, hardlink, device | refusing / not readable |
 | bundle verify, runtime.load | .tar.gz: member larger than the manifest declares, decompression bomb | declares / limit |
+
+Faults in the order of events (another process, rank or host acting in between): nothing is lost.
+
+| stage | fault | expected outcome |
+| --- | --- | --- |
+| pipeline | `--force` (also after a damaged pipeline.json) on an interrupted distillation | it resumes from its checkpoints |
+| pipeline | interrupted distillation, its model changed since | started from other inputs (until `restart: true`) |
+| trim | a corrupt token-count cache file / two processes saving the same entry at once | recount with a warning / both saved |
+| bundled model | a build another process renamed into place just after this one looked | that build is kept and used |
+| distill task, teacher | another rank returns before the output is written | a barrier after the write |
+| distill | work dir held on another host / by a live process here | in use by process PID on host H / on this host |
+| distill | work dir whose owner exited, a reused pid, another host silent for 20 min | none: taken over (control rows) |
+| distill (loop) | the checkpoint marker written before another rank finished its part | marker only after the barrier |
+| distill | fp16 on a CPU / bf16 on a GPU without bf16 | fp16 / bf16 |
 """
 
 from __future__ import annotations
@@ -582,3 +596,334 @@ def test_a_replacement_killed_between_its_two_renames_is_repaired(tmp_path: Path
             pass
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == b"previous weights"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# ------------------------------------------------------------------------------------ faults in the order of events
+# Nothing is lost whatever the order of events: another process, another rank or another host acting in between.
+
+
+def _pipeline_config(w: Work, **distill: object) -> Path:
+    """A trim -> distill pipeline on the row's model and corpora (distillation on the CPU, a checkpoint every step)."""
+    cfg = {"source": str(w.model), "languages": "en,de", "corpora": {k: str(v) for k, v in w.corpora.items()},
+           "stages": {"trim": {"scripts": True},
+                      "distill": {"enabled": True, "device": "cpu", "objective": "bistil", "steps": 2, "batch_size": 4,
+                                  "block_size": 32, "max_blocks_per_language": 8, "checkpoint_every": 1,
+                                  "mixed_precision": "no", **distill}}}
+    path = w.root / "pipe.json"
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+    return path
+
+
+def _interrupted_distillation(w: Work, config: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run the pipeline until its distillation has written its first checkpoint, then fail as an interruption would;
+    return the distillation's work dir (which holds that checkpoint)."""
+    import mlcompress.distill.general as general
+    from mlcompress.orchestrate.runner import Pipeline
+
+    real = general.distill_general
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        real(*args, **{**kwargs, "stop_after": 1})
+        raise RuntimeError("simulated interruption after the first checkpoint")
+
+    with monkeypatch.context() as m:
+        m.setattr(general, "distill_general", interrupted)
+        with pytest.raises(RuntimeError, match="simulated interruption"):
+            Pipeline(config).run(out)
+    work_dir = out / ".02-distill.work"
+    assert (work_dir / "checkpoints" / "step-0000001" / "trainer_state.json").is_file()
+    return work_dir
+
+
+@pytest.mark.parametrize("damaged", [False, True], ids=["--force", "--force on a damaged pipeline.json"])
+def test_pipeline_force_resumes_the_distillation_from_its_checkpoints(
+        damaged: bool, work: Work, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`pipeline --force` (redo every stage), and the --force that the error for a damaged pipeline.json suggests, keep
+    an interrupted distillation's checkpoints: the distillation resumes from them, it does not start over."""
+    config, out = _pipeline_config(work), work.root / "pipe"
+    _interrupted_distillation(work, config, out, monkeypatch)
+    if damaged:
+        (out / "pipeline.json").write_text('{"stages": {"trim": ', encoding="utf-8")
+        code, stderr = run_cli(["pipeline", str(config), "-o", str(out)], monkeypatch, capsys)
+        assert_clear_cli_error(code, stderr, "pipeline.json is damaged")
+        assert "--force" in stderr and "resumes from its checkpoints" in stderr.replace("\n", " ")
+    code, stderr = run_cli(["pipeline", str(config), "-o", str(out), "--force"], monkeypatch, capsys)
+    assert code == 0, stderr
+    distill = json.loads((out / "pipeline.json").read_text())["stages"]["distill"]
+    assert distill["action"] == "ran" and distill["metrics"]["resumed_from"] == 1  # not started over
+    assert distill["metrics"]["steps"] == 2 and (out / "02-distill" / "model.safetensors").is_file()
+    assert not (out / ".02-distill.work").exists()
+
+
+def test_pipeline_distillation_from_other_inputs_is_refused_until_restart_is_named(
+        work: Work, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """An interrupted distillation whose model has changed since (another trim) is neither resumed on the wrong model
+    nor thrown away unasked: a clear error, its checkpoints and pipeline.json kept; `restart: true` discards them."""
+    out = work.root / "pipe"
+    work_dir = _interrupted_distillation(work, _pipeline_config(work), out, monkeypatch)
+    config = _pipeline_config(work)
+    cfg = json.loads(config.read_text())
+    cfg["stages"]["trim"] = {"frequent_words": 0, "word_variants": False}  # a corpus trim: another model to distil
+    config.write_text(json.dumps(cfg), encoding="utf-8")
+    checkpoints, state = snapshot(work_dir), (out / "pipeline.json").read_text()
+    code, stderr = run_cli(["pipeline", str(config), "-o", str(out)], monkeypatch, capsys)
+    assert_clear_cli_error(code, stderr, "started from other inputs")
+    assert "restart: true" in stderr
+    assert snapshot(work_dir) == checkpoints
+    assert json.loads((out / "pipeline.json").read_text())["stages"]["distill"] == json.loads(state)["stages"]["distill"]
+    cfg["stages"]["distill"]["restart"] = True
+    config.write_text(json.dumps(cfg), encoding="utf-8")
+    code, stderr = run_cli(["pipeline", str(config), "-o", str(out)], monkeypatch, capsys)
+    assert code == 0, stderr
+    assert json.loads((out / "pipeline.json").read_text())["stages"]["distill"]["metrics"]["resumed_from"] is None
+
+
+def _counts_cache(w: Work) -> Path:
+    return w.root.parent / "counts-cache"  # outside the row's folder, which the snapshot compares
+
+
+def test_trim_recounts_over_a_corrupt_token_count_cache(work: Work, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A token-count cache file that is damaged (a crash, a full disk, a copy cut short) is a cache miss with a
+    warning: the trim recounts and overwrites it, instead of every later trim failing on it."""
+    import numpy as np
+
+    args = stage_args("trim", work, "en.txt") + ["--cache-dir", str(_counts_cache(work))]
+    code, stderr = run_cli(args, monkeypatch, capsys)
+    assert code == 0, stderr
+    cached = sorted(_counts_cache(work).rglob("*.npz"))
+    assert cached
+    for i, path in enumerate(cached):
+        path.write_bytes([b"", b"PK\x03\x04 cut short", b"not a zip file at all"][i % 3])
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        code, stderr = run_cli(args, monkeypatch, capsys)
+    assert code == 0, stderr
+    for path in cached:
+        with np.load(path) as data:
+            assert data["counts"].sum() > 0  # rewritten whole
+
+
+def test_two_trims_writing_the_same_token_count_cache_entry_at_once(work: Work, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Another process saves the same cache entry while this one is between writing and renaming it: each writes a
+    temporary file of its own, so neither renames the other's (or a half-written) file, and no temporary is left."""
+    import os
+
+    import numpy as np
+
+    from mlcompress.vocab_trim.counting import TokenCounts
+
+    cache = _counts_cache(work)
+    real_replace, raced = os.replace, []
+
+    def replace(src: object, dst: object, *args: object, **kwargs: object) -> None:
+        if str(dst).startswith(str(cache)) and str(dst).endswith(".npz") and not raced:
+            raced.append(dst)  # the other process: the same counts, saved in full, just now
+            TokenCounts.load(Path(os.fspath(src))).save(Path(os.fspath(dst)))
+        real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    code, stderr = run_cli(stage_args("trim", work, "en.txt") + ["--cache-dir", str(cache)], monkeypatch, capsys)
+    assert code == 0, stderr
+    assert raced
+    with np.load(raced[0]) as data:
+        assert data["counts"].sum() > 0
+    assert [p.name for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".npz")] == []
+
+
+def test_a_bundled_build_another_process_just_finished_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes ask for the bundled model at once; one finishes its build and renames it into place just after
+    the other looked and found none: that complete build is used, never deleted as a damaged leftover."""
+    import mlcompress.bundled as bundled
+    from mlcompress.artifacts import write_provenance
+
+    def build(name: str) -> Callable[[object, Path], None]:
+        def build_checkpoint(bin_path: object, out_dir: Path) -> None:  # a stand-in build (the real one takes minutes)
+            Path(out_dir, "built-by").write_text(name, encoding="utf-8")
+        return build_checkpoint
+
+    real_complete, looks = bundled._complete, []
+
+    def complete(target: Path) -> bool:
+        looks.append(target)
+        if len(looks) == 1:  # this process finds no build; in that moment the other one renames its own into place
+            with bundled.atomic_output_dir(target) as tmp:
+                build("the other process")(None, tmp)
+                write_provenance(tmp, "bundled", {"name": "multilingual-e5-small"}, [], {})
+            return False
+        return real_complete(target)
+
+    monkeypatch.setattr(bundled, "_complete", complete)
+    monkeypatch.setattr(bundled, "build_checkpoint", build("this process"))
+    target = bundled.ensure_bundled("multilingual-e5-small", cache_dir=tmp_path)
+    assert (target / "built-by").read_text(encoding="utf-8") == "the other process"
+    assert real_complete(target)
+    assert sorted(p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")) == [target.name]
+
+
+class _BarrierSpy:
+    """An accelerator that records, at each barrier, whether the output exists: what another rank would find there."""
+
+    def __init__(self, accelerator: object, output: Path) -> None:
+        self._accelerator, self.output, self.barriers = accelerator, output, []
+
+    def wait_for_everyone(self) -> None:
+        self.barriers.append((self.output / "mlcompress.json").is_file())
+        self._accelerator.wait_for_everyone()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._accelerator, name)
+
+
+def test_task_runs_end_with_a_barrier_after_the_output_is_written(work: Work, monkeypatch: pytest.MonkeyPatch,
+                                                                   data_dir: Path) -> None:
+    """finetune_teacher and distill_task: the main process writes the output, and only then do all ranks leave
+    together, so no other rank returns (and reads the output) before it exists."""
+    import mlcompress.distill.task as task
+    from mlcompress.distill import TrainConfig
+
+    spies: list[_BarrierSpy] = []
+    real = task.make_accelerator
+
+    def make_accelerator(config: TrainConfig) -> _BarrierSpy:
+        spies.append(_BarrierSpy(real(config), output))
+        return spies[-1]
+
+    monkeypatch.setattr(task, "make_accelerator", make_accelerator)
+    config = TrainConfig(steps=2, batch_size=4, checkpoint_every=1, device="cpu", mixed_precision="no", progress=False)
+    train_file = data_dir / "xtreme_udpos" / "train-en.tsv.gz"
+    output = work.root / "teacher"
+    task.finetune_teacher(work.model, "token-classification", train_file, output, max_examples=16, max_length=32,
+                          train_config=config)
+    output = work.root / "task"
+    task.distill_task(work.root / "teacher", work.model, "token-classification", train_file, output, max_examples=16,
+                      max_length=32, train_config=config)
+    assert [spy.output.name for spy in spies] == ["teacher", "task"]
+    for spy in spies:
+        assert spy.barriers[-1], f"the last barrier came before {spy.output} was written: {spy.barriers}"
+
+
+def _owner(w: Work, host: str, pid: int, started: str | None = None, age_s: float = 0.0) -> Path:
+    """A distillation work dir held by process ``pid`` on ``host``, last refreshed ``age_s`` seconds ago."""
+    import os
+    import time
+
+    lock = w.root / ".out.work" / "owner.json"
+    lock.parent.mkdir()
+    lock.write_text(json.dumps({"host": host, "pid": pid, "started": started, "token": "theirs"}), encoding="utf-8")
+    os.utime(lock, (time.time() - age_s,) * 2)
+    return lock
+
+
+def test_a_work_dir_held_by_a_run_on_another_host_is_not_taken(work: Work, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """On a shared file system a pid from another host says nothing about the processes here: a work dir that a run
+    on another host holds (and refreshed lately) is refused with its host and pid; deleting the lock, as the hint
+    says, lets the run go on."""
+    lock = _owner(work, "gpu-node-17", 4242)
+    before = snapshot(work.root)
+    code, stderr = run_cli(stage_args("distill", work, "en.txt"), monkeypatch, capsys)
+    assert_clear_cli_error(code, stderr, "in use by process 4242 on host gpu-node-17")
+    assert str(lock) in stderr.replace("\n", "")
+    assert snapshot(work.root) == before
+    lock.unlink()
+    code, stderr = run_cli(stage_args("distill", work, "en.txt"), monkeypatch, capsys)
+    assert code == 0, stderr
+
+
+def test_a_work_dir_held_by_a_live_process_on_this_host_is_not_taken(work: Work, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A work dir whose owner still runs on this host (same pid and start time) is refused, not trained into twice."""
+    import socket
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stat = Path(f"/proc/{other.pid}/stat")
+        started = stat.read_text().rsplit(")", 1)[1].split()[19] if stat.is_file() else None  # as the owner records it
+        _owner(work, socket.gethostname(), other.pid, started)
+        before = snapshot(work.root)
+        code, stderr = run_cli(stage_args("distill", work, "en.txt"), monkeypatch, capsys)
+        assert_clear_cli_error(code, stderr, f"in use by process {other.pid} on this host")
+        assert snapshot(work.root) == before
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.parametrize("owner", ["a process of this host that has exited", "a reused pid (another start time)",
+                                   "another host, silent for 20 min"])
+def test_a_work_dir_whose_owner_is_gone_is_taken_over(owner: str, work: Work, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The control rows: an owner that is gone (dead here, or silent on another host past the threshold) does not
+    block the rerun, which takes the work dir over and completes."""
+    import os
+    import socket
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    if owner.startswith("a process"):
+        _owner(work, socket.gethostname(), int(dead.stdout))
+    elif owner.startswith("a reused"):
+        _owner(work, socket.gethostname(), os.getppid(), started="1")  # a live pid, started at another time
+    else:
+        _owner(work, "gpu-node-17", 4242, age_s=20 * 60)
+    code, stderr = run_cli(stage_args("distill", work, "en.txt"), monkeypatch, capsys)
+    assert code == 0, stderr
+    assert not (work.root / ".out.work").exists()
+
+
+def test_a_checkpoint_is_marked_complete_only_after_every_rank_wrote_its_part(tmp_path: Path) -> None:
+    """trainer_state.json marks a checkpoint complete (a resume trusts it): the main process writes it only once the
+    other ranks have written their part of the checkpoint, i.e. after the barrier, never before."""
+    from mlcompress.distill.loop import TrainState, _save_checkpoint
+    from mlcompress.distill.workdir import complete_checkpoints
+
+    target = tmp_path / "checkpoints" / "step-0000003"
+    seen: list[tuple[bool, bool]] = []  # at each barrier: (marker there, the other rank's part there)
+
+    class TwoRanks:
+        is_main_process = True
+
+        def save_state(self, directory: str) -> None:  # rank 0's part; rank 1 is still writing its own
+            Path(directory).mkdir(parents=True)
+            Path(directory, "model.safetensors").write_bytes(b"weights")
+
+        def wait_for_everyone(self) -> None:
+            seen.append(((target / "trainer_state.json").exists(), (target / "random_states_1.pkl").exists()))
+            (target / "random_states_1.pkl").write_bytes(b"rank 1's RNG state")  # rank 1 reaches the barrier done
+
+    _save_checkpoint(TwoRanks(), tmp_path, TrainState(step=3, planned=6), keep=2)
+    assert seen and seen[0] == (False, False), f"the checkpoint was marked complete before the barrier: {seen}"
+    assert complete_checkpoints(tmp_path) == [target]
+
+
+def _distill_args(w: Work, device: str, precision: str) -> list[str]:
+    args = stage_args("distill", w, "en.txt")
+    args[args.index("--device") + 1], args[args.index("--precision") + 1] = device, precision
+    return args
+
+
+def test_fp16_on_a_cpu_is_a_clear_error(work: Work, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """fp16 autocast is asked for on a CPU, where it would silently train in fp32: a clear error before anything is
+    written, whose hint names what runs there."""
+    before = snapshot(work.root)
+    code, stderr = run_cli(_distill_args(work, "cpu", "fp16"), monkeypatch, capsys)
+    assert_clear_cli_error(code, stderr, "fp16")
+    assert "bf16" in stderr.split("hint:")[1] and "no" in stderr.split("hint:")[1]
+    assert snapshot(work.root) == before
+    assert not list(Path(tempfile.tempdir).iterdir())
+
+
+def test_bf16_on_a_gpu_without_bf16_is_a_clear_error(work: Work, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """bf16 is asked for on a GPU that has none (a V100, a T4): a clear error, not a traceback from deep in torch."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100-SXM2-16GB")
+    before = snapshot(work.root)
+    code, stderr = run_cli(_distill_args(work, "cuda", "bf16"), monkeypatch, capsys)
+    assert_clear_cli_error(code, stderr, "bf16")
+    assert snapshot(work.root) == before
+    assert not list(Path(tempfile.tempdir).iterdir())

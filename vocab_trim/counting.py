@@ -9,10 +9,14 @@ tokenizer that fails the check is counted line by line instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
 import time
+import uuid
+import warnings
+import zipfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,16 +52,41 @@ class TokenCounts:
         return int(self.counts.sum())
 
     def save(self, path: Path) -> None:
-        """Store as .npz (atomically)."""
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, counts=self.counts, lines=self.lines, seconds=self.seconds, method=self.method)
-        os.replace(tmp, path)
+        """Store as .npz through a temporary file of this writer's own, renamed into place: two processes counting the
+        same corpus at once each write their own file, and a reader never sees half of one."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            with open(tmp, "xb") as handle:
+                np.savez_compressed(handle, counts=self.counts, lines=self.lines, seconds=self.seconds, method=self.method)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     @classmethod
     def load(cls, path: Path) -> TokenCounts:
         """Read what ``save`` wrote."""
-        data = np.load(path)
-        return cls(data["counts"], int(data["lines"]), float(data["seconds"]), str(data["method"]))
+        with np.load(path) as data:
+            return cls(data["counts"], int(data["lines"]), float(data["seconds"]), str(data["method"]))
+
+
+# what a damaged or foreign cache file raises when it is read
+_UNREADABLE = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile)
+
+
+def _cached(path: Path, vocab_size: int) -> TokenCounts | None:
+    """The counts cached at ``path``, or None when there are none that fit; a damaged file is a miss (with a warning),
+    so that the recount overwrites it instead of every later trim failing on it."""
+    if not path.is_file():
+        return None
+    try:
+        found = TokenCounts.load(path)
+    except _UNREADABLE as exc:
+        warnings.warn(f"the token-count cache file {path} is unreadable ({type(exc).__name__}: {exc}); "
+                      "counting again and overwriting it", RuntimeWarning, stacklevel=3)
+        return None
+    return found if len(found.counts) == vocab_size else None
 
 
 def _encode_ids(tok: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
@@ -182,10 +211,9 @@ def count_corpus(
     split = "" if half is None or corpus.word_list is not None else f"-h{half}"
     key = f"{tokenizer_fingerprint(tok)}-{corpus.fingerprint()}-{language}{split}.npz"
     path = cache / key
-    if use_cache and path.is_file():
-        found = TokenCounts.load(path)
-        if len(found.counts) == vocab_size:
-            return found, True
+    found = _cached(path, vocab_size) if use_cache else None
+    if found is not None:
+        return found, True
     if corpus.word_list is not None:
         result = count_word_list(tok, corpus.word_counts(), vocab_size)
     elif split:
