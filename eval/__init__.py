@@ -11,7 +11,7 @@ from typing import Any
 
 # public name -> module that defines it (imported on first use: keeps `mlcompress --help` fast)
 _EXPORTS = {
-    "evaluate": "run", "EvalReport": "run", "Limits": "run", "DEFAULT_TASKS": "run",
+    "evaluate": "run", "EvalReport": "run", "Limits": "run", "DEFAULT_TASKS": "run", "compare_efficiency": "run",
     "TASKS": "data", "parse_tasks": "data",
     "Score": "retention", "gate": "retention", "summary": "retention", "gate_error": "retention",
     "load_encoder": "encoders",

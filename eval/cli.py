@@ -84,8 +84,13 @@ def register(app: typer.Typer) -> None:
         out.print(table)
         if report.efficiency:
             e = report.efficiency
-            out.print(f"efficiency ({e['source']['device']}): parameters {e['source']['parameters']:,} -> {e['candidate']['parameters']:,}; "
-                      f"p50 {e['source']['latency_ms_p50']:.1f} -> {e['candidate']['latency_ms_p50']:.1f} ms; "
+            from mlcompress.eval.report import latency_spread
+
+            rounds = e["source"].get("rounds")
+            out.print(f"efficiency ({e['source']['device']}, both timed in {rounds} interleaved rounds): parameters "
+                      f"{e['source']['parameters']:,} -> {e['candidate']['parameters']:,}; batch-1 p50 "
+                      f"{e['source']['latency_ms_p50']:.2f} ({latency_spread(e['source'])}) -> "
+                      f"{e['candidate']['latency_ms_p50']:.2f} ({latency_spread(e['candidate'])}) ms; "
                       f"throughput {e['source']['throughput_per_s']:.0f} -> {e['candidate']['throughput_per_s']:.0f}/s")
         for s in report.skipped:
             out.print(f"[dim]skipped {s['task']} {s['language']}: {s['reason']}[/]")

@@ -266,18 +266,35 @@ class BundleEncoder(Encoder):
         return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
 
     def size(self) -> dict[str, Any]:
-        """Parameters (from the manifest, else counted in the ONNX initializers) and bytes on disk."""
+        """The model's parameters and bytes (as ``inspect`` counts them): other forms of it (`--ort`, `--tokenizer-in-graph`)
+        are listed apart under ``other_forms``, not summed in."""
+        model = self.path / str(self.manifest.get("model") or "model.onnx")
         params = self.manifest.get("parameters")
         if params is None:
-            params = onnx_parameters(self.path)
-        onnx_bytes = sum(f.stat().st_size for f in self.path.glob("*.onnx*"))
+            params = onnx_parameters(model if model.is_file() else self.path)
+        forms = bundle_forms(self.path, self.manifest)
         disk = dir_bytes(self.path)
-        return {"parameters": params, "weight_file_bytes": int(onnx_bytes), "bytes_on_disk": disk}
+        return {"parameters": params, "weight_file_bytes": int(sum(f.stat().st_size for f in self.path.glob(f"{model.name}*"))),
+                "bytes_on_disk": disk - sum(forms.values()), "other_forms": forms, "bytes_on_disk_with_other_forms": disk}
 
     def describe(self) -> dict[str, Any]:
         """The report's entry for this model."""
         keep = {k: self.manifest[k] for k in ("quantization", "quantisation", "languages", "format", "parity") if k in self.manifest}
         return {**super().describe(), **keep, "bundle_prefix": self.bundle_prefix}
+
+
+_FORM_FILES = {"ort": ("model", "operators_config"), "tokenizer_in_graph": ("model",)}  # manifest entry -> its file fields
+
+
+def bundle_forms(directory: Path, manifest: dict[str, Any]) -> dict[str, int]:
+    """The files of a bundle's other forms of its model (`--ort`, `--tokenizer-in-graph`): file name -> bytes."""
+    out = {}
+    for key, fields in _FORM_FILES.items():
+        entry = manifest.get(key)
+        for name in (entry.get(f) for f in fields) if isinstance(entry, dict) else ():
+            if isinstance(name, str) and (directory / name).is_file():
+                out[name] = (directory / name).stat().st_size
+    return out
 
 
 def is_export_bundle(spec: str | os.PathLike[str]) -> bool:

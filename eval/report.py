@@ -23,6 +23,14 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) else "-"
 
 
+def latency_spread(figures: dict[str, Any], digits: int = 2) -> str:
+    """The spread of a model's batch-1 latency: min..max of its per-round medians in ms ('-' where not measured)."""
+    low, high = figures.get("latency_ms_p50_min"), figures.get("latency_ms_p50_max")
+    if not (isinstance(low, (int, float)) and isinstance(high, (int, float))):
+        return "-"
+    return f"{low:.{digits}f}..{high:.{digits}f}"
+
+
 def _interval(s: Any) -> str:
     """The 95% retention interval of a score, or '-' without one."""
     i = s.interval or {}
@@ -77,7 +85,12 @@ def write_markdown(report: EvalReport) -> str:
             a, b = e["source"].get(key), e["candidate"].get(key)
             r = e["candidate_over_source"].get(key)
             lines.append(f"| {key} | {fmt(a) if a is not None else '-'} | {fmt(b) if b is not None else '-'} | {_fmt(r, 3)} |")
+        paired = e.get("latency_ratio_per_round") or {}
+        lines.append(f"| latency_ms_p50 of the rounds (min..max) | {latency_spread(e['source'])} | {latency_spread(e['candidate'])} | "
+                     f"{_fmt(paired.get('min'), 3)}..{_fmt(paired.get('max'), 3)} |")
         lines.append(f"\nPeak memory: {e['source']['peak_memory_kind']}.")
+        if e["source"].get("method"):
+            lines.append(f"\nTiming: {e['source']['method']}. Candidate / source per round: median {_fmt(paired.get('median'), 3)}.")
     if report.skipped:
         lines += ["", "## Skipped", ""] + [f"- {s['task']} {s['language']}: {s['reason']}" for s in report.skipped]
     notes = [s for s in report.scores if s.note]
@@ -152,10 +165,12 @@ def plots(report: EvalReport) -> dict[str, str]:
         fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
         names = ["source", "candidate"]
         for k, key in enumerate(("latency_ms_p50", "latency_ms_p95")):
+            spread = [[max(e[n][key] - e[n].get(f"{key}_min", e[n][key]), 0) for n in names],
+                      [max(e[n].get(f"{key}_max", e[n][key]) - e[n][key], 0) for n in names]]
             axes[0].bar([x + 0.38 * k for x in range(2)], [e[n][key] for n in names], width=0.38,
-                        label=key.split("_")[-1], color=f"C{k}")
+                        label=key.split("_")[-1], color=f"C{k}", yerr=spread, capsize=3)
         axes[0].set_xticks([0.19, 1.19], names)
-        axes[0].set_ylabel("ms per sentence (batch 1)")
+        axes[0].set_ylabel("ms per sentence (batch 1; bars: rounds' min..max)")
         axes[0].legend(fontsize=8)
         axes[0].set_title(f"Latency ({e['source']['device']})")
         axes[1].bar(names, [e[n]["throughput_per_s"] for n in names], color=["#555", "#3b8e5a"])
@@ -217,7 +232,12 @@ def write_html(report: EvalReport, figures: dict[str, str]) -> str:
             show = (lambda v: f"{v:,}") if key == "parameters" else (_mb if "bytes" in key else (lambda v: f"{v:.2f}"))
             parts.append(f"<tr><td>{e(key)}</td><td class='num'>{show(a) if a is not None else '-'}</td>"
                          f"<td class='num'>{show(b) if b is not None else '-'}</td><td class='num'>{_fmt(ef['candidate_over_source'].get(key), 3)}</td></tr>")
-        parts.append(f"</table><p class='muted'>peak memory: {e(ef['source']['peak_memory_kind'])}; throughput at batch {ef['source']['throughput_batch']}</p>")
+        paired = ef.get("latency_ratio_per_round") or {}
+        parts.append(f"<tr><td>latency_ms_p50 of the rounds (min..max)</td><td class='num'>{latency_spread(ef['source'])}</td>"
+                     f"<td class='num'>{latency_spread(ef['candidate'])}</td>"
+                     f"<td class='num'>{_fmt(paired.get('min'), 3)}..{_fmt(paired.get('max'), 3)}</td></tr>")
+        parts.append(f"</table><p class='muted'>peak memory: {e(ef['source']['peak_memory_kind'])}; throughput at batch {ef['source']['throughput_batch']}"
+                     f"{'; timing: ' + e(ef['source']['method']) if ef['source'].get('method') else ''}</p>")
         if "latency" in figures:
             parts.append(f"<img alt='latency and throughput' src='data:image/png;base64,{figures['latency']}'>")
     if report.skipped:

@@ -34,8 +34,9 @@ class Limits:
     nli_train_rows: int = 1000  # rows [0, n) of xnli/dev-en train; tests read rows from n on
     nli_test_rows: int | None = 500
     sts_pairs: int | None = None
-    latency_runs: int = 30
-    throughput_batches: int = 3
+    latency_runs: int = 60  # batch-1 sentences per model, spread over the rounds
+    throughput_batches: int = 6  # batches of 32 per model, spread over the rounds
+    efficiency_rounds: int = 6  # interleaved rounds: every model compared is timed in each
 
     def capped(self, n: int) -> Limits:
         """These limits with every data count capped at ``n``."""
@@ -44,7 +45,7 @@ class Limits:
         if n < 2:
             raise InputError(f"--max-examples {n} is too small", "give at least 2")
         counts = {k: min(v, n) if v is not None else n for k, v in asdict(self).items()
-                  if k not in ("latency_runs", "throughput_batches")}
+                  if k not in ("latency_runs", "throughput_batches", "efficiency_rounds")}
         return replace(self, **counts)
 
 
@@ -136,6 +137,7 @@ def evaluate(
     progress: Callable[[str], None] | None = None,
     encoders: tuple[Encoder, Encoder] | None = None,
     within_languages: bool = False,
+    efficiency: dict[str, Any] | None = None,
 ) -> EvalReport:
     """Evaluate ``candidate`` against ``source`` on ``tasks`` in ``languages``; write reports to ``output`` when given.
 
@@ -143,6 +145,8 @@ def evaluate(
     ``task_languages`` overrides the languages of one task; ``prefix`` is prepended to every sentence embedded
     (default: "query: " for E5 models); ``encoders`` passes already loaded models (reused across calls).
     ``within_languages`` skips (and lists as skipped) STS sets that pair a language with one outside ``languages``.
+    ``efficiency`` is this candidate's entry of ``compare_efficiency`` (several candidates timed with the source in
+    one interleaved measurement); without it the efficiency task times the source and the candidate together.
     With ``min_retention`` the report carries the gate's verdict; ``raise_on_fail`` raises GateError after writing it.
     """
     from .transfer import Recipe, resolve_mode
@@ -168,7 +172,7 @@ def evaluate(
         "pos": lambda: _pos(src, cand, data, plan["pos"], limits, recipe, skipped),
         "nli": lambda: _nli(src, cand, data, plan["nli"], limits, recipe, pre),
         "sts": lambda: _sts(src, cand, data, plan["sts"], limits, pre, langs if within_languages else None, skipped),
-        "efficiency": lambda: _efficiency(src, cand, data, plan["efficiency"], limits, pre),
+        "efficiency": lambda: efficiency or _efficiency({"candidate": cand}, src, data, plan["efficiency"], limits, pre)["candidate"],
     }
     scores, efficiency = _run_tasks(task_list, plan, runners, say, seconds)
     seconds["total"] = time.perf_counter() - t0
@@ -343,19 +347,48 @@ def _sts(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits
     return out
 
 
-def _efficiency(src: Encoder, cand: Encoder, data: DataSource, langs: list[str], limits: Limits, pre: str) -> dict[str, Any]:
-    from .efficiency import measure
-
+def _efficiency_texts(data: DataSource | None, langs: list[str]) -> list[str]:
+    """The sentences the efficiency task times: up to 64 per language with text, else a few built-in ones."""
     texts: list[str] = []
-    for lang in langs:
+    for lang in langs if data is not None else []:
         if data.missing("fidelity", lang) is None:
             texts += data.sentences(lang, 64)[0]
-    texts = texts or _FALLBACK_SENTENCES
-    res = {name: measure(m, texts, runs=limits.latency_runs, batches=limits.throughput_batches, prefix=pre)
-           for name, m in (("source", src), ("candidate", cand))}
-    ratio = {}
-    for key in ("parameters", "bytes_on_disk", "weight_file_bytes", "latency_ms_p50", "latency_ms_p95", "throughput_per_s", "peak_memory_bytes"):
-        a, b = res["source"].get(key), res["candidate"].get(key)
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a:
-            ratio[key] = b / a
-    return {**res, "candidate_over_source": ratio, "sample_sentences": len(texts)}
+    return texts or list(_FALLBACK_SENTENCES)
+
+
+def _efficiency(candidates: dict[str, Encoder], src: Encoder, data: DataSource | None, langs: list[str], limits: Limits,
+                pre: str) -> dict[str, dict[str, Any]]:
+    """The source and every candidate timed in one interleaved measurement; per candidate, its efficiency entry."""
+    from .efficiency import measure_together, paired_ratio
+
+    if "source" in candidates:
+        raise InputError("a candidate cannot be named 'source' in an efficiency comparison", "name it after its stage")
+    texts = _efficiency_texts(data, langs)
+    together = measure_together({"source": src, **candidates}, texts, runs=limits.latency_runs, rounds=limits.efficiency_rounds,
+                                batches=limits.throughput_batches, prefix=pre)
+    models = together["models"]
+    out = {}
+    for name in candidates:
+        ratio = {}
+        for key in ("parameters", "bytes_on_disk", "weight_file_bytes", "latency_ms_p50", "latency_ms_p95", "throughput_per_s",
+                    "peak_memory_bytes"):
+            a, b = models["source"].get(key), models[name].get(key)
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a:
+                ratio[key] = b / a
+        out[name] = {"source": models["source"], "candidate": models[name], "candidate_over_source": ratio,
+                     "latency_ratio_per_round": paired_ratio(together, "source", name),
+                     "sample_sentences": len(texts), "method": together["method"], "order": together["order"],
+                     "measured_with": list(models)}
+    return out
+
+
+def compare_efficiency(source: Encoder, candidates: dict[str, Encoder], languages: str | list[str],
+                       data_dir: str | os.PathLike[str] | None = None, limits: Limits | None = None,
+                       prefix: str | None = None) -> dict[str, dict[str, Any]]:
+    """Time the source and every candidate in one interleaved measurement, so that all their latencies compare.
+
+    Returns, per candidate name, the efficiency entry ``evaluate`` reports (pass it as ``evaluate(..., efficiency=)``).
+    """
+    data = DataSource.open(data_dir, None) if data_dir is not None else None
+    pre = detect_prefix(source) if prefix is None else prefix
+    return _efficiency(candidates, source, data, parse_languages(languages), limits or Limits(), pre)

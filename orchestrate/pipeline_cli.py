@@ -50,31 +50,102 @@ def _pipeline_of(config: Path | None, languages: str | None, data: Path | None, 
     return pipe
 
 
-def _print_pipeline_result(result: Any) -> None:
-    """Per stage: what was done, its time, size, parameters, vocabulary, speed and retention; the gate; the reports."""
-    from rich.console import Console
+def compact(n: Any) -> str:
+    """A count in at most 6 characters (117.7M, 36.6k, 512), so that tables fit 80 columns; '—' for no number."""
+    if not isinstance(n, (int, float)):
+        return "—"
+    for least, scale, unit in ((1e9, 1e9, "G"), (1e6, 1e6, "M"), (1e4, 1e3, "k")):
+        if abs(n) >= least:
+            return f"{n / scale:.1f}{unit}"
+    return f"{n:,.0f}" if isinstance(n, int) or n == int(n) else f"{n:.3g}"
+
+
+def latency_spread(fig: dict[str, Any]) -> str:
+    """min..max of a model's per-round median batch-1 latency in ms ('—' where it was not timed in rounds)."""
+    low, high = fig.get("latency_ms_p50_min"), fig.get("latency_ms_p50_max")
+    return f"{low:.2f}..{high:.2f}" if isinstance(low, (int, float)) and isinstance(high, (int, float)) else "—"
+
+
+def _efficiencies(result: Any) -> dict[str, dict[str, Any]]:
+    """Per evaluated artifact, the efficiency entry its eval recorded (source and candidate timed in the same rounds)."""
+    ev = next((s for s in result.stages if s.get("name") == "eval"), None) or {}
+    results = (ev.get("metrics") or {}).get("results") or {}
+    return {name: r["efficiency"] for name, r in results.items() if r.get("efficiency")}
+
+
+def _stage_table(result: Any, rows: dict[str, dict[str, Any]]) -> Any:
+    """What each stage did and took, and the size of what it made."""
     from rich.table import Table
 
-    out, num = Console(), format_number
-    table = Table(title=f"mlcompress pipeline -> {result.output}")
-    for col in ("stage", "action", "s", "MB", "parameters", "vocab", "ms p50", "min retention"):
-        table.add_column(col, justify="left" if col in ("stage", "action", "min retention") else "right")
-    rows = {r["stage"]: r for r in result.report.get("artifacts", [])}
+    table = Table(title="mlcompress pipeline")
+    for col in ("stage", "action", "s", "MB", "params", "vocab"):
+        table.add_column(col, justify="left" if col in ("stage", "action") else "right", no_wrap=True)
     src = rows.get("source", {})
-    table.add_row("source", "", "", format_mb(src.get("bytes")), num(src.get("parameters")), num(src.get("vocab_size")),
-                  num(src.get("latency_ms_p50"), "{:.2f}"), "")
+    table.add_row("source", "", "", format_mb(src.get("bytes")), compact(src.get("parameters")), compact(src.get("vocab_size")))
     for s in result.stages:
         r = rows.get(s["name"], {})
-        table.add_row(s["name"], s.get("action", ""), num(s.get("seconds"), "{:.1f}"), format_mb(r.get("bytes")),
-                      num(r.get("parameters")), num(r.get("vocab_size")), num(r.get("latency_ms_p50"), "{:.2f}"), _retentions(r))
-    out.print(table)
+        table.add_row(s["name"], s.get("action", ""), format_number(s.get("seconds"), "{:.1f}"), format_mb(r.get("bytes")),
+                      compact(r.get("parameters")), compact(r.get("vocab_size")))
+    return table
+
+
+def _speed_table(effs: dict[str, dict[str, Any]]) -> Any:
+    """Batch-1 latency with its spread over the rounds and batch-32 throughput, each candidate against the source
+    it was timed with; None when nothing was timed."""
+    from rich.table import Table
+
+    if not effs:
+        return None
+    table = Table(title="speed: interleaved rounds with the source",
+                  caption="ms: batch 1, p50; rounds: min..max; sent/s: batch 32")
+    for col in ("model", "ms p50", "rounds", "x source", "sent/s"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+    first = next(iter(effs.values()))["source"]
+    one_run = all(e["source"] == first for e in effs.values())  # one measurement: the same source figures
+    rows = [("source", first, 1.0)] if one_run else []
+    for name, e in effs.items():
+        paired = e.get("latency_ratio_per_round") or {}
+        ratio = paired.get("median", (e.get("candidate_over_source") or {}).get("latency_ms_p50"))
+        rows += ([] if one_run else [(f"source ({name} run)", e["source"], 1.0)]) + [(name, e["candidate"], ratio)]
+    for name, fig, ratio in rows:
+        table.add_row(name, format_number(fig.get("latency_ms_p50"), "{:.2f}"), latency_spread(fig),
+                      format_number(ratio, "{:.3f}"), format_number(fig.get("throughput_per_s"), "{:.0f}"))
+    return table
+
+
+def _retention_table(rows: dict[str, dict[str, Any]]) -> Any:
+    """Minimum retention per task (rows) of each evaluated artifact (columns); None when nothing was evaluated."""
+    from rich.table import Table
+
+    evaluated = {name: r["retention"] for name, r in rows.items() if r.get("retention")}
+    if not evaluated:
+        return None
+    table = Table(title="min retention per task")
+    table.add_column("task", no_wrap=True)
+    for name in evaluated:
+        table.add_column(name, justify="right", no_wrap=True)
+    for task in dict.fromkeys(t for ret in evaluated.values() for t in ret):
+        table.add_row(task, *(format_number(ret.get(task), "{:.3f}") for ret in evaluated.values()))
+    return table
+
+
+def _print_pipeline_result(result: Any, console: Any = None) -> None:
+    """Per stage: what was done, its time and size; speed and retention per model; the gate; the reports (80 columns)."""
+    from rich.console import Console
+
+    out = console or Console()
+    rows = {r["stage"]: r for r in result.report.get("artifacts", [])}
+    for table in (_stage_table(result, rows), _speed_table(_efficiencies(result)), _retention_table(rows)):
+        if table is not None:
+            out.print(table)
     for s in result.stages:
         if s.get("note"):
             out.print(f"  note: {s['name']}: {s['note']}")
     verdict = {True: "[green]PASSED[/]", False: "[red]FAILED[/]", None: "no gate"}[result.passed]
     g = result.gate
     out.print(f"gate: {verdict}" + (f" (min retention {g['min_retention']}, {g.get('checked', 0)} scores checked)" if g.get("min_retention") else ""))
-    out.print(f"report: {result.output / 'report.json'}  {result.output / 'report.html'}")
+    out.print(f"report: {result.output / 'report.json'}")
+    out.print(f"        {result.output / 'report.html'}")
 
 
 def pipeline_command(

@@ -26,7 +26,12 @@ def trim_stage(model: Path, target: Path, cfg: dict[str, Any], corpora: dict[str
 
 
 def distill_stage(model: Path, target: Path, cfg: dict[str, Any], corpora: dict[str, list[str]], resume: bool) -> dict[str, Any]:
-    """Distil a general student from ``model`` on ``corpora`` into ``target``; ``resume`` continues an interrupted run."""
+    """Distil a general student from ``model`` on ``corpora`` into ``target``.
+
+    An interrupted distillation resumes from its checkpoints (``--force`` included: the same inputs give the same
+    student); they are discarded only when the config says ``restart: true``. ``resume`` is checked before, by
+    ``check_distill_resume``.
+    """
     from mlcompress.distill import TrainConfig, distill_general, parse_duration
 
     opts = cfg["stages"]["distill"]
@@ -37,8 +42,26 @@ def distill_stage(model: Path, target: Path, cfg: dict[str, Any], corpora: dict[
     r = distill_general(model, cfg["languages"], corpora, target, every_k=opts["every_k"],
                         layers=opts["layers"], objective=opts["objective"], max_length=opts["max_length"],
                         block_size=opts["block_size"], max_blocks_per_language=opts["max_blocks_per_language"],
-                        train_config=tc, overwrite=True, restart=not resume, cache_dir=cfg["cache_dir"])
+                        train_config=tc, overwrite=True, restart=opts["restart"], cache_dir=cfg["cache_dir"])
     return r.as_dict() if hasattr(r, "as_dict") else {}
+
+
+def check_distill_resume(target: Path, cfg: dict[str, Any], resume: bool) -> None:
+    """Refuse (before the run's state changes) to go on when ``target``'s work dir holds checkpoints of a distillation
+    that started from other inputs (``resume`` false: another trimmed model), unless the config says ``restart: true``:
+    neither continued from the wrong model nor thrown away unasked. Other options are refused by the distillation."""
+    from mlcompress.distill import complete_checkpoints, work_dir_for
+    from mlcompress.errors import InputError
+
+    if resume or cfg["stages"]["distill"]["restart"]:
+        return
+    work = work_dir_for(target)
+    done = [c for root in work.rglob("checkpoints") for c in complete_checkpoints(root.parent)] if work.is_dir() else []
+    if done:
+        raise InputError(f"{work} holds an interrupted distillation ({len(done)} checkpoint(s)) that started from other "
+                         "inputs than this run's (the model it distils, or its corpora, changed since)",
+                         "set stages.distill.restart: true in the config to discard its checkpoints and start over, "
+                         "or put the previous inputs back and rerun to resume it")
 
 
 def export_stage(model: Path, target: Path, cfg: dict[str, Any], corpora: dict[str, list[str]]) -> dict[str, Any]:
@@ -61,17 +84,25 @@ def in_scope(language: str, languages: list[str]) -> bool:
     return bool(codes) and all(c in languages for c in codes)
 
 
-def _evaluate_candidate(cfg: dict[str, Any], candidate: dict[str, Any], folder: Path, source_encoder: Any,
-                        say: Callable[[str], None]) -> dict[str, Any]:
-    """One candidate against the source: every score, and the gate and summary over the target languages' scores."""
-    from mlcompress.eval import Limits, evaluate, gate, load_encoder, summary
+def _limits(cfg: dict[str, Any]) -> Any:
+    """The eval limits of the config (every data count capped at ``max_examples``)."""
+    from mlcompress.eval import Limits
 
     opts = cfg["stages"]["eval"]
-    limits = Limits().capped(opts["max_examples"]) if opts["max_examples"] else Limits()
+    return Limits().capped(opts["max_examples"]) if opts["max_examples"] else Limits()
+
+
+def _evaluate_candidate(cfg: dict[str, Any], candidate: dict[str, Any], folder: Path, encoders: tuple[Any, Any],
+                        efficiency: dict[str, Any] | None, say: Callable[[str], None]) -> dict[str, Any]:
+    """One candidate against the source: every score, and the gate and summary over the target languages' scores.
+    ``efficiency`` is the candidate's part of the one interleaved timing of the source and every candidate."""
+    from mlcompress.eval import evaluate, gate, summary
+
+    opts = cfg["stages"]["eval"]
     rep = evaluate(cfg["source"], candidate["path"], cfg["languages"], opts["tasks"], cfg["data"], folder,
                    None, task_languages=opts["task_languages"],
-                   limits=limits, transfer=opts["transfer"], cache_dir=cfg["cache_dir"],
-                   encoders=(source_encoder, load_encoder(candidate["path"], cfg["cache_dir"])), within_languages=True,
+                   limits=_limits(cfg), transfer=opts["transfer"], cache_dir=cfg["cache_dir"],
+                   encoders=encoders, within_languages=True, efficiency=efficiency,
                    progress=lambda m: say(f"eval {candidate['name']}: {m}"))
     d = rep.as_dict()
     # the gate judges the target languages: a cross-lingual set pairing one with another language
@@ -81,6 +112,20 @@ def _evaluate_candidate(cfg: dict[str, Any], candidate: dict[str, Any], folder: 
     return {"gate": gate(scope, opts["min_retention"]), "summary": summary(scope),
             "summary_all_languages": d["summary"], "outside_target_languages": outside,
             "efficiency": d["efficiency"], "scores": d["scores"], "skipped": d["skipped"]}
+
+
+def _joint_efficiency(cfg: dict[str, Any], source: Any, candidates: dict[str, Any],
+                      say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """The source and every candidate timed in the same interleaved rounds (when efficiency is among the tasks), so
+    that the report's latencies compare: per candidate name, its efficiency entry."""
+    from mlcompress.eval import compare_efficiency, parse_tasks
+
+    opts = cfg["stages"]["eval"]
+    if "efficiency" not in parse_tasks(opts["tasks"]):
+        return {}
+    languages = (opts["task_languages"] or {}).get("efficiency") or cfg["languages"]
+    say(f"eval: timing the source and {', '.join(candidates)} together, in interleaved rounds")
+    return compare_efficiency(source, candidates, languages, cfg["data"], _limits(cfg))
 
 
 def eval_stage(target: Path, cfg: dict[str, Any], source_path: Path, candidates: list[dict[str, Any]],
@@ -93,9 +138,12 @@ def eval_stage(target: Path, cfg: dict[str, Any], source_path: Path, candidates:
     results = {}
     with atomic_output_dir(target, overwrite=True) as tmp:
         src_enc = load_encoder(cfg["source"], cfg["cache_dir"])  # named as the user did (E5 prefix detection)
+        encs = {a["name"]: load_encoder(a["path"], cfg["cache_dir"]) for a in candidates}
+        joint = _joint_efficiency(cfg, src_enc, encs, say)
         for a in candidates:
             say(f"eval: {a['name']} against the source")
-            results[a["name"]] = {**_evaluate_candidate(cfg, a, tmp / a["name"], src_enc, say), "final": a is candidates[-1]}
+            results[a["name"]] = {**_evaluate_candidate(cfg, a, tmp / a["name"], (src_enc, encs[a["name"]]),
+                                                        joint.get(a["name"]), say), "final": a is candidates[-1]}
         write_provenance(tmp, "pipeline-eval", {**opts, "languages": cfg["languages"], "data": cfg["data"]},
                          [{"role": "source", "source": cfg["source"], "path": str(source_path)}]
                          + [{"role": "candidate", "stage": a["name"], "path": a["path"]} for a in candidates],

@@ -315,6 +315,48 @@ def test_export_bundle_backend(models: dict[str, Path], small_data: Path, tmp_pa
         load_encoder(bundle)
 
 
+def _tiny_onnx(path: Path, rows: int) -> int:
+    """A one-initializer ONNX graph (rows x 4 floats) at ``path``; returns its parameter count."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((rows, 4), dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, 4])], [w])
+    onnx.save(helper.make_model(graph), str(path))
+    return rows * 4
+
+
+def test_bundle_size_is_its_model_with_other_forms_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --tokenizer-in-graph (and --ort) bundle holds its model in several forms: eval counts the model once."""
+    import types
+
+    import mlcompress.export
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    params = _tiny_onnx(bundle / "model.onnx", 50)
+    _tiny_onnx(bundle / "model_with_tokenizer.onnx", 50)  # the same weights again, strings in
+    (bundle / "model.ort").write_bytes(b"o" * 3000)
+    (bundle / "required_operators.config").write_text("ai.onnx;17;Identity\n")
+    (bundle / "tokenizer.json").write_text("{}")
+    manifest = {"model": "model.onnx", "head": {"task": "sentence-embedding"}, "tokenizer": {"prefix": ""},
+                "tokenizer_in_graph": {"model": "model_with_tokenizer.onnx", "input": "text"},
+                "ort": {"model": "model.ort", "operators_config": "required_operators.config"}}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    runtime = types.ModuleType("mlcompress.export.runtime")
+    runtime.load = lambda path: types.SimpleNamespace(manifest=manifest, prefix="", encode=lambda texts: np.ones((len(texts), 4)))
+    monkeypatch.setitem(sys.modules, "mlcompress.export.runtime", runtime)
+    monkeypatch.setattr(mlcompress.export, "runtime", runtime, raising=False)
+    size = load_encoder(bundle).size()
+    forms = {n: (bundle / n).stat().st_size for n in ("model_with_tokenizer.onnx", "model.ort", "required_operators.config")}
+    everything = sum(f.stat().st_size for f in bundle.iterdir())
+    assert size["parameters"] == params  # counted in model.onnx only, not in model_with_tokenizer.onnx too
+    assert size["weight_file_bytes"] == (bundle / "model.onnx").stat().st_size
+    assert size["other_forms"] == forms
+    assert size["bytes_on_disk"] == everything - sum(forms.values()) and size["bytes_on_disk_with_other_forms"] == everything
+
+
 def test_import_is_light() -> None:
     code = "import sys, mlcompress.eval.cli, mlcompress.eval; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

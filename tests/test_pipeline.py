@@ -93,7 +93,7 @@ def test_config_file_errors_and_defaults(tiny: dict[str, Path], tmp_path: Path, 
     good.write_text("languages: en,de\ndata: ../data\nstages: [trim, export]\n", encoding="utf-8")
     cfg = load_config(good)
     assert cfg["data"] == str(tmp_path / "data")  # relative to the file
-    assert list(cfg["stages"]) == ["trim", "export"] and cfg["stages"]["export"]["quantize"] == "int8-dynamic"
+    assert list(cfg["stages"]) == ["trim", "export"] and cfg["stages"]["export"]["quantize"] == "int8-weights"
     assert cfg["source"] == "bundled:multilingual-e5-small"
     full = validate_config({"languages": ["EN", "deu"]})
     assert full["languages"] == ["en", "de"] and list(full["stages"]) == ["trim", "distill", "export", "eval"]
