@@ -62,7 +62,7 @@ def export(
     output: str | os.PathLike[str],
     *,
     format: str = "onnx",
-    quantize: str = "int8-dynamic",
+    quantize: str = "int8-weights",
     bundle: bool = False,
     ort: bool = False,
     tokenizer_in_graph: bool = False,

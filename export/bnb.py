@@ -10,7 +10,7 @@ from mlcompress.errors import InputError
 
 from .writer import Payload
 
-BNB_QUANTIZE = {"int8-dynamic": 8, "int8-static": 8, "int4": 4}
+BNB_QUANTIZE = {"int8-weights": 8, "int8-dynamic": 8, "int8-static": 8, "int4": 4}
 
 
 def require_bnb(quantize: str) -> int:

@@ -85,14 +85,14 @@ def export_graph(p: Prepared, scratch: Path, format: str, quantize: str, bundle:
         from .tensorrt import build_engine
 
         model_file, qinfo = build_engine(final, scratch / "model.engine", quantize).name, {**qinfo, "tensorrt": True}
-    forms = _edge_forms(final, session, p, scratch, tok, opts)
+    forms = _edge_forms(final, session, p, scratch, tok, opts, qinfo.get("session_config"))
     result = {"format": format, "quantize": quantize, "task": p.spec.task, "model_file": model_file, "parity": parity,
               "latency_ms": latency, "fused_operators": fused, "quantization": qinfo}
     return _payload(p, result, scratch, _out_dim(module, feeds[0]), bundle, langs, opts["force"], forms)
 
 
-def _edge_forms(final: Path, session: Any, p: Prepared, scratch: Path, tok: Any, opts: dict[str, Any]
-                ) -> dict[str, dict[str, Any]]:
+def _edge_forms(final: Path, session: Any, p: Prepared, scratch: Path, tok: Any, opts: dict[str, Any],
+                session_config: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """The bundle's other forms of the model, by manifest key: ``ort`` (--ort: model.ort and its operator config) and
     ``tokenizer_in_graph`` (--tokenizer-in-graph: strings in, checked against the two-file path, ``session`` of
     ``final`` with tokenizer.json, on target text)."""
@@ -110,7 +110,7 @@ def _edge_forms(final: Path, session: Any, p: Prepared, scratch: Path, tok: Any,
             entry = write_text_model(final, scratch / TEXT_MODEL, p.tokenizer_json, p.prefix, p.max_length, p.pad_id)
         texts = sentences(take(p.sources, max(1, opts["parity_texts"]), 0))
         entry["parity"] = text_model_parity(scratch / TEXT_MODEL, session, tok, p.tokenizer_json, p.prefix, p.max_length,
-                                            p.pad_id, texts)
+                                            p.pad_id, texts, session_config=session_config)
         if not entry["parity"]["passed"] and not opts["force"]:
             raise GateError(f"the model with its tokenizer inside differs from tokenizer.json + model: "
                             f"{entry['parity']['token_id_mismatches']} of {len(texts)} texts got other token ids "

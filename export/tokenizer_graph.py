@@ -256,15 +256,16 @@ def _extensions_version() -> str:
     return str(onnxruntime_extensions.__version__)
 
 
-def session(model: Path | bytes, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session with onnxruntime-extensions' operators registered, for a tokenizer-in-graph model."""
+def session(model: Path | bytes, threads: int | None = None, config: dict[str, str] | None = None) -> Any:
+    """An onnxruntime CPU session with onnxruntime-extensions' operators registered, for a tokenizer-in-graph model;
+    ``config``: the session config entries the bundle's quantisation asks for (as the runtime applies them)."""
     import onnxruntime as ort
 
     from .runtime import session_options
 
     _extensions_version()  # an export-time error (InputError) naming the extra that installs it
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model),
-                                session_options(threads, extensions=True), providers=["CPUExecutionProvider"])
+                                session_options(threads, config, extensions=True), providers=["CPUExecutionProvider"])
 
 
 MAX_ABS_DIFF = 1e-5  # the in-graph model's outputs against the two-file path's, on the same batches
@@ -288,17 +289,18 @@ def token_id_mismatches(ids_only: Any, tokenizer: Any, prefix: str, texts: list[
 
 
 def text_model_parity(text_model: Path, reference: Any, tokenizer: Any, tokenizer_json: dict[str, Any], prefix: str,
-                      max_length: int, pad_id: int, texts: list[str], batch_size: int = 16) -> dict[str, Any]:
+                      max_length: int, pad_id: int, texts: list[str], batch_size: int = 16,
+                      session_config: dict[str, str] | None = None) -> dict[str, Any]:
     """Compare the in-graph model with the two-file path (tokenizer.json + the session ``reference`` of the model) on
     ``texts``: how many texts get other token ids, and the largest output difference on the same batches (dynamic
-    quantisation depends on the batch)."""
+    quantisation depends on the batch). ``session_config``: the quantisation's, applied to both as the runtime does."""
     import numpy as np
 
     from .runtime import tokenize
 
     ids_only = session(tokenizer_graph(tokenizer_json, prefix, max_length, pad_id, 21).SerializeToString())
     mismatched = token_id_mismatches(ids_only, tokenizer, prefix, texts)
-    full = session(text_model)
+    full = session(text_model, config=session_config)
     output = reference.get_outputs()[0].name
     worst = 0.0
     for i in range(0, len(texts), batch_size):

@@ -125,7 +125,8 @@ def test_embeddings_match_the_two_file_path(text_bundle, data_dir):
 
 
 def test_text_model_runs_with_only_onnxruntime_and_extensions(text_bundle, tmp_path):
-    """No tokenizers, torch or transformers: the model file and the two runtime packages are enough."""
+    """No tokenizers, torch or transformers: the model file, the manifest's session config and the two runtime packages
+    are enough."""
     sentences = ["Guten Morgen", "Where is the station?"]
     np.save(tmp_path / "expected.npy", runtime.load(text_bundle).encode(sentences))
     (tmp_path / "sitecustomize.py").write_text(textwrap.dedent("""
@@ -137,10 +138,13 @@ def test_text_model_runs_with_only_onnxruntime_and_extensions(text_bundle, tmp_p
         sys.meta_path.insert(0, Block())
     """))
     script = textwrap.dedent(f"""
-        import numpy as np, onnxruntime as ort
+        import json, numpy as np, onnxruntime as ort
         from onnxruntime_extensions import get_library_path
         options = ort.SessionOptions()
         options.register_custom_ops_library(get_library_path())
+        manifest = json.load(open({str(text_bundle / 'manifest.json')!r}))
+        for key, value in (manifest['quantization'].get('session_config') or {{}}).items():
+            options.add_session_config_entry(key, value)  # int8-weights: fold the weights at load
         s = ort.InferenceSession({str(text_bundle / 'model_with_tokenizer.onnx')!r}, options)
         emb = s.run(None, {{'text': np.array({sentences!r}, dtype=object)}})[0]
         np.testing.assert_allclose(emb, np.load({str(tmp_path / 'expected.npy')!r}), atol=1e-5)
