@@ -75,7 +75,11 @@ def parse_duration(text: str | float | int | None) -> float | None:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU runs bf16 matrix products natively (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    """Whether this CPU runs bf16 matrix products natively (AVX512-BF16 or AMX), where bf16 autocast pays off; not
+    when torch's kernels are capped below AVX512 (``ATEN_CPU_CAPABILITY=avx2``), where bf16 would be emulated."""
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "AVX512")()
+    if not str(capability).upper().startswith(("AVX512", "AMX")):
+        return False
     cpu = getattr(torch, "cpu", None)
     checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(bool(check()) for check in checks if check is not None)

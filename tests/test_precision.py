@@ -79,6 +79,15 @@ def test_auto_follows_the_cpu_and_an_explicit_choice_does_not(monkeypatch, nativ
         assert loop.make_accelerator(TrainConfig(device="cpu", mixed_precision=precision)).mixed_precision == precision
 
 
+def test_bf16_is_not_native_when_torch_kernels_are_capped_below_avx512() -> None:
+    """``ATEN_CPU_CAPABILITY=avx2`` (how the suite emulates an AVX2-only CPU on a newer one) makes ``auto`` pick fp32:
+    torch would emulate bf16 there, as on a CPU without AVX512-BF16."""
+    code = "from mlcompress.distill import loop; print(loop.cpu_has_bf16(), loop.auto_precision(True))"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "no"]
+
+
 @pytest.mark.parametrize("launched", ["no", "bf16"])
 def test_auto_keeps_what_accelerate_launch_set(monkeypatch, launched: str) -> None:
     """Under ``accelerate launch --mixed_precision P`` (or its config file) ``auto`` is the launcher's P, whatever the
