@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from mlcompress.artifacts import atomic_output_dir, write_provenance
 from mlcompress.errors import InputError, LanguageError
+from mlcompress.families import check_supported, model_family
 from mlcompress.sources import DEFAULT_MODEL, resolve_model
 
 from .attention import use_capture_backend
@@ -171,6 +172,7 @@ def distill_general(
     langs, texts = _languages_and_texts(languages, corpora)
     out = Path(output).expanduser().absolute()
     source = resolve_model(teacher, cache_dir)
+    check_supported(model_family(source.path), "distill", str(teacher))
     objective, profile = _objective(objective, source.path, str(teacher), prefix)
     losses = _checked_losses(losses, objective)
     data = _data_settings(objective, profile, block_size, max_blocks_per_language, max_length, short_span_share,

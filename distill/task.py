@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from mlcompress.artifacts import atomic_output_dir, write_provenance
 from mlcompress.errors import InputError
+from mlcompress.families import check_supported, model_family
 from mlcompress.sources import load_tokenizer, load_weights, resolve_model
 
 from .attention import use_capture_backend
@@ -61,6 +62,7 @@ def finetune_teacher(source: str | os.PathLike[str], task: str, train_file: str 
     config = train_config or TrainConfig(lr=3e-5)
     out = Path(output).expanduser().absolute()
     src = resolve_model(source, cache_dir)
+    check_supported(model_family(src.path), "distill", str(source))
     settings = {"stage": "teacher", "source": str(src.path), "task": task, "train_file": str(train_file),
                 "max_examples": max_examples, "max_length": max_length,
                 "train": {k: v for k, v in asdict(config).items() if k != "progress"}}
@@ -140,6 +142,7 @@ def distill_task(teacher: str | os.PathLike[str], student: str | os.PathLike[str
     config = train_config or TrainConfig(lr=5e-5)
     out = Path(output).expanduser().absolute()
     t_src, s_src = resolve_model(teacher, cache_dir), resolve_model(student, cache_dir)
+    check_supported(model_family(t_src.path), "distill", str(teacher))
     settings = {"stage": "task", "teacher": str(t_src.path), "student": str(s_src.path), "task": task,
                 "train_file": str(train_file), "losses": asdict(losses), "density": density, "dense_steps": dense_steps,
                 "max_examples": max_examples, "max_length": max_length,

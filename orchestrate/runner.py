@@ -308,7 +308,6 @@ class Pipeline:
              progress: Callable[[str], None] | None) -> PipelineResult:
         say = progress or (lambda _msg: None)
         cfg = self.config
-        run = _Run(cfg, Path(output).expanduser().absolute(), force, say)
         t_start = time.perf_counter()
         from mlcompress.sources import resolve_model
 
@@ -319,6 +318,8 @@ class Pipeline:
         corpora, missing = self._corpora()
         say(f"source {cfg['source']}")
         source = resolve_model(cfg["source"], cfg["cache_dir"])
+        distill_decision = self._check_family(source.path, distill_decision)  # before anything is written
+        run = _Run(cfg, Path(output).expanduser().absolute(), force, say)
         run.current = {"path": source.path, "digest": run.digest(source.path), "stage": "source"}
         run.artifacts.append({"name": "source", "path": str(source.path), "spec": cfg["source"]})
         corpus_fp = corpus_fingerprints(corpora)
@@ -334,6 +335,20 @@ class Pipeline:
 
             raise gate_error(gate, str(run.out))
         return result
+
+    def _check_family(self, source_path: Path, distill: tuple[bool, str]) -> tuple[bool, str]:
+        """Refuse, before any stage runs, a source whose family the pipeline or one of its stages does not handle; an
+        automatic distillation (``enabled: auto``) is skipped for such a family instead. Returns the distill decision."""
+        from mlcompress.families import SUPPORT, check_supported, model_family
+
+        family = model_family(source_path)
+        check_supported(family, "pipeline", self.config["source"])
+        if distill[0] and not SUPPORT[family]["distill"] and self.config["stages"]["distill"]["enabled"] == "auto":
+            distill = (False, f"{family} models are not distilled yet")
+        for stage in self.config["stages"]:
+            if stage != "distill" or distill[0]:
+                check_supported(family, stage, self.config["source"])
+        return distill
 
     def _trim(self, run: _Run, corpora: dict[str, list[str]], corpus_fp: dict[str, list[str]], missing: list[str]) -> None:
         """1. trim: by the corpora, or by script when a language has no text."""
