@@ -1,7 +1,10 @@
 """mlcompress.export: ONNX / TensorRT export, quantisation, parity checks, and edge bundles with a torch-free runtime.
 
-Importing this package is light (no torch, no onnxruntime); each function imports what it needs.
+Importing this package is light (no torch, no onnxruntime); each function imports what it needs. The names in
+``_LAZY`` are imported on first use.
 """
+
+from typing import Any
 
 from .api import export
 from .bundle import BundleError, verify
@@ -9,4 +12,17 @@ from .quantize import QUANTIZE_CHOICES
 from .result import ExportResult
 from .web_demo import write_demo
 
-__all__ = ["QUANTIZE_CHOICES", "BundleError", "ExportResult", "export", "verify", "write_demo"]
+# name -> module that defines it, imported when the name is first used
+_LAZY = {"export_decoder": ".decoder_export"}
+
+
+def __getattr__(name: str) -> Any:
+    """The lazily imported public names (``export_decoder``)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["QUANTIZE_CHOICES", "BundleError", "ExportResult", "export", "export_decoder", "verify", "write_demo"]

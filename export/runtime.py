@@ -13,11 +13,14 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .bundle import BundleError, check_fields, inside, open_bundle, verify_dir
+
+if TYPE_CHECKING:
+    from .generate import Generator
 
 
 def make_tokenizer(path: str | os.PathLike[str] | bytes, pad_id: int, pad_token: str, max_length: int) -> Any:
@@ -182,14 +185,20 @@ class Bundle:
 
 
 def load(path: str | os.PathLike[str], threads: int | None = None, providers: list[str] | None = None,
-         format: str = "onnx") -> Bundle:
+         format: str = "onnx") -> Bundle | Generator:
     """Open a bundle directory or .tar.gz, verify every file against the manifest, and load it: its model.onnx, or
-    with ``format="ort"`` the model.ort that `mlcompress export --bundle --ort` wrote (the same verified bytes)."""
+    with ``format="ort"`` the model.ort that `mlcompress export --bundle --ort` wrote (the same verified bytes).
+
+    A decoder bundle (`export_decoder`, task text-generation) loads as a `generate.Generator` of its default dtype."""
     if format not in MODEL_FORMATS:  # before unpacking anything
         raise BundleError(f"unknown model format {format!r}", f"choose one of {', '.join(MODEL_FORMATS)}")
     directory, tmp = open_bundle(path)
     try:
         manifest = verify_dir(directory)
+        if (manifest.get("head") or {}).get("task") == "text-generation" and format == "onnx":
+            from .generate import Generator
+
+            return Generator(directory, manifest, threads=threads, providers=providers)
         bundle = Bundle(directory, manifest, threads=threads, providers=providers, format=format)
     finally:
         if tmp is not None:  # the session and tokenizer are in memory now
