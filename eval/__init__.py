@@ -17,6 +17,8 @@ _EXPORTS = {
     "load_encoder": "encoders",
     "shuffled_embeddings": "controls",
     "pipeline_html": "report",
+    "evaluate_generative": "generative", "LMLimits": "generative", "GENERATIVE_TASKS": "generative",
+    "CausalLM": "lm_scorer", "load_causal_lm": "lm_scorer", "is_causal_lm": "lm_scorer",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 _TASKS = "retrieval,pos,nli,sts,fidelity,efficiency"
+_LM_TASKS = "perplexity,next_token,greedy,efficiency"
 
 
 def _parse_hub(items: list[str]) -> dict[str, str]:
@@ -35,6 +36,16 @@ def _parse_task_languages(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _lm_efficiency_line(e: dict) -> str:
+    """One line of a causal-LM comparison's efficiency: parameters, prefill ms, decode tokens/s."""
+    s, c = e["source"], e["candidate"]
+    tps = lambda v: f"{v:.1f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
+    return (f"efficiency ({s.get('device')}, batch 1, both timed in {s.get('rounds')} interleaved rounds): parameters "
+            f"{s['parameters'] or 0:,} -> {c['parameters'] or 0:,}; prefill of {e['prefill_tokens']} tokens p50 "
+            f"{s['prefill_ms_p50']:.2f} -> {c['prefill_ms_p50']:.2f} ms; decode {tps(s.get('decode_tokens_per_s'))} -> "
+            f"{tps(c.get('decode_tokens_per_s'))} tokens/s")
+
+
 def register(app: typer.Typer) -> None:
     """Add the `eval` command to the root app."""
 
@@ -44,7 +55,7 @@ def register(app: typer.Typer) -> None:
         candidate: Annotated[str, typer.Argument(help="Compressed model, in any of the same forms.")],
         languages: Annotated[str, typer.Option("-l", "--languages", help="Target languages, e.g. de,el.")],
         output: Annotated[Path, typer.Option("-o", "--output", help="Report folder (report.json, report.md, report.html).")],
-        tasks: Annotated[str, typer.Option("--tasks", help=f"Comma-separated, from {_TASKS}.")] = _TASKS,
+        tasks: Annotated[Optional[str], typer.Option("--tasks", help=f"Comma-separated: for encoders from {_TASKS} (default: all); for a causal-LM source from {_LM_TASKS} (default: all).")] = None,
         data: Annotated[Optional[Path], typer.Option("--data", help="A folder laid out like ../shared/data.")] = None,
         min_retention: Annotated[Optional[float], typer.Option("--min-retention", help="Gate: exit 1 when any task keeps less than this fraction of the source's score.")] = None,
         hub_data: Annotated[Optional[list[str]], typer.Option("--hub-data", help="TASK:LANG=hf://NAME?config=C&split=S&columns=A,B: a datasets id for one task and language. Repeatable.")] = None,
@@ -61,7 +72,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from mlcompress.artifacts import quiet_transformers as _quiet_transformers
-        from mlcompress.eval import Limits, evaluate
+        from mlcompress.eval import Limits, LMLimits, evaluate
         from mlcompress.eval.retention import gate_error
 
         err = Console(stderr=True, soft_wrap=True)
@@ -70,6 +81,7 @@ def register(app: typer.Typer) -> None:
                           task_languages=_parse_task_languages(task_languages or []), hub_data=_parse_hub(hub_data or []),
                           transfer=transfer, prefix=prefix, seed=seed, cache_dir=cache_dir,
                           limits=Limits().capped(max_examples) if max_examples else None,
+                          lm_limits=LMLimits().capped(max_examples) if max_examples else None,
                           progress=lambda msg: err.print(f"[dim]{msg}[/]", highlight=False))
         out = Console()
         table = Table(title=f"{candidate} against {source}")
@@ -82,7 +94,9 @@ def register(app: typer.Typer) -> None:
                 ret = f"[bold red]{ret}[/]"
             table.add_row(s.task, s.language, s.metric, f"{s.source:.4f}", f"{s.candidate:.4f}", ret)
         out.print(table)
-        if report.efficiency:
+        if report.efficiency and report.efficiency.get("kind") == "generative":
+            out.print(_lm_efficiency_line(report.efficiency))
+        elif report.efficiency:
             e = report.efficiency
             from mlcompress.eval.report import latency_spread
 

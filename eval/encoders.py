@@ -212,19 +212,25 @@ class TorchEncoder(Encoder):
 
     def size(self) -> dict[str, Any]:
         """Parameters, bytes of weights in memory, bytes of the weight files and of the whole directory."""
-        params = sum(p.numel() for p in self.model.parameters())
-        in_memory = sum(p.numel() * p.element_size() for p in self.model.parameters()) + sum(
-            b.numel() * b.element_size() for b in self.model.buffers())
-        weights = sum(f.stat().st_size for f in self.path.glob("*.safetensors")) + sum(
-            f.stat().st_size for f in self.path.glob("pytorch_model*.bin"))
-        return {"parameters": int(params), "weights_in_memory_bytes": int(in_memory),
-                "weight_file_bytes": int(weights), "bytes_on_disk": dir_bytes(self.path)}
+        return torch_size(self.model, self.path)
 
     def describe(self) -> dict[str, Any]:
         """The report's entry for this model."""
         return {**super().describe(), "class": type(self.model).__name__, "pooling": self.pooling,
                 "layers": int(getattr(self.model.config, "num_hidden_layers", 0) or 0), "vocab": len(self.tokenizer),
                 "device": str(self.device)}
+
+
+def torch_size(model: Any, path: Path) -> dict[str, Any]:
+    """A PyTorch model's parameters and bytes of weights in memory, and the bytes of its directory's weight files and of
+    the whole directory (one definition for the encoders and the causal LMs)."""
+    params = sum(p.numel() for p in model.parameters())
+    in_memory = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+        b.numel() * b.element_size() for b in model.buffers())
+    weights = sum(f.stat().st_size for f in path.glob("*.safetensors")) + sum(
+        f.stat().st_size for f in path.glob("pytorch_model*.bin"))
+    return {"parameters": int(params), "weights_in_memory_bytes": int(in_memory),
+            "weight_file_bytes": int(weights), "bytes_on_disk": dir_bytes(path)}
 
 
 class BundleEncoder(Encoder):

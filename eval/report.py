@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from mlcompress.artifacts import atomic_output_dir, format_mb, format_number, write_provenance
 
+from . import lm_report
+
 if TYPE_CHECKING:
     from .run import EvalReport
 
@@ -58,9 +60,10 @@ def write_markdown(report: EvalReport) -> str:
     d = report.as_dict()
     lines = [f"# mlcompress eval: {report.candidate['spec']} against {report.source['spec']}", "",
              f"**Gate: {_verdict(report)}**", "",
-             f"Languages: {', '.join(report.languages)}; tasks: {', '.join(report.tasks)}; "
-             f"transfer recipe: {report.parameters['transfer']} (seed {report.parameters['seed']}); "
-             f"sentence prefix: {report.parameters['prefix']!r}", "",
+             f"Languages: {', '.join(report.languages)}; tasks: {', '.join(report.tasks)}; " + (
+                 lm_report.header(report) if lm_report.is_generative(report) else
+                 f"transfer recipe: {report.parameters['transfer']} (seed {report.parameters['seed']}); "
+                 f"sentence prefix: {report.parameters['prefix']!r}"), "",
              f"Gate rule: {_rule(report)}.", "",
              "| task | language | metric | source | candidate | retention | 95% interval | gated | n | data |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
@@ -74,7 +77,9 @@ def write_markdown(report: EvalReport) -> str:
     if report.gate.get("failures"):
         lines += ["", "## Below the bar", ""]
         lines += [f"- {f['task']} {f['language']} {f['metric']}: retention {f['retention']:.4f}" for f in report.gate["failures"]]
-    if report.efficiency:
+    if report.efficiency and report.efficiency.get("kind") == "generative":
+        lines += lm_report.efficiency_markdown(report.efficiency)
+    elif report.efficiency:
         e = report.efficiency
         lines += ["", f"## Efficiency ({e['source']['device']})", "", "| | source | candidate | candidate / source |",
                   "| --- | ---: | ---: | ---: |"]
@@ -91,6 +96,7 @@ def write_markdown(report: EvalReport) -> str:
         lines.append(f"\nPeak memory: {e['source']['peak_memory_kind']}.")
         if e["source"].get("method"):
             lines.append(f"\nTiming: {e['source']['method']}. Candidate / source per round: median {_fmt(paired.get('median'), 3)}.")
+    lines += lm_report.examples_markdown(report)
     if report.skipped:
         lines += ["", "## Skipped", ""] + [f"- {s['task']} {s['language']}: {s['reason']}" for s in report.skipped]
     notes = [s for s in report.scores if s.note]
@@ -161,7 +167,9 @@ def plots(report: EvalReport) -> dict[str, str]:
         ax.legend(fontsize=7, loc="best")
         out["size"] = _png(fig)
     e = report.efficiency
-    if e:
+    if e and e.get("kind") == "generative":
+        out["latency"] = _png(lm_report.efficiency_plot(e))
+    elif e:
         fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
         names = ["source", "candidate"]
         for k, key in enumerate(("latency_ms_p50", "latency_ms_p95")):
@@ -202,8 +210,9 @@ def write_html(report: EvalReport, figures: dict[str, str]) -> str:
              f"<div class='gate {cls}'>Gate: {e(_verdict(report))}</div>",
              f"<p class='muted'>Gate rule: {e(_rule(report))}.</p>",
              f"<p class='muted'>languages {e(', '.join(report.languages))} &middot; tasks {e(', '.join(report.tasks))} &middot; "
-             f"transfer recipe {e(report.parameters['transfer'])} (seed {report.parameters['seed']}) &middot; "
-             f"prefix {e(repr(report.parameters['prefix']))} &middot; {report.seconds.get('total', 0):.0f} s</p>"]
+             + (e(lm_report.header(report)) if lm_report.is_generative(report) else
+                f"transfer recipe {e(report.parameters['transfer'])} (seed {report.parameters['seed']}) &middot; "
+                f"prefix {e(repr(report.parameters['prefix']))}") + f" &middot; {report.seconds.get('total', 0):.0f} s</p>"]
     summ = report.as_dict()["summary"]
     if summ:
         parts.append("<h2>Retention per task</h2><table><tr><th>task</th><th>mean</th><th>min</th><th>scores</th></tr>")
@@ -224,7 +233,9 @@ def write_html(report: EvalReport, figures: dict[str, str]) -> str:
     parts.append("</table>")
     if "size" in figures:
         parts.append(f"<h2>Size and retention</h2><img alt='size against retention' src='data:image/png;base64,{figures['size']}'>")
-    if report.efficiency:
+    if report.efficiency and report.efficiency.get("kind") == "generative":
+        parts += lm_report.efficiency_html(report.efficiency, figures.get("latency"))
+    elif report.efficiency:
         ef = report.efficiency
         parts.append(f"<h2>Efficiency ({e(ef['source']['device'])})</h2><table><tr><th></th><th>source</th><th>candidate</th><th>candidate / source</th></tr>")
         for key in ("parameters", "bytes_on_disk", "weight_file_bytes", "latency_ms_p50", "latency_ms_p95", "throughput_per_s", "peak_memory_bytes"):
@@ -240,6 +251,7 @@ def write_html(report: EvalReport, figures: dict[str, str]) -> str:
                      f"{'; timing: ' + e(ef['source']['method']) if ef['source'].get('method') else ''}</p>")
         if "latency" in figures:
             parts.append(f"<img alt='latency and throughput' src='data:image/png;base64,{figures['latency']}'>")
+    parts += lm_report.examples_html(report)
     if report.skipped:
         parts.append("<h2>Skipped</h2><ul>" + "".join(f"<li>{e(s['task'])} {e(s['language'])}: {e(s['reason'])}</li>" for s in report.skipped) + "</ul>")
     parts.append("<h2>Models</h2><pre class='muted'>" + e(json.dumps({"source": report.source, "candidate": report.candidate}, indent=2, default=str)) + "</pre>")

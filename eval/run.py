@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlcompress.artifacts import check_output
 from mlcompress.errors import InputError
@@ -16,6 +16,9 @@ from mlcompress.languages import parse_languages
 from .data import DataSource, parse_tasks
 from .encoders import Encoder, load_encoder
 from .retention import Score, gate, gate_error, summary
+
+if TYPE_CHECKING:
+    from .generative import LMLimits
 
 DEFAULT_TASKS = "retrieval,pos,nli,sts,fidelity,efficiency"
 _FALLBACK_SENTENCES = ["The weather is nice today.", "Das Wetter ist heute schön.", "Where is the train station?",
@@ -118,7 +121,7 @@ def evaluate(
     source: str | os.PathLike[str],
     candidate: str | os.PathLike[str],
     languages: str | list[str],
-    tasks: str | list[str] = DEFAULT_TASKS,
+    tasks: str | list[str] | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     output: str | os.PathLike[str] | None = None,
     min_retention: float | None = None,
@@ -138,6 +141,7 @@ def evaluate(
     encoders: tuple[Encoder, Encoder] | None = None,
     within_languages: bool = False,
     efficiency: dict[str, Any] | None = None,
+    lm_limits: LMLimits | None = None,
 ) -> EvalReport:
     """Evaluate ``candidate`` against ``source`` on ``tasks`` in ``languages``; write reports to ``output`` when given.
 
@@ -148,7 +152,36 @@ def evaluate(
     ``efficiency`` is this candidate's entry of ``compare_efficiency`` (several candidates timed with the source in
     one interleaved measurement); without it the efficiency task times the source and the candidate together.
     With ``min_retention`` the report carries the gate's verdict; ``raise_on_fail`` raises GateError after writing it.
+
+    A causal-LM source (config.json names a ...ForCausalLM or ...LMHeadModel, or a decoder bundle) runs the generative
+    tasks instead (`generative`: perplexity, next_token, greedy, efficiency; ``tasks`` None: all of them), on held-out
+    text, within ``lm_limits`` (`generative.LMLimits`). ``tasks`` None is DEFAULT_TASKS for an encoder.
     """
+    if encoders is None:
+        from .lm_scorer import is_causal_lm
+
+        if is_causal_lm(source, cache_dir):
+            from .generative import evaluate_generative
+
+            return evaluate_generative(source, candidate, languages, tasks, data_dir, output, min_retention,
+                                       overwrite=overwrite, task_languages=task_languages, hub_data=hub_data,
+                                       lm_limits=lm_limits, device=device, seed=seed, cache_dir=cache_dir,
+                                       raise_on_fail=raise_on_fail, progress=progress)
+    return _evaluate_encoders(source, candidate, languages, DEFAULT_TASKS if tasks is None else tasks, data_dir, output,
+                              min_retention, overwrite=overwrite, task_languages=task_languages, hub_data=hub_data,
+                              limits=limits, transfer=transfer, prefix=prefix, pooling=pooling, device=device, seed=seed,
+                              cache_dir=cache_dir, raise_on_fail=raise_on_fail, progress=progress, encoders=encoders,
+                              within_languages=within_languages, efficiency=efficiency)
+
+
+def _evaluate_encoders(source: str | os.PathLike[str], candidate: str | os.PathLike[str], languages: str | list[str],
+                       tasks: str | list[str], data_dir: str | os.PathLike[str] | None, output: str | os.PathLike[str] | None,
+                       min_retention: float | None, *, overwrite: bool, task_languages: dict[str, str | list[str]] | None,
+                       hub_data: dict[str, str] | None, limits: Limits | None, transfer: str, prefix: str | None,
+                       pooling: str, device: str | None, seed: int, cache_dir: str | os.PathLike[str] | None,
+                       raise_on_fail: bool, progress: Callable[[str], None] | None, encoders: tuple[Encoder, Encoder] | None,
+                       within_languages: bool, efficiency: dict[str, Any] | None) -> EvalReport:
+    """`evaluate` for sentence encoders (the tasks of DEFAULT_TASKS)."""
     from .transfer import Recipe, resolve_mode
 
     limits = limits or Limits()
