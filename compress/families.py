@@ -24,7 +24,8 @@ _SEQ2SEQ_SUFFIXES = ("ForConditionalGeneration", "ForSeq2SeqLM", "MTModel")
 SUPPORT: dict[str, dict[str, str]] = {
     "encoder": {"trim": "yes", "distill": "yes (BiStil, embedding objective)", "export": "yes (ONNX, TensorRT, bnb)",
                 "eval": "yes (retrieval, STS, POS, NLI, fidelity)", "pipeline": "yes"},
-    "decoder": {"trim": "yes", "distill": "", "export": "", "eval": "", "pipeline": ""},
+    "decoder": {"trim": "yes", "distill": "", "export": "yes (ONNX with a KV cache: fp32, int8, int4)",
+                "eval": "yes (perplexity, next token, greedy, efficiency)", "pipeline": ""},
     "seq2seq": {"trim": "yes", "distill": "", "export": "", "eval": "", "pipeline": ""},
 }
 

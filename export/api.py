@@ -13,6 +13,7 @@ from mlcompress.errors import InputError
 from mlcompress.languages import parse_languages
 
 from .accuracy_control import QUANTISED_OPS
+from .generative_api import export_generative
 from .graph import CALIBRATION_METHODS
 from .quantize import QUANTIZE_CHOICES
 from .result import ExportResult
@@ -55,6 +56,20 @@ def _check_output(output: Path, bundle: bool, overwrite: bool) -> bool:
         raise InputError(f"{output} is an archive name but --bundle was not given", "add --bundle, or name an output directory")
     check_output(output, overwrite)
     return archive
+
+
+def _family(model: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None) -> tuple[str, Path | None]:
+    """The model's family and folder (a resolved source); ("encoder", None) when it is not a model folder yet (the
+    encoder path then reports what is wrong with it)."""
+    from mlcompress.errors import ModelSourceError
+    from mlcompress.families import model_family
+    from mlcompress.sources import resolve_model
+
+    try:
+        path = resolve_model(model, cache_dir).path
+        return model_family(path), path
+    except ModelSourceError:
+        return "encoder", None
 
 
 def export(
@@ -100,10 +115,15 @@ def export(
     ``tokenizer_in_graph`` (bundles, onnx) also writes model_with_tokenizer.onnx: strings in, the model's output out
     (onnxruntime-extensions' SentencePiece tokenizer), checked against tokenizer.json + model.onnx.
     """
-    _check_arguments(format, quantize, calibration, max_drop)
-    _check_forms(ort, tokenizer_in_graph, format, bundle)
     output = Path(output).expanduser().absolute()
     langs = parse_languages(languages) if languages and (not isinstance(languages, str) or languages.strip()) else []
+    family, model_dir = _family(model, cache_dir)
+    if family != "encoder":  # generative families have their own exporter, behind the same parameters
+        return export_generative(family, model_dir, output, format=format, quantize=quantize, ort=ort,
+                                 tokenizer_in_graph=tokenizer_in_graph, max_drop=max_drop, texts=texts, languages=langs,
+                                 min_agreement=min_agreement, force=force, overwrite=overwrite, cache_dir=cache_dir)
+    _check_arguments(format, quantize, calibration, max_drop)
+    _check_forms(ort, tokenizer_in_graph, format, bundle)
     if format == "tensorrt":
         from .tensorrt import require_tensorrt
         require_tensorrt(quantize)

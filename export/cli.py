@@ -79,7 +79,9 @@ def export_command(
         return
     out.print(f"exported {model} -> {result.output} ({result.format}, {result.quantize}, {result.task})")
     out.print(f"  size: {result.size_bytes / 2**20:.2f} MiB ({result.size_bytes:,} bytes)")
-    if result.parity:
+    if result.parity and "fp32" in result.parity:  # a decoder: the fp32 graph's checks, then each quantised graph's
+        _print_decoder_parity(out, result.parity)
+    elif result.parity:
         p = result.parity
         line = f"  parity vs PyTorch on {p['texts']} sentences: mean cosine {p['mean_cosine']:.4f}, max abs diff {p['max_abs_diff']:.4g}"
         if p.get("label_agreement") is not None:
@@ -97,6 +99,19 @@ def export_command(
     control = result.quantization.get("accuracy_control")
     if control:
         _print_control(out, control)
+
+
+def _print_decoder_parity(out: Any, parity: dict[str, Any]) -> None:
+    """A decoder export's checks: fp32 logits and greedy identity against PyTorch, agreement of each quantised graph."""
+    fp32 = parity["fp32"]
+    logits, greedy = fp32["logits"], fp32["greedy"]
+    worst = max(logits["max_abs_diff_no_cache"], logits["max_abs_diff_cache"])
+    out.print(f"  fp32 vs PyTorch: logits max abs diff {worst:.2e} (with and without the cache), greedy "
+              f"{greedy['identical']}/{greedy['prompts']} prompts identical for {greedy['new_tokens']} tokens")
+    for dtype, q in parity.items():
+        if dtype != "fp32":
+            out.print(f"  {dtype} vs PyTorch: top-1 agreement {q['top1_agreement']:.3f}, perplexity ratio "
+                      f"{q['perplexity_ratio']:.3f}" + (" [FORCED]" if q.get("forced") else ""))
 
 
 def _print_control(out: Any, control: dict[str, Any]) -> None:
@@ -147,6 +162,41 @@ def demo_command(
     console.print(f"wrote the demo of {bundle} to {out}")
     console.print(f"  serve it: python -m http.server -d {out} 8000", highlight=False)
     console.print("  and open: http://localhost:8000/", highlight=False)
+
+
+@bundle_app.command("generate")
+def generate_command(
+    bundle: Annotated[Path, typer.Argument(help="A decoder bundle (mlcompress export of a causal LM) directory or .tar.gz.")],
+    prompt: Annotated[str, typer.Argument(help="The text to continue (with --chat: the user's message).")],
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Most tokens to generate (stops earlier at an end-of-sequence id).")] = 64,
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt as a user message in the tokenizer's chat template.")] = False,
+    sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding (temperature, top-k, top-p from generation_config.json unless given).")] = False,
+    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature.")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Sample among the k most likely tokens.")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Sample within the smallest set of tokens of this probability.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for sampling (the same seed gives the same text).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="Which graph of the bundle: fp32, q8 or q4 (default: the one config.json's transformers.js_config names).")] = None,
+) -> None:
+    """Continue PROMPT with a decoder bundle, torch-free (onnxruntime, tokenizers, numpy), streaming to the terminal."""
+    import sys
+
+    from mlcompress.export import runtime
+
+    model = runtime.load(bundle)
+    if not hasattr(model, "generate"):
+        from mlcompress.errors import InputError
+
+        raise InputError(f"{bundle} is not a decoder bundle", "export a causal LM (Gemma, Qwen, Llama) with mlcompress export")
+    if dtype:
+        from mlcompress.export.generate import load as load_generator
+
+        model = load_generator(bundle, dtype=dtype)
+    text = [{"role": "user", "content": prompt}] if chat else prompt
+    if not chat:
+        sys.stdout.write(prompt)
+    model.generate(text, max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, top_k=top_k,
+                   top_p=top_p, seed=seed, stream=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+    sys.stdout.write("\n")
 
 
 def register(app: typer.Typer) -> None:

@@ -218,3 +218,42 @@ def test_bad_input_gives_clear_errors(exported, tmp_path: Path) -> None:
         generate.load(bundle)
     with pytest.raises(BundleError, match="not found"):
         runtime.load(tmp_path / "missing")
+
+
+def test_export_and_its_cli_dispatch_a_decoder(exported, tmp_path: Path) -> None:
+    """`export()` (and `mlcompress export`) take a causal LM through the decoder exporter: --quantize int8-weights (the
+    default) is 8-bit MatMulNBits; encoder-only options are refused before any work, naming what is wrong."""
+    from typer.testing import CliRunner
+
+    from mlcompress.export import export
+    from mlcompress.orchestrate.cli import app
+
+    model_dir = exported("llama")[0]
+    result = export(model_dir, tmp_path / "default", texts=TEXTS)
+    manifest = verify(tmp_path / "default")
+    assert manifest["head"]["task"] == "text-generation" and "onnx/model_quantized.onnx" in manifest["files"]
+    assert result.parity["q8"]["passed"]
+    for bad, message in ((dict(ort=True), "--ort"), (dict(max_drop=0.01), "--max-drop"),
+                         (dict(quantize="int8-static"), "int8-static is not available for decoder")):
+        with pytest.raises(InputError, match=message):
+            export(model_dir, tmp_path / "refused", texts=TEXTS, **bad)
+    assert not (tmp_path / "refused").exists()
+    cli = CliRunner().invoke(app, ["export", str(model_dir), "-o", str(tmp_path / "cli"), "--quantize", "none"])
+    assert cli.exit_code == 0, cli.output
+    assert "onnx/model.onnx" in verify(tmp_path / "cli")["files"] and "greedy 2/2 prompts identical" in cli.output
+
+
+def test_bundle_generate_streams_the_greedy_continuation(exported) -> None:
+    from typer.testing import CliRunner
+
+    from mlcompress.orchestrate.cli import app
+
+    bundle = exported("qwen2")[1]
+    want = generate.load(bundle).generate(TEXTS[1], max_new_tokens=12)
+    cli = CliRunner().invoke(app, ["bundle", "generate", str(bundle), TEXTS[1], "-n", "12"])
+    assert cli.exit_code == 0, cli.output
+    assert cli.output == TEXTS[1] + want + "\n"
+    fp32 = CliRunner().invoke(app, ["bundle", "generate", str(bundle), TEXTS[1], "-n", "4", "--dtype", "fp32"])
+    assert fp32.exit_code == 0 and fp32.output.startswith(TEXTS[1]), fp32.output
+    missing = CliRunner().invoke(app, ["bundle", "generate", str(bundle / "nowhere"), "x"])
+    assert isinstance(missing.exception, BundleError) and "not found" in str(missing.exception)

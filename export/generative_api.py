@@ -1,0 +1,56 @@
+"""`export()` for generative models: maps the encoder-facing options onto the decoder exporter, refusing the ones that
+have no meaning there, so that one command and one function export any family the support table allows."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlcompress.errors import InputError
+from mlcompress.families import check_supported
+
+from .result import ExportResult
+
+# export()'s --quantize -> (export_decoder's quantize, its int8 method)
+DECODER_QUANTIZE = {"none": ("none", "nbits"), "int8-weights": ("int8", "nbits"), "int8": ("int8", "nbits"),
+                    "int8-dynamic": ("int8", "dynamic"), "int4": ("int4", "nbits")}
+_PARITY_LINES = 4  # per language, when corpora are given: prompts of the greedy-identity check
+
+
+def _refuse_encoder_options(format: str, ort: bool, tokenizer_in_graph: bool, max_drop: float | None) -> None:
+    """Options of the encoder path that decoders do not have (yet): a clear error naming each."""
+    asked = [name for name, on in (("--format " + format, format != "onnx"), ("--ort", ort),
+                                   ("--tokenizer-in-graph", tokenizer_in_graph), ("--max-drop", max_drop is not None))
+             if on]
+    if asked:
+        raise InputError(f"{', '.join(asked)}: not available for decoder models", "export a decoder as ONNX "
+                         "(--format onnx) with --quantize none, int8-weights (8-bit MatMulNBits) or int4")
+
+
+def _check_text(texts: Mapping[str, Any] | list[str] | None, model_dir: Path, languages: list[str]) -> list[str] | None:
+    """The check prompts: given sentences, a few lines of each language's corpus, or None (the exporter's own)."""
+    if texts is None:
+        return None
+    from .texts import take, text_sources
+
+    return take(text_sources(texts, model_dir, languages), _PARITY_LINES, 0)
+
+
+def export_generative(family: str, model_dir: Path, output: str | os.PathLike[str], *, format: str, quantize: str,
+                      ort: bool, tokenizer_in_graph: bool, max_drop: float | None,
+                      texts: Mapping[str, Any] | list[str] | None, languages: list[str], min_agreement: float | None,
+                      force: bool, overwrite: bool, cache_dir: str | os.PathLike[str] | None) -> ExportResult:
+    """Export a generative ``family`` model (today: decoder-only LMs) through its own exporter."""
+    check_supported(family, "export", str(model_dir))
+    _refuse_encoder_options(format, ort, tokenizer_in_graph, max_drop)
+    if quantize not in DECODER_QUANTIZE:
+        raise InputError(f"--quantize {quantize} is not available for decoder models",
+                         f"choose one of {', '.join(DECODER_QUANTIZE)} (int8-weights: 8-bit MatMulNBits, the default)")
+    from .decoder_export import export_decoder
+
+    q, method = DECODER_QUANTIZE[quantize]
+    return export_decoder(model_dir, output, quantize=q, int8_method=method,
+                          texts=_check_text(texts, model_dir, languages), min_agreement=min_agreement, force=force,
+                          overwrite=overwrite, cache_dir=cache_dir)
