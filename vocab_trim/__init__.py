@@ -16,6 +16,9 @@ _EXPORTS = {
     "Coverage": ".policies", "MinCount": ".policies", "Quotas": ".policies", "Scripts": ".policies", "TopK": ".policies",
     "make_policy": ".policies",
     "TrimResult": ".trim", "trim": ".trim",
+    "DroppedMass": ".generation", "GreedyIdentity": ".generation", "dropped_mass": ".generation",
+    "dropped_masses": ".generation", "greedy_continuations": ".generation", "greedy_identity": ".generation",
+    "kept_ids": ".generation",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -43,6 +43,8 @@ def trim_command(
     word_variants: Annotated[Optional[bool], typer.Option("--word-variants/--no-word-variants", help="Also keep capitalised, lower-case and unmarked forms of kept word pieces. [default: on without a policy option]")] = None,
     frequent_words: Annotated[Optional[int], typer.Option(help="Also keep the pieces of each language's N most frequent words (wordfreq), within --max-vocab; 0: none. [default: 20000 without a policy option, else 0]")] = None,
     max_vocab: Annotated[Optional[int], typer.Option(help="Vocabulary budget for the word-list words (the rarest go first; corpus tokens are always kept). [default: 48000]")] = None,
+    drop_unused_specials: Annotated[Optional[bool], typer.Option("--drop-unused-specials/--keep-unused-specials", help="Drop added placeholder tokens (<unusedN>, <start_of_image>, reserved tokens) that no config, chat template or corpus uses. [default: on for decoder-only models]")] = None,
+    generated: Annotated[int, typer.Option(help="Sample N continuations of corpus lines from the source model (seeded, its own sampling settings) and keep every token it emits; 0: none.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists (only once the new one is complete).")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Cache for bundled models and token counts.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -57,7 +59,8 @@ def trim_command(
     quiet_transformers()
     result = trim(model, languages, corpus, output, top_k=top_k, min_count=min_count, coverage=coverage,
                   quotas=_parse_quotas(quota or []), scripts=scripts, keep_tokens=keep_token or [], word_variants=word_variants,
-                  frequent_words=frequent_words, overwrite=overwrite, cache_dir=cache_dir,
+                  frequent_words=frequent_words, drop_unused_specials=drop_unused_specials, generated=generated,
+                  overwrite=overwrite, cache_dir=cache_dir,
                   **({"max_vocab": max_vocab} if max_vocab is not None else {}))  # None: trim's own budget
     if as_json:
         Console().print_json(json.dumps(result.as_dict()))
@@ -86,6 +89,10 @@ def _print_result(model: str, result: Any) -> None:
         estimate = f"; est. {held:.2%} of unseen text's tokens (half the corpus checked against the other half)" if held is not None else ""
         words = f"; + top {result.frequent_words[lang]:,} words" if lang in result.frequent_words else ""
         out.print(f"  {lang}: {result.tokens_counted[lang]:,} tokens counted, {frac:.3%} of them kept{words}{estimate}")
+    if result.generation:
+        gen = result.generation
+        out.print(f"  generated: {gen['continuations']} continuations of {gen['new_tokens']} tokens, {gen['distinct_ids']:,} "
+                  f"distinct tokens emitted, {gen['ids_not_in_corpora']:,} of them not in the corpora (kept)")
     for note in result.notes:
         err.print(f"[yellow]note:[/yellow] {note}")
 

@@ -165,6 +165,8 @@ def trim_tokenizer_json(tj: dict[str, Any], keep: list[int]) -> tuple[dict[str, 
             merges = [(a, b) for a, b in _merge_pairs(model) if a in kept and b in kept and _merged(model, a, b) in kept]
             as_lists = model.get("merges") and not isinstance(model["merges"][0], str)
             model["merges"] = [list(m) for m in merges] if as_lists else [f"{a} {b}" for a, b in merges]
+    if "added_tokens" in out:  # dropped placeholder specials go
+        out["added_tokens"] = [a for a in out["added_tokens"] if a["id"] in old_to_new]
     for added in out.get("added_tokens", []):
         added["id"] = old_to_new[added["id"]]
     _remap_processor(out.get("post_processor"), old_to_new)

@@ -26,10 +26,12 @@ from . import tokenizer_surgery as ts
 from mlcompress.corpus import Corpus, parse_corpora
 from .counting import count_corpus
 from .frequent_words import DEFAULT_FREQUENT_WORDS, DEFAULT_MAX_VOCAB, WordRanks, per_language_words, word_ranks, within_budget
+from .generation import Emitted, sample_emitted
 from mlcompress.languages import normalize_language, parse_languages
 from .model_surgery import config_token_ids, trim_model, vocab_rows
 from .policies import make_policy
 from .policies import word_variants as expand_word_variants
+from .specials import unused_specials
 from .spm_model import SPM_FILES, trim_spm_model
 
 ID_MAP_FILE = "id_map.json"
@@ -57,6 +59,8 @@ class TrimResult:
     seconds: dict[str, float] = field(default_factory=dict)
     heldout_coverage: dict[str, float] = field(default_factory=dict)
     frequent_words: dict[str, int] = field(default_factory=dict)
+    specials_dropped: int = 0
+    generation: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -89,6 +93,8 @@ def trim(
     word_variants: bool | None = None,
     frequent_words: int | None = None,
     max_vocab: int | None = DEFAULT_MAX_VOCAB,
+    drop_unused_specials: bool | None = None,
+    generated: int = 0,
     overwrite: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> TrimResult:
@@ -101,11 +107,17 @@ def trim(
     policy (``top_k``, ``min_count``, ``coverage``, ``quotas``) keeps just what it names unless these two
     are passed too; ``scripts=True`` needs no corpus. Writes the id map, the counts and ``mlcompress.json``
     (with a held-out coverage estimate) beside the model.
+
+    Generative models: ``drop_unused_specials`` (default: on for decoder-only models, off otherwise) drops the
+    added placeholder tokens (``<unusedN>``, ``<start_of_image>``, reserved tokens) that no config, generation
+    config, tokenizer config or chat template names and no corpus uses. ``generated=N`` samples N continuations
+    of corpus lines from the source model (seeded, its own sampling settings) and keeps every token it emits, so
+    that the trimmed model can still write what the source would have written.
     """
     langs, texts = _languages_and_corpora(languages, corpora)
     recipe = _recipe(langs, texts, top_k=top_k, min_count=min_count, coverage=coverage, quotas=quotas, scripts=scripts,
                      keep_tokens=keep_tokens, word_variants=word_variants, frequent_words=frequent_words,
-                     max_vocab=max_vocab)
+                     max_vocab=max_vocab, drop_unused_specials=drop_unused_specials, generated=generated)
     out_path = check_output(output, overwrite)
     cache = Path(cache_dir) if cache_dir else None
     timings: dict[str, float] = {}
@@ -117,28 +129,32 @@ def trim(
         ranks = recipe.word_ranks(tok.backend_tokenizer, langs, len(by_id))
     with _timed(timings, "load"):
         net = load_model(source.path)
+    recipe.resolve_for(net)
+    model_sha = _model_sha(source.path)
+    emitted = _emitted(recipe.generated, net, tok, texts, model_sha, cache, timings)
     with _timed(timings, "trim"):
-        select = recipe.selection(tj, by_id, net, ranks)
+        select = recipe.selection(tj, by_id, net, ranks, _Extras(source.path, tok, counted.counts, emitted))
         cut = _cut(select, counted.counts, tj, net)
     heldout = counted.heldout_coverage(select)
     cover = _coverage(counted.counts, cut.keep_ids, len(by_id))
     words = dict(per_language_words(ranks, cut.cutoff)) if ranks else {}
-    notes = _notes(ranks, recipe.frequent_words, cut.cutoff, recipe.max_vocab, recipe.scripts)
+    notes = _notes(ranks, recipe.frequent_words, cut.cutoff, recipe.max_vocab, recipe.scripts) + _special_notes(select, by_id)
 
     t0 = time.perf_counter()
     with atomic_output_dir(out_path, overwrite=overwrite) as tmp:
-        _write_trimmed(tmp, net, source.path, cut, by_id, select.rows, counted.counts)
+        _write_trimmed(tmp, net, source.path, cut, by_id, select, counted.counts)
         _self_check(tok, tmp, texts, cut.old_to_new)
         result = TrimResult(
             output=out_path, languages=langs, vocab_before=len(by_id), vocab_after=len(cut.keep_ids),
             params_before=cut.params_before, params_after=_params(net),
             bytes_before=_weights_bytes(source.path), bytes_after=_weights_bytes(tmp),
             coverage=cover, tokens_counted=counted.tokens, seconds=timings, heldout_coverage=heldout,
-            frequent_words=words, notes=notes,
+            frequent_words=words, specials_dropped=len(select.dropped),
+            generation=_generation_record(emitted, counted.counts, cut.keep_ids), notes=notes,
         )
         timings["save"] = time.perf_counter() - t0  # the same dict as result.seconds: "save" shows there too
         write_provenance(
-            tmp, "trim", parameters=recipe.provenance(langs, ranks), inputs=_provenance_inputs(source, texts),
+            tmp, "trim", parameters=recipe.provenance(langs, ranks), inputs=_provenance_inputs(source, texts, model_sha),
             metrics={k: v for k, v in result.as_dict().items() if k not in ("output", "languages")},
         )
     return result
@@ -165,6 +181,17 @@ class _Recipe:
     max_vocab: int | None
     scripts: bool
     keep_tokens: Iterable[str]
+    drop_unused_specials: bool | None = None  # None until resolve_for(): on for decoder-only models
+    generated: int = 0
+
+    def resolve_for(self, net: Any) -> None:
+        """Resolve the model-dependent options: unused specials dropped by default for decoder-only models, and
+        generated continuations refused for a model that cannot generate."""
+        if self.drop_unused_specials is None:
+            self.drop_unused_specials = _is_decoder(net)
+        if self.generated and not net.can_generate():
+            raise InputError(f"--generated {self.generated} needs a model that generates text; "
+                             f"{type(net).__name__} does not", "pass --generated 0 for an encoder")
 
     def languages_to_count(self, langs: list[str], texts: Mapping[str, list[Corpus]]) -> list[str]:
         """Every target language when the policy needs counts, else just those with a corpus."""
@@ -174,21 +201,25 @@ class _Recipe:
         """The word lists' ranked pieces, when the recipe adds frequent words (never with the script policy)."""
         return word_ranks(backend, langs, self.frequent_words, size) if self.frequent_words and not self.scripts else None
 
-    def selection(self, tj: dict[str, Any], by_id: list[str | None], net: Any, ranks: WordRanks | None) -> _Selection:
+    def selection(self, tj: dict[str, Any], by_id: list[str | None], net: Any, ranks: WordRanks | None,
+                  extras: _Extras) -> _Selection:
         """The id selection for this tokenizer and model (fixed ids checked against the model's rows)."""
-        return _Selection(self.policy, tj, by_id, _fixed_ids(tj, by_id, net, self.keep_tokens), vocab_rows(net),
-                          self.word_variants, ranks, self.frequent_words, self.max_vocab)
+        fixed, dropped = _fixed_ids(tj, by_id, net, self.keep_tokens, extras, bool(self.drop_unused_specials))
+        return _Selection(self.policy, tj, by_id, fixed, vocab_rows(net), self.word_variants, ranks, self.frequent_words,
+                          self.max_vocab, dropped)
 
     def provenance(self, langs: list[str], ranks: WordRanks | None) -> dict[str, Any]:
         """The parameters recorded in mlcompress.json (key order is part of the byte-identical output)."""
         return {"languages": langs, "policy": {"name": type(self.policy).__name__, **asdict(self.policy)},
                 "keep_tokens": list(self.keep_tokens), "word_variants": self.word_variants,
-                "frequent_words": self.frequent_words, "max_vocab": self.max_vocab, "word_list": _word_list_version(ranks)}
+                "frequent_words": self.frequent_words, "max_vocab": self.max_vocab, "word_list": _word_list_version(ranks),
+                "drop_unused_specials": self.drop_unused_specials, "generated": self.generated}
 
 
 def _recipe(langs: list[str], texts: Mapping[str, list[Corpus]], *, top_k: int | None, min_count: int | None,
             coverage: float | None, quotas: Mapping[str, int] | None, scripts: bool, keep_tokens: Iterable[str],
-            word_variants: bool | None, frequent_words: int | None, max_vocab: int | None) -> _Recipe:
+            word_variants: bool | None, frequent_words: int | None, max_vocab: int | None,
+            drop_unused_specials: bool | None, generated: int) -> _Recipe:
     """Resolve the options: no policy option means the default recipe (word variants and word lists on).
 
     Checks the word-list options and that a counting policy has text for every language.
@@ -199,6 +230,12 @@ def _recipe(langs: list[str], texts: Mapping[str, list[Corpus]], *, top_k: int |
     if frequent_words < 0 or (max_vocab is not None and max_vocab <= 0):
         raise InputError(f"frequent_words must be >= 0 and max_vocab positive (got {frequent_words}, {max_vocab})",
                          "pass --frequent-words 0 to add no word list, and a --max-vocab such as 48000")
+    if isinstance(generated, bool) or not isinstance(generated, int) or generated < 0:
+        raise InputError(f"generated must be a whole number >= 0 (got {generated!r})",
+                         "pass --generated 64 to sample 64 continuations from the source model, or 0 for none")
+    if generated and not any(c.word_list is None for cs in texts.values() for c in cs):
+        raise CorpusError("--generated samples continuations of corpus lines, and no corpus has text lines",
+                          "pass a text corpus (--corpus LANG=PATH), or --generated 0")
     policy = make_policy(langs, top_k=top_k, min_count=min_count, coverage=coverage,
                          quotas={normalize_language(k): v for k, v in (quotas or {}).items()}, scripts=scripts)
     if policy.needs_counts:
@@ -206,7 +243,13 @@ def _recipe(langs: list[str], texts: Mapping[str, list[Corpus]], *, top_k: int |
         if missing:
             raise LanguageError(f"no text for language(s) {', '.join(missing)}",
                                 "pass --corpus LANG=PATH for each target language, or use --scripts (needs no corpus)")
-    return _Recipe(policy, word_variants, frequent_words, max_vocab, scripts, keep_tokens)
+    return _Recipe(policy, word_variants, frequent_words, max_vocab, scripts, list(keep_tokens), drop_unused_specials,
+                   generated)
+
+
+def _is_decoder(net: Any) -> bool:
+    """Whether the model is a decoder-only generator (GPT-2, Llama, Qwen, Gemma), not an encoder or seq2seq."""
+    return bool(net.can_generate()) and not getattr(net.config, "is_encoder_decoder", False)
 
 
 @contextmanager
@@ -252,20 +295,21 @@ def _coverage(counts: dict[str, np.ndarray], keep_ids: list[int], size: int) -> 
     return {lang: float(c[kept_mask].sum() / max(c.sum(), 1)) for lang, c in counts.items()}
 
 
-def _write_trimmed(tmp: Path, net: Any, source: Path, cut: _Cut, by_id: list[str | None], rows: int,
+def _write_trimmed(tmp: Path, net: Any, source: Path, cut: _Cut, by_id: list[str | None], select: _Selection,
                    counts: dict[str, np.ndarray]) -> None:
     """Write the trimmed model, its tokenizer files, the id map and the counts into ``tmp``."""
     net.save_pretrained(tmp)
-    _write_tokenizer(source, tmp, cut.new_tj, cut.old_to_new, {by_id[i] for i in cut.keep_ids})
-    (tmp / ID_MAP_FILE).write_text(json.dumps({"source_vocab_size": len(by_id), "source_rows": rows,
+    _write_tokenizer(source, tmp, cut.new_tj, cut.old_to_new, {by_id[i] for i in cut.keep_ids},
+                     {p for p in (by_id[i] for i in select.dropped) if p is not None})
+    (tmp / ID_MAP_FILE).write_text(json.dumps({"source_vocab_size": len(by_id), "source_rows": select.rows,
                                                "old_ids": cut.keep_ids}) + "\n", encoding="utf-8")
     if counts:
         np.savez_compressed(tmp / COUNTS_FILE, **counts)
 
 
-def _provenance_inputs(source: Any, texts: Mapping[str, list[Corpus]]) -> list[dict[str, Any]]:
+def _provenance_inputs(source: Any, texts: Mapping[str, list[Corpus]], sha: str | None) -> list[dict[str, Any]]:
     """The inputs recorded in mlcompress.json: the source model (with its weights' hash) and each corpus."""
-    return ([source.describe() | {"sha256": _model_sha(source.path)}]
+    return ([source.describe() | {"sha256": sha}]
             + [{"language": lang, "corpus": c.spec, "fingerprint": c.fingerprint()} for lang, cs in texts.items() for c in cs])
 
 
@@ -313,22 +357,43 @@ def _count(backend: Any, langs: list[str], texts: Mapping[str, list[Corpus]], si
     return counted
 
 
-def _fixed_ids(tj: dict[str, Any], by_id: list[str | None], net: Any, keep_tokens: Iterable[str]) -> set[int]:
-    """Ids every trim keeps: special and byte tokens, ids the configs name, and the user's ``keep_tokens``."""
+@dataclass
+class _Extras:
+    """What the fixed ids depend on beyond the tokenizer JSON: the source directory and tokenizer (named special
+    tokens, chat templates), the corpus counts, and the ids the source emitted when sampled."""
+
+    source: Path
+    tok: Any
+    counts: dict[str, np.ndarray]
+    emitted: Emitted | None = None
+
+    def used(self) -> set[int]:
+        """Ids some corpus uses."""
+        return {int(i) for c in self.counts.values() for i in np.flatnonzero(c)}
+
+
+def _fixed_ids(tj: dict[str, Any], by_id: list[str | None], net: Any, keep_tokens: Iterable[str], extras: _Extras,
+               drop_unused: bool) -> tuple[set[int], set[int]]:
+    """Ids every trim keeps: special and byte tokens, ids the configs name, the user's ``keep_tokens`` and the ids the
+    source emitted; less, with ``drop_unused``, the placeholder specials nothing names or uses (returned too)."""
     rows = vocab_rows(net)
-    without_row = sorted(i for i in ts.required_ids(tj) | config_token_ids(net) if i >= min(rows, len(by_id)))
+    named = config_token_ids(net)
+    without_row = sorted(i for i in ts.required_ids(tj) | named if i >= min(rows, len(by_id)))
     if without_row:
         raise UnsupportedModelError(
             f"the tokenizer has {len(by_id)} tokens and the model {rows} embedding rows, but token id(s) {without_row[:5]} "
             "that the tokenizer or config needs fall outside one of them",
             "resize the model's embeddings to the tokenizer (model.resize_token_embeddings(len(tokenizer))) and save it again")
-    fixed = ts.required_ids(tj) | config_token_ids(net)
     index = {p: i for i, p in enumerate(by_id) if p is not None}
+    users = set()
     for token in keep_tokens:
         if token not in index:
             raise InputError(f"--keep-token {token!r} is not in the tokenizer's vocabulary", "list tokens as the tokenizer writes them, e.g. ▁Berlin")
-        fixed.add(index[token])
-    return fixed
+        users.add(index[token])
+    emitted = extras.emitted.ids if extras.emitted is not None else set()
+    fixed = ts.required_ids(tj) | named | users | emitted
+    dropped = unused_specials(tj, extras.source, extras.tok, named | users | emitted | extras.used()) if drop_unused else set()
+    return fixed - dropped, dropped
 
 
 @dataclass
@@ -344,6 +409,7 @@ class _Selection:
     ranks: WordRanks | None
     frequent_words: int
     max_vocab: int | None
+    dropped: set[int] = field(default_factory=set)  # unused placeholder specials left out
 
     def __post_init__(self) -> None:  # read from the tokenizer once: the budget's bisection calls finish() many times
         self.marker = ts.word_marker(self.tj)
@@ -353,7 +419,7 @@ class _Selection:
         """Add word variants and the merge closure; drop ids without a row or a piece."""
         if self.word_variants:
             ids = expand_word_variants(self.by_id, ids, self.marker)
-        ids = ts.merge_closure(self.tj, ids | self.fixed)
+        ids = ts.merge_closure(self.tj, ids | self.fixed) - self.dropped
         limit = min(len(self.by_id), self.rows)
         return {i for i in ids if i < limit and self.by_id[i] is not None}
 
@@ -378,6 +444,37 @@ def _notes(ranks: WordRanks | None, frequent_words: int, cutoff: int, max_vocab:
     return notes
 
 
+def _special_notes(select: _Selection, by_id: list[str | None]) -> list[str]:
+    """Say which unused placeholder specials the trim dropped, and how to keep them."""
+    if not select.dropped:
+        return []
+    names = [str(by_id[i]) for i in sorted(select.dropped)[:3]]
+    return [f"dropped {len(select.dropped):,} unused special placeholder token(s) ({', '.join(names)}, ...): no config, "
+            "chat template or corpus uses them; --keep-unused-specials keeps them"]
+
+
+def _emitted(generated: int, net: Any, tok: Any, texts: Mapping[str, list[Corpus]], model_sha: str | None,
+             cache: Path | None, timings: dict[str, float]) -> Emitted | None:
+    """The ids the source model emits on ``generated`` corpus prompts (none asked: None), cached beside the counts."""
+    if not generated:
+        return None
+    from .counting import default_cache_dir
+
+    with _timed(timings, "generate"):
+        return sample_emitted(net, tok, texts, generated, model_key=model_sha, cache=cache or default_cache_dir())
+
+
+def _generation_record(emitted: Emitted | None, counts: dict[str, np.ndarray], keep_ids: list[int]) -> dict[str, Any]:
+    """What the generation-aware coverage did, for mlcompress.json: how it sampled, what the model emitted, and how
+    many emitted ids no corpus used (the ids it added to the trim)."""
+    if emitted is None:
+        return {}
+    used = {int(i) for c in counts.values() for i in np.flatnonzero(c)}
+    new = emitted.ids - used
+    return emitted.record | {"distinct_ids": len(emitted.ids), "tokens_emitted": sum(emitted.counts.values()),
+                             "ids_not_in_corpora": len(new), "kept": len(emitted.ids & set(keep_ids))}
+
+
 def _word_list_version(ranks: WordRanks | None) -> str | None:
     if ranks is None:
         return None
@@ -391,8 +488,10 @@ def _model_sha(path: Path) -> str | None:
     return sha256_file(weights[0]) if len(weights) == 1 else None
 
 
-def _write_tokenizer(src: Path, dst: Path, new_tj: dict[str, Any], old_to_new: dict[int, int], kept: set[str | None]) -> None:
-    """Tokenizer files: tokenizer.json, tokenizer_config.json re-indexed, legacy vocab and .model files trimmed."""
+def _write_tokenizer(src: Path, dst: Path, new_tj: dict[str, Any], old_to_new: dict[int, int], kept: set[str | None],
+                     dropped: set[str]) -> None:
+    """Tokenizer files: tokenizer.json, tokenizer_config.json re-indexed, legacy vocab and .model files trimmed
+    (``dropped``: the placeholder specials left out, which a .model file would otherwise keep)."""
     for item in src.iterdir():
         if item.name in _REWRITTEN or item.name.endswith(_WEIGHT_SUFFIXES) or item.name.startswith("."):
             continue
@@ -416,7 +515,7 @@ def _write_tokenizer(src: Path, dst: Path, new_tj: dict[str, Any], old_to_new: d
     ts.write_vocab_files(new_tj, src, dst)
     for name in SPM_FILES:
         if (src / name).is_file():
-            trim_spm_model(src / name, dst / name, {p for p in kept if p is not None})
+            trim_spm_model(src / name, dst / name, {p for p in kept if p is not None}, dropped)
 
 
 def _self_check(tok: Any, trimmed_dir: Path, texts: Mapping[str, list[Corpus]], old_to_new: dict[int, int]) -> None:
