@@ -25,7 +25,7 @@ SUPPORT: dict[str, dict[str, str]] = {
     "encoder": {"trim": "yes", "distill": "yes (BiStil, embedding objective)", "export": "yes (ONNX, TensorRT, bnb)",
                 "eval": "yes (retrieval, STS, POS, NLI, fidelity)", "pipeline": "yes"},
     "decoder": {"trim": "yes", "distill": "", "export": "yes (ONNX with a KV cache: fp32, int8, int4)",
-                "eval": "yes (perplexity, next token, greedy, efficiency)", "pipeline": ""},
+                "eval": "yes (perplexity, next token, greedy, efficiency)", "pipeline": "yes (trim, export, eval)"},
     "seq2seq": {"trim": "yes", "distill": "", "export": "", "eval": "", "pipeline": ""},
 }
 

@@ -81,6 +81,7 @@ def export_command(
     out.print(f"  size: {result.size_bytes / 2**20:.2f} MiB ({result.size_bytes:,} bytes)")
     if result.parity and "fp32" in result.parity:  # a decoder: the fp32 graph's checks, then each quantised graph's
         _print_decoder_parity(out, result.parity)
+        _print_graph_sizes(out, result.manifest)
     elif result.parity:
         p = result.parity
         line = f"  parity vs PyTorch on {p['texts']} sentences: mean cosine {p['mean_cosine']:.4f}, max abs diff {p['max_abs_diff']:.4g}"
@@ -112,6 +113,15 @@ def _print_decoder_parity(out: Any, parity: dict[str, Any]) -> None:
         if dtype != "fp32":
             out.print(f"  {dtype} vs PyTorch: top-1 agreement {q['top1_agreement']:.3f}, perplexity ratio "
                       f"{q['perplexity_ratio']:.3f}" + (" [FORCED]" if q.get("forced") else ""))
+
+
+def _print_graph_sizes(out: Any, manifest: dict[str, Any] | None) -> None:
+    """The size of each ONNX graph of a decoder bundle (a client downloads one of them with the other files)."""
+    files = (manifest or {}).get("files") or {}
+    graphs = {name: e["bytes"] for name, e in files.items() if name.endswith(".onnx")}
+    rest = sum(e["bytes"] for name, e in files.items() if name not in graphs)
+    for name, size in graphs.items():
+        out.print(f"  {name}: {size / 2**20:.1f} MiB (+ {rest / 2**20:.1f} MiB of config and tokenizer)")
 
 
 def _print_control(out: Any, control: dict[str, Any]) -> None:

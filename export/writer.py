@@ -68,7 +68,8 @@ def write(payload: Payload, output: Path, *, overwrite: bool = False, archive: b
         with atomic_output_dir(output, overwrite=overwrite) as target:
             manifest = _fill(payload, target)
         counted = None if payload.files is None else payload.files + [MANIFEST]
-        size = sum(p.stat().st_size for p in output.iterdir() if p.is_file() and (counted is None or p.name in counted))
+        size = sum(p.stat().st_size for p in output.rglob("*")  # files in subfolders too (a decoder's onnx/)
+                   if p.is_file() and (counted is None or p.relative_to(output).as_posix() in counted))
     return ExportResult(output=output, size_bytes=size, manifest=manifest, **payload.result)
 
 

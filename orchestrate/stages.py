@@ -18,11 +18,23 @@ def trim_stage(model: Path, target: Path, cfg: dict[str, Any], corpora: dict[str
     from mlcompress.vocab_trim import trim
 
     opts = cfg["stages"]["trim"]
+    # max_vocab null: trim's budget for an encoder bundle; none for a decoder, whose greedy continuations stay the
+    # source's only when the word lists' tokens are kept too (bench/trim_generative.py: 48k drops 2.1-2.8% of the
+    # source's next-token mass, unbudgeted 0.9-1.0%, with 100% greedy identity on Gemma 3 270M en+de)
+    budget = {"max_vocab": opts["max_vocab"]} if opts["max_vocab"] is not None else \
+        ({"max_vocab": None} if _family(model) == "decoder" else {})
     r = trim(model, cfg["languages"], corpora, target, top_k=opts["top_k"], min_count=opts["min_count"],
              coverage=opts["coverage"], quotas=opts["quotas"], scripts=scripts, keep_tokens=opts["keep_tokens"],
              word_variants=opts["word_variants"], frequent_words=opts["frequent_words"], overwrite=True, cache_dir=cfg["cache_dir"],
-             **({"max_vocab": opts["max_vocab"]} if opts["max_vocab"] is not None else {}))  # None: trim's budget
+             **budget)
     return {k: v for k, v in r.as_dict().items() if k != "output"}
+
+
+def _family(model: Path | str) -> str:
+    """The model's family (encoder, decoder, seq2seq), from its config.json."""
+    from mlcompress.families import model_family
+
+    return model_family(model)
 
 
 def distill_stage(model: Path, target: Path, cfg: dict[str, Any], corpora: dict[str, list[str]], resume: bool) -> dict[str, Any]:
@@ -92,18 +104,25 @@ def _limits(cfg: dict[str, Any]) -> Any:
     return Limits().capped(opts["max_examples"]) if opts["max_examples"] else Limits()
 
 
-def _evaluate_candidate(cfg: dict[str, Any], candidate: dict[str, Any], folder: Path, encoders: tuple[Any, Any],
+def _evaluate_candidate(cfg: dict[str, Any], candidate: dict[str, Any], folder: Path, encoders: tuple[Any, Any] | None,
                         efficiency: dict[str, Any] | None, say: Callable[[str], None]) -> dict[str, Any]:
     """One candidate against the source: every score, and the gate and summary over the target languages' scores.
     ``efficiency`` is the candidate's part of the one interleaved timing of the source and every candidate."""
     from mlcompress.eval import evaluate, gate, summary
 
     opts = cfg["stages"]["eval"]
-    rep = evaluate(cfg["source"], candidate["path"], cfg["languages"], opts["tasks"], cfg["data"], folder,
-                   None, task_languages=opts["task_languages"],
-                   limits=_limits(cfg), transfer=opts["transfer"], cache_dir=cfg["cache_dir"],
-                   encoders=encoders, within_languages=True, efficiency=efficiency,
-                   progress=lambda m: say(f"eval {candidate['name']}: {m}"))
+    progress = lambda m: say(f"eval {candidate['name']}: {m}")  # noqa: E731
+    if encoders is None:  # causal LMs: the generative tasks, each model loaded by eval
+        from mlcompress.eval import LMLimits
+
+        lm = LMLimits().capped(opts["max_examples"]) if opts["max_examples"] else LMLimits()
+        rep = evaluate(cfg["source"], candidate["path"], cfg["languages"], _lm_tasks(opts["tasks"]), cfg["data"], folder,
+                       None, cache_dir=cfg["cache_dir"], lm_limits=lm, progress=progress)
+    else:
+        rep = evaluate(cfg["source"], candidate["path"], cfg["languages"], opts["tasks"], cfg["data"], folder,
+                       None, task_languages=opts["task_languages"],
+                       limits=_limits(cfg), transfer=opts["transfer"], cache_dir=cfg["cache_dir"],
+                       encoders=encoders, within_languages=True, efficiency=efficiency, progress=progress)
     d = rep.as_dict()
     # the gate judges the target languages: a cross-lingual set pairing one with another language
     # (e.g. STS17 ar-en for an en,de model) is reported but not gated, since the trim dropped that language
@@ -112,6 +131,14 @@ def _evaluate_candidate(cfg: dict[str, Any], candidate: dict[str, Any], folder: 
     return {"gate": gate(scope, opts["min_retention"]), "summary": summary(scope),
             "summary_all_languages": d["summary"], "outside_target_languages": outside,
             "efficiency": d["efficiency"], "scores": d["scores"], "skipped": d["skipped"]}
+
+
+def _lm_tasks(tasks: str) -> str | None:
+    """The eval tasks for a causal LM: the generative defaults when the config keeps the encoder defaults."""
+    from mlcompress.eval import GENERATIVE_TASKS
+
+    named = [t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks)
+    return ",".join(named) if named and all(t in GENERATIVE_TASKS for t in named) else None
 
 
 def _joint_efficiency(cfg: dict[str, Any], source: Any, candidates: dict[str, Any],
@@ -137,13 +164,15 @@ def eval_stage(target: Path, cfg: dict[str, Any], source_path: Path, candidates:
     opts = cfg["stages"]["eval"]
     results = {}
     with atomic_output_dir(target, overwrite=True) as tmp:
-        src_enc = load_encoder(cfg["source"], cfg["cache_dir"])  # named as the user did (E5 prefix detection)
-        encs = {a["name"]: load_encoder(a["path"], cfg["cache_dir"]) for a in candidates}
-        joint = _joint_efficiency(cfg, src_enc, encs, say)
+        generative = _family(source_path) == "decoder"
+        src_enc = None if generative else load_encoder(cfg["source"], cfg["cache_dir"])  # as the user named it (E5 prefix)
+        encs = {} if generative else {a["name"]: load_encoder(a["path"], cfg["cache_dir"]) for a in candidates}
+        joint = {} if generative else _joint_efficiency(cfg, src_enc, encs, say)
         for a in candidates:
             say(f"eval: {a['name']} against the source")
-            results[a["name"]] = {**_evaluate_candidate(cfg, a, tmp / a["name"], (src_enc, encs[a["name"]]),
-                                                        joint.get(a["name"]), say), "final": a is candidates[-1]}
+            pair = None if generative else (src_enc, encs[a["name"]])
+            results[a["name"]] = {**_evaluate_candidate(cfg, a, tmp / a["name"], pair, joint.get(a["name"]), say),
+                                  "final": a is candidates[-1]}
         write_provenance(tmp, "pipeline-eval", {**opts, "languages": cfg["languages"], "data": cfg["data"]},
                          [{"role": "source", "source": cfg["source"], "path": str(source_path)}]
                          + [{"role": "candidate", "stage": a["name"], "path": a["path"]} for a in candidates],

@@ -148,7 +148,10 @@ def test_pipeline_eval_times_source_and_every_candidate_in_one_measurement(data_
     cfg = validate_config(default_config("de,en", data_dir))
     cfg["stages"]["eval"].update(tasks="efficiency", max_examples=3)
     cands = [{"name": "trim", "path": str(tmp_path / "m-trim")}, {"name": "export", "path": str(tmp_path / "m-export")}]
-    res = stages.eval_stage(tmp_path / "eval", cfg, tmp_path, cands, lambda m: None)["results"]
+    source_dir = tmp_path / "source"  # the resolved source the runner passes: its config.json says what family it is
+    source_dir.mkdir()
+    (source_dir / "config.json").write_text('{"architectures": ["BertModel"]}')
+    res = stages.eval_stage(tmp_path / "eval", cfg, source_dir, cands, lambda m: None)["results"]
     src_name = Path(cfg["source"]).name
     timed = [name for name, _ in log]
     assert set(timed) == {src_name, "m-trim", "m-export"}
