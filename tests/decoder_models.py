@@ -34,12 +34,13 @@ def _fast(tok: Tokenizer, template: str, **specials: str):
     return fast
 
 
-def gemma_tokenizer(lines: list[str]):
-    """SentencePiece-style BPE with byte fallback, trained on ``lines``: specials, 256 byte pieces, then merges."""
-    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+def byte_fallback_bpe(lines: list[str], specials: list[str], vocab_size: int = 300, limit_alphabet: int = 60) -> Tokenizer:
+    """SentencePiece-style BPE with byte fallback (Gemma, Llama 2), trained on ``lines``: ``specials`` first (added as
+    special tokens), 256 byte pieces, then the merges; <bos> prepended."""
     trainer_tok = Tokenizer(models.BPE(unk_token="<unk>"))
     trainer_tok.normalizer = normalizers.Replace(" ", "▁")
-    trainer_tok.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=300, limit_alphabet=60, show_progress=False))
+    trainer_tok.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=vocab_size, limit_alphabet=limit_alphabet,
+                                                               show_progress=False))
     trained = json.loads(trainer_tok.to_str())["model"]
     vocab = {t: i for i, t in enumerate(specials + [f"<0x{b:02X}>" for b in range(256)])}
     for token in sorted(trained["vocab"], key=trained["vocab"].get):
@@ -49,7 +50,13 @@ def gemma_tokenizer(lines: list[str]):
     tok.normalizer = normalizers.Replace(" ", "▁")
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])])
+    return tok
+
+
+def gemma_tokenizer(lines: list[str]):
+    """Gemma 3's tokenizer format in miniature: byte-fallback BPE with its specials and turn template."""
+    tok = byte_fallback_bpe(lines, ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"])
     return _fast(tok, GEMMA_TEMPLATE, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
 
 

@@ -28,6 +28,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast
 
 from conftest import read_lines
+from decoder_models import byte_fallback_bpe
 from mlcompress.errors import InputError
 from mlcompress.vocab_trim import dropped_mass, dropped_masses, greedy_identity, kept_ids, trim
 
@@ -57,18 +58,7 @@ def _train_text(data_dir: Path) -> list[str]:
 def _gemma_tokenizer(lines: list[str]) -> PreTrainedTokenizerFast:
     """SentencePiece-style BPE with byte fallback: specials and placeholders, 256 byte pieces, then merges."""
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", *UNUSED[:6], "<start_of_turn>", "<end_of_turn>", *UNUSED[6:]]
-    trainer = Tokenizer(models.BPE(unk_token="<unk>"))
-    trainer.normalizer = normalizers.Replace(" ", "▁")
-    trainer.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=420, limit_alphabet=80, show_progress=False))
-    trained = json.loads(trainer.to_str())["model"]
-    vocab = {t: i for i, t in enumerate(specials + [f"<0x{b:02X}>" for b in range(256)])}
-    for token in sorted(trained["vocab"], key=trained["vocab"].get):
-        vocab.setdefault(token, len(vocab))
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    tok.normalizer = normalizers.Replace(" ", "▁")
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    tok = byte_fallback_bpe(lines, specials, vocab_size=420, limit_alphabet=80)
     tok.add_tokens([AddedToken(s, special=False, normalized=False)
                     for s in ("[multimodal]", "<start_of_image>", "<end_of_image>", "<strong>", "</strong>")])
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
