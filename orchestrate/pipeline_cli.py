@@ -96,6 +96,8 @@ def _speed_table(effs: dict[str, dict[str, Any]]) -> Any:
 
     if not effs:
         return None
+    if any(e.get("kind") == "generative" for e in effs.values()):
+        return _generation_speed_table(effs)
     table = Table(title="speed: interleaved rounds with the source",
                   caption="ms: batch 1, p50; rounds: min..max; sent/s: batch 32")
     for col in ("model", "ms p50", "rounds", "x source", "sent/s"):
@@ -110,6 +112,29 @@ def _speed_table(effs: dict[str, dict[str, Any]]) -> Any:
     for name, fig, ratio in rows:
         table.add_row(name, format_number(fig.get("latency_ms_p50"), "{:.2f}"), latency_spread(fig),
                       format_number(ratio, "{:.3f}"), format_number(fig.get("throughput_per_s"), "{:.0f}"))
+    return table
+
+
+def _generation_speed_table(effs: dict[str, dict[str, Any]]) -> Any:
+    """A decoder's speed: prefill ms of a fixed prompt and decode tokens/s at batch 1, with their spread over the
+    rounds, each candidate beside the source of its own measurement."""
+    from rich.table import Table
+
+    def spread(fig: dict[str, Any], key: str, fmt: str) -> str:
+        low, high = fig.get(f"{key}_min"), fig.get(f"{key}_max")
+        return f"{fmt.format(low)}..{fmt.format(high)}" if isinstance(low, (int, float)) and isinstance(high, (int, float)) else "—"
+
+    table = Table(title="speed: interleaved rounds with the source",
+                  caption="batch 1; prefill: p50 ms; decode: tokens/s (rounds: min..max)")
+    for col in ("model", "prefill", "decode", "rounds", "x source"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+    for name, e in effs.items():
+        src, cand = e.get("source") or {}, e.get("candidate") or {}
+        for label, fig in ((f"source ({name})", src), (name, cand)):
+            tps, base = fig.get("decode_tokens_per_s"), src.get("decode_tokens_per_s")
+            ratio = tps / base if isinstance(tps, (int, float)) and isinstance(base, (int, float)) and base else None
+            table.add_row(label, format_number(fig.get("prefill_ms_p50"), "{:.1f}"), format_number(tps, "{:.1f}"),
+                          spread(fig, "decode_tokens_per_s", "{:.1f}"), format_number(ratio, "{:.2f}"))
     return table
 
 

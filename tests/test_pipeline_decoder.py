@@ -41,7 +41,9 @@ def test_pipeline_trims_exports_and_gates_a_decoder(gemma: Path, tmp_path: Path)
     assert result.passed is not None and result.gate["checked"] > 0
     console = Console(width=80, record=True, color_system=None)
     _print_pipeline_result(result, console)
-    assert max(len(line) for line in console.export_text().splitlines()) <= 80
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "decode: tokens/s" in text and "prefill" in text and "source (export)" in text and "…" not in text
     again = Pipeline(cfg).run(out)  # unchanged: every stage reused
     assert {s["name"]: s["action"] for s in again.stages if s["name"] != "distill"} == \
         {"trim": "reused", "export": "reused", "eval": "reused"}
