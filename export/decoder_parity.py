@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from mlcompress.errors import GateError
-
 from .decoding import DecoderSession, decode, left_pad, position_ids
+from .parity import settle
 
 
 def reference_logits(model: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -115,23 +114,15 @@ def gate_fp32(logits: dict[str, Any], greedy: dict[str, Any], atol: float, force
     worst = max(logits["max_abs_diff_no_cache"], logits["max_abs_diff_cache"])
     record = {"logits": logits, "greedy": greedy, "atol": atol,
               "passed": bool(logits["excess"] <= atol and not greedy["mismatches"])}
-    if record["passed"]:
-        return record
-    if not force:
-        raise GateError(f"the fp32 decoder export differs from PyTorch: logits max |diff| {worst:.2e} (atol {atol}, "
-                        f"rtol {logits['rtol']}), greedy divergences {greedy['mismatches']}; nothing was written",
-                        "report it with the model's config; force=True writes it anyway")
-    return {**record, "forced": True}
+    return settle(record, force, lambda: f"the fp32 decoder export differs from PyTorch: logits max |diff| {worst:.2e} "
+                  f"(atol {atol}, rtol {logits['rtol']}), greedy divergences {greedy['mismatches']}; nothing was written",
+                  "report it with the model's config; force=True writes it anyway")
 
 
 def gate_quantized(q: dict[str, Any], name: str, min_agreement: float | None, force: bool) -> dict[str, Any]:
     """The quantised graph's record; non-finite logits, or agreement below ``min_agreement`` (when given), refuse it."""
     ok = q["finite"] and (min_agreement is None or q["top1_agreement"] >= min_agreement)
     record = {**q, "min_agreement": min_agreement, "passed": bool(ok)}
-    if ok:
-        return record
-    if not force:
-        raise GateError(f"the {name} decoder export fails its check: finite logits {q['finite']}, top-1 agreement "
-                        f"{q['top1_agreement']:.3f} (minimum {min_agreement}); nothing was written",
-                        "try int8, or lower --min-agreement, or pass force=True")
-    return {**record, "forced": True}
+    return settle(record, force, lambda: f"the {name} decoder export fails its check: finite logits {q['finite']}, "
+                  f"top-1 agreement {q['top1_agreement']:.3f} (minimum {min_agreement}); nothing was written",
+                  "try int8, or lower --min-agreement, or pass force=True")

@@ -3,6 +3,7 @@ and the gate that refuses an export below its thresholds."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -89,20 +90,27 @@ def thresholds(quantize: str, min_cosine: float | None, min_agreement: float | N
     return cos_t, agr_t
 
 
-def gate(parity: Parity, quantize: str, force: bool) -> dict[str, Any]:
-    """The parity record for the manifest; an export below its thresholds is refused (GateError), or marked forced."""
-    record = parity.as_dict()
-    if parity.passed:
+def settle(record: dict[str, Any], force: bool, message: Callable[[], str], hint: str) -> dict[str, Any]:
+    """Every export gate's verdict on its ``record`` (with ``passed``): kept when it passed; else refused with
+    GateError(``message()``, ``hint``), or, with ``force``, marked forced."""
+    if record["passed"]:
         return record
     if not force:
+        raise GateError(message(), hint)
+    return {**record, "forced": True}
+
+
+def gate(parity: Parity, quantize: str, force: bool) -> dict[str, Any]:
+    """The parity record for the manifest; an export below its thresholds is refused (GateError), or marked forced."""
+    def message() -> str:
         what = f"mean cosine {parity.mean_cosine:.4f} (threshold {parity.cosine_threshold})"
         if parity.label_agreement is not None:
             what += f", label agreement {parity.label_agreement:.3f} (threshold {parity.agreement_threshold})"
-        raise GateError(f"the {quantize} export fails its parity check against PyTorch on {parity.texts} target-language "
-                        f"sentences: {what}; nothing was written",
-                        "try a gentler quantisation (int8-dynamic, or none), or pass --force to write it anyway")
-    record["forced"] = True
-    return record
+        return (f"the {quantize} export fails its parity check against PyTorch on {parity.texts} target-language "
+                f"sentences: {what}; nothing was written")
+
+    return settle(parity.as_dict(), force, message,
+                  "try a gentler quantisation (int8-dynamic, or none), or pass --force to write it anyway")
 
 
 def check(session: Any, module: Any, task: str, output_name: str, feeds: list[dict[str, np.ndarray]], quantize: str,

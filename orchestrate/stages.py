@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mlcompress.families import model_family
+
 
 def trim_stage(model: Path, target: Path, cfg: dict[str, Any], corpora: dict[str, list[str]] | None, scripts: bool) -> dict[str, Any]:
     """Trim ``model``'s vocabulary to the config's languages (by ``corpora``, or by script) into ``target``."""
@@ -22,19 +24,12 @@ def trim_stage(model: Path, target: Path, cfg: dict[str, Any], corpora: dict[str
     # source's only when the word lists' tokens are kept too (bench/trim_generative.py: 48k drops 2.1-2.8% of the
     # source's next-token mass, unbudgeted 0.9-1.0%, with 100% greedy identity on Gemma 3 270M en+de)
     budget = {"max_vocab": opts["max_vocab"]} if opts["max_vocab"] is not None else \
-        ({"max_vocab": None} if _family(model) == "decoder" else {})
+        ({"max_vocab": None} if model_family(model) == "decoder" else {})
     r = trim(model, cfg["languages"], corpora, target, top_k=opts["top_k"], min_count=opts["min_count"],
              coverage=opts["coverage"], quotas=opts["quotas"], scripts=scripts, keep_tokens=opts["keep_tokens"],
              word_variants=opts["word_variants"], frequent_words=opts["frequent_words"], overwrite=True, cache_dir=cfg["cache_dir"],
              **budget)
     return {k: v for k, v in r.as_dict().items() if k != "output"}
-
-
-def _family(model: Path | str) -> str:
-    """The model's family (encoder, decoder, seq2seq), from its config.json."""
-    from mlcompress.families import model_family
-
-    return model_family(model)
 
 
 def distill_stage(model: Path, target: Path, cfg: dict[str, Any], corpora: dict[str, list[str]], resume: bool) -> dict[str, Any]:
@@ -134,11 +129,11 @@ def _evaluate_candidate(cfg: dict[str, Any], candidate: dict[str, Any], folder: 
 
 
 def _lm_tasks(tasks: str) -> str | None:
-    """The eval tasks for a causal LM: the generative defaults when the config keeps the encoder defaults."""
-    from mlcompress.eval import GENERATIVE_TASKS
+    """The eval tasks for a causal LM: the generative defaults when the config keeps the encoder defaults; tasks the
+    user named are passed on (eval refuses encoder tasks for a causal LM, naming the generative ones)."""
+    from .config import DEFAULT_EVAL_TASKS
 
-    named = [t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks)
-    return ",".join(named) if named and all(t in GENERATIVE_TASKS for t in named) else None
+    return None if tasks == DEFAULT_EVAL_TASKS else tasks
 
 
 def _joint_efficiency(cfg: dict[str, Any], source: Any, candidates: dict[str, Any],
@@ -164,7 +159,7 @@ def eval_stage(target: Path, cfg: dict[str, Any], source_path: Path, candidates:
     opts = cfg["stages"]["eval"]
     results = {}
     with atomic_output_dir(target, overwrite=True) as tmp:
-        generative = _family(source_path) == "decoder"
+        generative = model_family(source_path) == "decoder"
         src_enc = None if generative else load_encoder(cfg["source"], cfg["cache_dir"])  # as the user named it (E5 prefix)
         encs = {} if generative else {a["name"]: load_encoder(a["path"], cfg["cache_dir"]) for a in candidates}
         joint = {} if generative else _joint_efficiency(cfg, src_enc, encs, say)
