@@ -18,7 +18,7 @@ _EXPORTS = {
     "shuffled_embeddings": "controls",
     "pipeline_html": "report",
     "evaluate_generative": "generative", "LMLimits": "generative", "GENERATIVE_TASKS": "generative",
-    "CausalLM": "lm_scorer", "load_causal_lm": "lm_scorer", "is_causal_lm": "lm_scorer",
+    "CausalLM": "lm_scorer", "measure_lms": "lm_efficiency", "load_causal_lm": "lm_scorer", "is_causal_lm": "lm_scorer",
 }
 __all__ = sorted(_EXPORTS)
 

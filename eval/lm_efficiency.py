@@ -75,17 +75,26 @@ def _model_figures(together: dict[str, Any], name: str, new_tokens: int) -> dict
             "decode_tokens_per_s_rounds": [round(x, 2) for x in rounds], "rounds": pre["rounds"], "runs": pre["latency_runs"]}
 
 
-def measure_lm(source: CausalLM, candidate: CausalLM, texts: list[str], prefill_tokens: int = 64, new_tokens: int = 32,
-               runs: int = 24, rounds: int = 6) -> dict[str, Any]:
-    """Prefill and decode figures of both models, timed together in interleaved rounds (see the module docstring)."""
+def measure_lms(models: dict[str, CausalLM], texts: list[str], prefill_tokens: int = 64, new_tokens: int = 32,
+                runs: int = 24, rounds: int = 6) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Prefill and decode figures of every model in ``models``, timed together in interleaved rounds (see the module
+    docstring); returns the figures per name and the joint measurement."""
     ops: dict[str, Any] = {}
-    for name, lm in (("source", source), ("candidate", candidate)):
+    for name, lm in models.items():
         limit = lm.max_length or prefill_tokens + new_tokens
         prompts = fixed_prompts(lm, texts, min(prefill_tokens, max(2, limit - new_tokens)))
         ops[f"{name} prefill"] = _Timed(lm, prompts)
         ops[f"{name} generate"] = _Timed(lm, prompts, new_tokens)
     together = measure_together(ops, [str(k) for k in range(PROMPTS)], runs=runs, rounds=rounds, warmup=1, batches=0)
-    s, c = (_model_figures(together, n, new_tokens) for n in ("source", "candidate"))
+    return {name: _model_figures(together, name, new_tokens) for name in models}, together
+
+
+def measure_lm(source: CausalLM, candidate: CausalLM, texts: list[str], prefill_tokens: int = 64, new_tokens: int = 32,
+               runs: int = 24, rounds: int = 6) -> dict[str, Any]:
+    """Prefill and decode figures of both models, timed together in interleaved rounds (see the module docstring)."""
+    figures, together = measure_lms({"source": source, "candidate": candidate}, texts, prefill_tokens, new_tokens,
+                                    runs, rounds)
+    s, c = figures["source"], figures["candidate"]
     ratio = {}
     for key in ("parameters", "bytes_on_disk", "weight_file_bytes", "prefill_ms_p50", "decode_tokens_per_s", "peak_memory_bytes"):
         a, b = s.get(key), c.get(key)

@@ -30,6 +30,7 @@ class Family:
 FAMILIES = (
     Family("gemma3", ("gemma3_text",), position_ids=False),
     Family("qwen2", ("qwen2",), position_ids=True),
+    Family("qwen3", ("qwen3",), position_ids=True),  # Qwen 2 with RMS norms on queries and keys
     Family("llama", ("llama",), position_ids=True),
 )
 SUPPORTED = tuple(t for f in FAMILIES for t in f.model_types)

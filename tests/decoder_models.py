@@ -1,9 +1,10 @@
-"""Tiny decoder-only models of the three families the generative export supports, with real-format tokenizers trained
+"""Tiny decoder-only models of the four families the generative export supports, with real-format tokenizers trained
 here on real text (random weights, 2 layers, a few hundred tokens).
 
 - ``gemma3``: Gemma-style byte-fallback BPE (``▁`` for spaces, ``<0x00>``..``<0xFF>`` byte pieces, ``<bos>`` added),
   ``Gemma3ForCausalLM`` with a sliding layer (window 8) and a global one, a tied head, eos ids ``[<eos>, <end_of_turn>]``.
-- ``qwen2``: byte-level BPE with ChatML specials, ``Qwen2ForCausalLM`` with a tied head and grouped KV heads.
+- ``qwen2``: byte-level BPE with ChatML specials, ``Qwen2ForCausalLM`` with a tied head and grouped KV heads;
+- ``qwen3``: the same tokenizer, ``Qwen3ForCausalLM`` (RMS norms on queries and keys, its own head_dim).
 - ``llama``: byte-level BPE with ``<|begin_of_text|>`` added, ``LlamaForCausalLM`` with an untied head.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-FAMILIES = ("gemma3", "qwen2", "llama")
+FAMILIES = ("gemma3", "qwen2", "qwen3", "llama")
 GEMMA_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else "
                   "m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}"
                   "<start_of_turn>model\n{% endif %}")
@@ -80,7 +81,7 @@ def byte_level_tokenizer(lines: list[str], specials: list[str], bos: str | None,
 def build(family: str, out: Path, lines: list[str]) -> Path:
     """Write ``family``'s tiny model with its tokenizer to ``out`` (save_pretrained) and return ``out``."""
     from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GenerationConfig, LlamaConfig, LlamaForCausalLM,
-                              Qwen2Config, Qwen2ForCausalLM)
+                              Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
     common = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
               "max_position_embeddings": 256}
@@ -91,13 +92,15 @@ def build(family: str, out: Path, lines: list[str]) -> Path:
                                   layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True,
                                   pad_token_id=0, eos_token_id=1, bos_token_id=2, **common)
         cls, eos = Gemma3ForCausalLM, [1, ids("<end_of_turn>")]
-    elif family == "qwen2":
+    elif family in ("qwen2", "qwen3"):
         fast = byte_level_tokenizer(lines, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, CHATML,
                                     eos_token="<|im_end|>", pad_token="<|endoftext|>")
         ids = fast.convert_tokens_to_ids
-        config = Qwen2Config(vocab_size=len(fast), num_key_value_heads=2, tie_word_embeddings=True,
-                             eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"), **common)
-        cls, eos = Qwen2ForCausalLM, [ids("<|im_end|>"), ids("<|endoftext|>")]
+        qwen3 = {"head_dim": 16} if family == "qwen3" else {}  # Qwen 3: its own head_dim, q/k RMS norms
+        config = (Qwen3Config if qwen3 else Qwen2Config)(vocab_size=len(fast), num_key_value_heads=2, tie_word_embeddings=True,
+                                                         eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"),
+                                                         **common, **qwen3)
+        cls, eos = (Qwen3ForCausalLM if qwen3 else Qwen2ForCausalLM), [ids("<|im_end|>"), ids("<|endoftext|>")]
     else:
         fast = byte_level_tokenizer(lines, ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"], "<|begin_of_text|>",
                                     CHATML.replace("<|im_start|>", "<|begin_of_text|>").replace("<|im_end|>", "<|eot_id|>"),

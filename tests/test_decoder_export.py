@@ -24,7 +24,7 @@ from decoder_models import FAMILIES, build
 from mlcompress.errors import InputError, ModelSourceError, UnsupportedModelError
 from mlcompress.export import BundleError, export_decoder, generate, runtime, verify
 
-QUANTIZE = {"gemma3": "int4", "qwen2": "int8", "llama": "none"}
+QUANTIZE = {"gemma3": "int4", "qwen2": "int8", "qwen3": "int4", "llama": "none"}
 DTYPE = {"none": "fp32", "int8": "q8", "int4": "q4"}
 QFILE = {"q4": "onnx/model_q4.onnx", "q8": "onnx/model_quantized.onnx"}
 TEXTS = ["Die Bundesregierung hat am Mittwoch einen neuen Plan für die Energiewende vorgestellt, der bis 2030 gilt.",
