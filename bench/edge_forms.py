@@ -1,8 +1,8 @@
 """Benchmark the forms of one edge bundle (exported with `--bundle --ort --tokenizer-in-graph`): the Python runtime
-(tokenizer.json + model.onnx), the tokenizer-in-graph model, and the .ort model.
+(tokenizer.json + the ONNX graph), the tokenizer-in-graph model, and the .ort model.
 
 Prints, as JSON lines:
-- size of each form (the files each needs: model.onnx + tokenizer.json; model_with_tokenizer.onnx; model.ort +
+- size of each form (the files each needs: the ONNX graph + tokenizer.json; model_with_tokenizer.onnx; model.ort +
   tokenizer.json);
 - token-id parity of the in-graph tokenizer against tokenizer.json on every Tatoeba line of the bundle's languages
   (both sides of each xxx-eng pair; English: the English side of every pair), raw lines (only the newline removed);
@@ -84,7 +84,7 @@ def main() -> None:
     args = ap.parse_args()
     manifest = verify(args.bundle)
     files = manifest["files"]
-    size = {"python_runtime": files["model.onnx"]["bytes"] + files["tokenizer.json"]["bytes"],
+    size = {"python_runtime": files[manifest["model"]]["bytes"] + files["tokenizer.json"]["bytes"],
             "tokenizer_in_graph": files["model_with_tokenizer.onnx"]["bytes"],
             "ort": files["model.ort"]["bytes"] + files["tokenizer.json"]["bytes"]}
     print(json.dumps({"size_mib": {k: round(v / MIB, 2) for k, v in size.items()}}), flush=True)

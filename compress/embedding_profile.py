@@ -45,14 +45,31 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+# sentence-transformers' legacy pooling keys (what its 2.x-5.x releases write, and 6.x still reads) -> the mode name
+LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                       "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                       "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+
+
+def pooling_mode(config: dict[str, Any]) -> str | None:
+    """The mode of a sentence-transformers pooling config: its ``pooling_mode`` (6.x) or legacy boolean keys."""
+    mode = config.get("pooling_mode")
+    if isinstance(mode, list) and len(mode) == 1:
+        mode = mode[0]
+    if isinstance(mode, str):
+        return mode
+    if mode is not None:
+        return "+".join(str(m) for m in mode)  # several modes concatenated: a name no stage supports
+    active = [name for key, name in LEGACY_POOLING_KEYS.items() if config.get(key)]
+    return "+".join(active) if active else None
+
+
 def _st_pooling(model_dir: Path) -> str | None:
-    """Pooling named by a sentence-transformers layout, if the model has one."""
+    """Pooling named by a sentence-transformers layout, if the model has one (mean or cls; None for others)."""
     for cfg in sorted(model_dir.glob("*Pooling/config.json")):
-        conf = _read_json(cfg) or {}
-        if conf.get("pooling_mode_cls_token"):
-            return "cls"
-        if conf.get("pooling_mode_mean_tokens"):
-            return "mean"
+        mode = pooling_mode(_read_json(cfg) or {})
+        if mode in ("cls", "mean"):
+            return mode
     return None
 
 
@@ -98,35 +115,13 @@ def embedding_profile(model: str | os.PathLike[str], spec: str | None = None) ->
     model_dir = Path(model)
     st = _read_json(model_dir / ST_CONFIG)
     pooling = _st_pooling(model_dir)
-    if st is not None:
-        prompts = st.get("prompts") or {}
+    prompts = {k: v for k, v in ((st or {}).get("prompts") or {}).items() if isinstance(v, str) and v}
+    if prompts:  # a config without prompts says nothing about the prefix: the model's name may (E5)
         name = st.get("default_prompt_name") or ("query" if "query" in prompts else None)
-        prefix = prompts.get(name, "") if name else ""
-        return EmbeddingProfile(prefix if isinstance(prefix, str) else "", pooling or "mean", True, ST_CONFIG)
+        return EmbeddingProfile(prompts.get(name, "") if name else "", pooling or "mean", True, ST_CONFIG)
     for name in model_names(model_dir, spec):
         if _is_e5_name(name):
             return EmbeddingProfile(E5_PREFIX, pooling or "mean", True, f"E5 model by provenance ({name})")
-    if pooling is not None:
-        return EmbeddingProfile("", pooling, True, "sentence-transformers pooling config")
+    if st is not None or pooling is not None or (model_dir / "modules.json").is_file():
+        return EmbeddingProfile("", pooling or "mean", True, "sentence-transformers config")
     return EmbeddingProfile()
-
-
-def write_sentence_transformers_config(directory: str | os.PathLike[str], profile: EmbeddingProfile) -> None:
-    """Record ``profile`` in a model directory the way sentence-transformers does (prompts and pooling)."""
-    directory = Path(directory)
-    prompts = {"query": profile.prefix, "passage": "passage: "} if profile.prefix == E5_PREFIX else \
-        ({"query": profile.prefix} if profile.prefix else {})
-    st = {"prompts": prompts, "default_prompt_name": "query" if profile.prefix else None,
-          "similarity_fn_name": "cosine"}
-    (directory / ST_CONFIG).write_text(json.dumps(st, indent=2) + "\n", encoding="utf-8")
-    pooling_dir = directory / "1_Pooling"
-    pooling_dir.mkdir(exist_ok=True)
-    (pooling_dir / "config.json").write_text(json.dumps({
-        "pooling_mode_cls_token": profile.pooling == "cls", "pooling_mode_mean_tokens": profile.pooling == "mean",
-        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}, indent=2) + "\n",
-        encoding="utf-8")
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
-    (directory / "2_Normalize").mkdir(exist_ok=True)
-    (directory / "modules.json").write_text(json.dumps(modules, indent=2) + "\n", encoding="utf-8")

@@ -191,8 +191,8 @@ def distill_general(
         if narrow:
             run.narrow(work, hidden_size, accelerator.is_main_process)
         run.teacher.eval().requires_grad_(False).to(accelerator.device)
-        save_profile = profile if objective == "embedding" or profile.sentence_model else None
-        on_step = _snapshotter(run, out, snapshots, accelerator, save_profile) if snapshots else None
+        layout = _student_layout(source.path, str(teacher), profile, objective, prefix)
+        on_step = _snapshotter(run, out, snapshots, accelerator, layout) if snapshots else None
         state = train(run.student, run.loss_fn(), run.batches(), config, work, accelerator, stop_after=stop_after,
                       started_at=started, on_step=on_step)
     result = DistillResult(out, run.mapping, state.step, state.resumed_from, state.seconds,
@@ -203,8 +203,8 @@ def distill_general(
             release_work_dir(work)
         return result
     if accelerator.is_main_process:
-        _write_student(run, out, overwrite, save_profile, {**settings, "layer_map": run.mapping}, source, result,
-                       accelerator)
+        _write_student(run, out, overwrite, layout, {**settings, "layer_map": run.mapping},
+                       [source.describe(), *_corpus_inputs(texts)], result, accelerator)
         close_work_dir(work, out)
     accelerator.wait_for_everyone()
     return result
@@ -230,13 +230,32 @@ def _data_settings(objective: str, profile: Any, block_size: int, max_blocks: in
             "short_span_share": short_span_share, "max_sentences": max_sentences}
 
 
-def _write_student(run: _Phase1Run, out: Path, overwrite: bool, profile: Any, parameters: dict[str, Any], source: Any,
-                   result: DistillResult, accelerator: Any) -> None:
-    """Write the finished student to ``out`` atomically, with its provenance and the run's snapshots (main process)."""
+def _student_layout(teacher_dir: Path, spec: str, profile: Any, objective: str, prefix: str | None) -> Any:
+    """The sentence-transformers layout the student is written with: the teacher's (Dense modules included), or, for a
+    teacher that is not a sentence model distilled with the embedding objective, one from its profile; else None."""
+    from mlcompress.st_layout import layout_for, read_layout, with_prefix
+
+    layout = read_layout(teacher_dir, spec)
+    if layout is None:
+        return layout_for(profile) if objective == "embedding" else None
+    return with_prefix(layout, prefix) if prefix is not None else layout
+
+
+def _corpus_inputs(texts: dict[str, Any]) -> list[dict[str, Any]]:
+    """The corpora the student was distilled on, as provenance inputs (language, spec, fingerprint)."""
+    return [{"language": lang, "corpus": c.spec, "fingerprint": c.fingerprint()} for lang, cs in texts.items() for c in cs]
+
+
+def _write_student(run: _Phase1Run, out: Path, overwrite: bool, layout: Any, parameters: dict[str, Any],
+                   inputs: list[dict[str, Any]], result: DistillResult, accelerator: Any) -> None:
+    """Write the finished student to ``out`` atomically, with its provenance, its model card and the run's snapshots
+    (main process)."""
+    from mlcompress.model_card import write_model_card
+
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        run.save(accelerator.unwrap_model(run.student), tmp, profile)
-        write_provenance(tmp, "distill-general", parameters, [source.describe()],
-                         {**result.as_dict(), run.sizes_key: run.sizes})
+        run.save(accelerator.unwrap_model(run.student), tmp, layout)
+        write_provenance(tmp, "distill-general", parameters, inputs, {**result.as_dict(), run.sizes_key: run.sizes})
+        write_model_card(tmp, name=out.name)
         snap = work_dir_for(out) / "snapshots"
         if snap.is_dir():
             shutil.move(str(snap), str(tmp / "snapshots"))
@@ -303,7 +322,7 @@ def _teacher_dir(source: Path, langs: list[str], texts: dict[str, Any], work: Pa
     return teacher_dir
 
 
-def _snapshotter(run: _Phase1Run, out: Path, shares: tuple[float, ...], accelerator, profile: Any):
+def _snapshotter(run: _Phase1Run, out: Path, shares: tuple[float, ...], accelerator, layout: Any):
     """An ``on_step`` hook that saves the student when the run passes each share of its planned steps."""
     done: set[float] = set()
     target = work_dir_for(out) / "snapshots"
@@ -313,7 +332,7 @@ def _snapshotter(run: _Phase1Run, out: Path, shares: tuple[float, ...], accelera
             if share not in done and share < 1 and step >= max(1, round(share * planned)):
                 done.add(share)
                 if accelerator.is_main_process:
-                    run.save(model, target / f"at-{round(share * 100):03d}pct-step-{step:07d}", profile, extra={"share": share, "planned": planned})
+                    run.save(model, target / f"at-{round(share * 100):03d}pct-step-{step:07d}", layout, extra={"share": share, "planned": planned})
 
     return on_step
 
@@ -382,9 +401,10 @@ class _Phase1Run:
                                  specials)
         return self.pool.batch_for_step(self.config.batch_size, self.config.seed)
 
-    def save(self, model: torch.nn.Module, directory: Path, profile: Any, extra: dict[str, Any] | None = None) -> None:
-        """Write the student as a loadable model directory (weights, tokenizer, layer map, basis, prompts)."""
-        from mlcompress.embedding_profile import write_sentence_transformers_config
+    def save(self, model: torch.nn.Module, directory: Path, layout: Any, extra: dict[str, Any] | None = None) -> None:
+        """Write the student as a loadable model directory (weights, tokenizer, layer map, basis, and the
+        sentence-transformers ``layout`` with the teacher's Dense modules read through the basis)."""
+        from mlcompress.st_layout import write_layout
 
         directory.mkdir(parents=True, exist_ok=True)
         model.config.mlcompress_layer_map = self.mapping
@@ -392,7 +412,7 @@ class _Phase1Run:
         self.tok.save_pretrained(directory)
         if self.basis is not None:  # phase 2 matches hidden states through the same basis
             save_file({"basis": self.basis.contiguous()}, str(directory / PROJECTION_FILE))
-        if profile is not None:
-            write_sentence_transformers_config(directory, profile)
+        if layout is not None:
+            write_layout(directory, layout, int(model.config.hidden_size), basis=self.basis)
         if extra is not None:
             (directory / "snapshot.json").write_text(json.dumps(extra) + "\n", encoding="utf-8")

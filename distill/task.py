@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mlcompress.artifacts import atomic_output_dir, write_provenance
+from mlcompress.model_card import write_model_card
 from mlcompress.errors import InputError
 from mlcompress.families import check_supported, model_family
 from mlcompress.sources import load_tokenizer, load_weights, resolve_model
@@ -90,6 +91,7 @@ def finetune_teacher(source: str | os.PathLike[str], task: str, train_file: str 
                 accelerator.unwrap_model(model).save_pretrained(tmp)
                 tok.save_pretrained(tmp)
                 write_provenance(tmp, "distill-teacher", settings, [src.describe()], result.as_dict())
+                write_model_card(tmp, name=out.name)
             close_work_dir(work, out)
         _finish(state, work, accelerator)
     return result
@@ -199,6 +201,7 @@ def distill_task(teacher: str | os.PathLike[str], student: str | os.PathLike[str
                     save_file({k: m.to(torch.uint8).contiguous() for k, m in masks.items()}, str(tmp / "sparse_mask.safetensors"))
                 write_provenance(tmp, "distill-task", {**settings, "layer_map": mapping}, [t_src.describe(), s_src.describe()],
                                  {**result.as_dict(), "selected_parameters": selected})
+                write_model_card(tmp, name=out.name)
             close_work_dir(work, out)
         _finish(state, work, accelerator)
     return result

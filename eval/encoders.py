@@ -17,6 +17,7 @@ import numpy as np
 from mlcompress.artifacts import dir_bytes, onnx_parameters
 from mlcompress.errors import ModelSourceError
 from mlcompress.embedding_profile import embedding_profile
+from mlcompress.st_layout import dense_layers, read_modules
 
 MAX_LENGTH = 256
 
@@ -110,6 +111,7 @@ class TorchEncoder(Encoder):
         self.pooling = embedding_profile(path).pooling if pooling == "auto" else pooling  # the one detector
         if self.pooling not in ("mean", "cls"):
             raise ModelSourceError(f"unknown pooling {pooling!r}", "use mean, cls or auto")
+        self.dense = self._dense_modules(path)
         self.batch_size = batch_size or (128 if self.device.type == "cuda" else 32)
         has_mlm = self.model.get_output_embeddings() is not None and "MaskedLM" in type(self.model).__name__
         caps = {"embed", "layers", "tokens", "finetune"} | ({"mlm"} if has_mlm else set())
@@ -151,8 +153,23 @@ class TorchEncoder(Encoder):
                 r[idx] = p
         return results
 
+    def _dense_modules(self, path: Path) -> Any:
+        """The model's sentence-transformers Dense modules (run after the pooling, as the model's users run them), or None."""
+        layers = dense_layers(path, read_modules(path))
+        if not layers:
+            return None
+        from mlcompress.st_dense import dense_stack
+
+        return dense_stack(layers).to(self.device)
+
     def _embed(self, texts: list[str]) -> np.ndarray:
-        return self._run(texts, all_layers=False)[0]
+        pooled = self._run(texts, all_layers=False)[0]
+        if self.dense is None:
+            return pooled
+        import torch
+
+        with torch.inference_mode():
+            return self.dense(torch.from_numpy(pooled).to(self.device)).float().cpu().numpy()
 
     def layers(self, texts: list[str], prefix: str = "") -> list[np.ndarray]:
         """Per-layer pooled hidden states (embedding output first), each n x d."""
@@ -234,7 +251,7 @@ def torch_size(model: Any, path: Path) -> dict[str, Any]:
 
 
 class BundleEncoder(Encoder):
-    """An export bundle (manifest.json, model.onnx, tokenizer.json), run by ``mlcompress.export.runtime`` without torch."""
+    """An export bundle (manifest.json, its ONNX graph, tokenizer.json), run by ``mlcompress.export.runtime`` without torch."""
 
     kind = "export-bundle"
     capabilities = frozenset({"embed"})
@@ -280,7 +297,7 @@ class BundleEncoder(Encoder):
             params = onnx_parameters(model if model.is_file() else self.path)
         forms = bundle_forms(self.path, self.manifest)
         disk = dir_bytes(self.path)
-        return {"parameters": params, "weight_file_bytes": int(sum(f.stat().st_size for f in self.path.glob(f"{model.name}*"))),
+        return {"parameters": params, "weight_file_bytes": int(sum(f.stat().st_size for f in model.parent.glob(f"{model.name}*"))),
                 "bytes_on_disk": disk - sum(forms.values()), "other_forms": forms, "bytes_on_disk_with_other_forms": disk}
 
     def describe(self) -> dict[str, Any]:

@@ -113,7 +113,7 @@ def export(
     held-out target-language sentences is within it; the manifest records what was kept and what it cost.
     ``ort`` (bundles, onnx) also writes ONNX Runtime's mobile form: model.ort and required_operators.config.
     ``tokenizer_in_graph`` (bundles, onnx) also writes model_with_tokenizer.onnx: strings in, the model's output out
-    (onnxruntime-extensions' SentencePiece tokenizer), checked against tokenizer.json + model.onnx.
+    (onnxruntime-extensions' SentencePiece tokenizer), checked against tokenizer.json + the ONNX graph.
     """
     output = Path(output).expanduser().absolute()
     langs = parse_languages(languages) if languages and (not isinstance(languages, str) or languages.strip()) else []

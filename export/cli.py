@@ -38,7 +38,7 @@ def export_command(
     task: Annotated[Optional[str], typer.Option(help="sentence-embedding, token-classification, sequence-classification or masked-lm (default: from the architecture).")] = None,
     pooling: Annotated[Optional[str], typer.Option(help="Sentence-embedding pooling: mean or cls (default: the sentence-transformers config, else mean).")] = None,
     normalize: Annotated[Optional[bool], typer.Option("--normalize/--no-normalize", help="L2-normalise sentence embeddings (default: as the sentence-transformers config says).")] = None,
-    prefix: Annotated[Optional[str], typer.Option(help="Text put before each input (default: 'query: ' for E5 models, else none).")] = None,
+    prefix: Annotated[Optional[str], typer.Option(help="Sentence embeddings: the default prompt, put before each input (default: the model's sentence-transformers prompts; E5: 'query: ', with 'passage: ' as its document prompt). Other heads: text put before each input (default: none).")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Longest input in tokens (default and cap: the model's position limit, at most 512).")] = None,
     per_channel: Annotated[bool, typer.Option("--per-channel/--no-per-channel", help="int8 weight scales per output channel (else per tensor).")] = True,
     reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", help="7-bit int8 weights (default: on for x86 CPUs without VNNI).")] = None,
@@ -149,6 +149,69 @@ def verify_command(path: Annotated[Path, typer.Argument(help="A bundle directory
     size = sum(e["bytes"] for e in files.values())
     Console().print(f"ok: {path} ({manifest['head']['task']}, {quantization}, "
                     f"{len(files)} files, {size / 1e6:.1f} MB) matches its manifest")
+
+
+@bundle_app.command("encode")
+def encode_command(
+    bundle: Annotated[Path, typer.Argument(help="A sentence-embedding bundle directory or .tar.gz.")],
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to embed (or --input).")] = None,
+    input: Annotated[Optional[Path], typer.Option("-i", "--input", help="A file of texts, one a line ('-': standard input).")] = None,
+    prompt_name: Annotated[Optional[str], typer.Option("--prompt-name", help="The bundle's prompt to put before each text: query or document for E5 (default: the bundle's default prompt, as sentence-transformers).")] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text to put before each text instead of a named prompt ('' for none).")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the embeddings as a .npy array (float32, one row a text) instead of JSON lines on standard output.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Texts per model run.")] = 32,
+) -> None:
+    """Embed texts with a bundle, torch-free: one JSON line per text ({"text", "embedding"}), or a .npy array."""
+    from mlcompress.export import runtime
+
+    lines = _read_texts(texts or [], input)
+    model = runtime.load(bundle)
+    if not hasattr(model, "encode") or getattr(model, "task", None) != "sentence-embedding":
+        raise InputError(f"{bundle} is not a sentence-embedding bundle", "export an embedding model with `mlcompress export --bundle`")
+    if output is not None:
+        from mlcompress.artifacts import check_output
+
+        check_output(output, overwrite, what="embeddings file")
+    emb = model.encode(lines, batch_size=batch_size, prompt_name=prompt_name, prompt=prompt)
+    if output is None:
+        for text, row in zip(lines, emb):
+            typer.echo(json.dumps({"text": text, "embedding": [round(float(x), 7) for x in row]}, ensure_ascii=False))
+        return
+    _save_npy(emb, output)
+    typer.echo(f"wrote {emb.shape[0]} embeddings of dimension {emb.shape[1]} to {output}", err=True)
+
+
+def _read_texts(texts: list[str], source: Path | None) -> list[str]:
+    """The texts to embed: those given, then the non-empty lines of ``source`` ('-': standard input)."""
+    import sys
+
+    lines = list(texts)
+    if source is not None:
+        try:
+            text = sys.stdin.read() if str(source) == "-" else source.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read texts from {source} ({exc})", "pass a UTF-8 text file, one text a line") from exc
+        lines += [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise InputError("no texts to embed", "pass texts as arguments, or --input FILE (one a line; '-' for standard input)")
+    return lines
+
+
+def _save_npy(array: Any, output: Path) -> None:
+    """Write ``array`` to ``output`` (.npy) through a temporary sibling, so a failed write leaves nothing half-written."""
+    import os
+
+    import numpy as np
+
+    output = output.expanduser().absolute()
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @bundle_app.command("demo")

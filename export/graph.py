@@ -34,12 +34,15 @@ def build(module: Any, spec: Any, config: Any, scratch: Path, quantize: str, tok
 
 def _graph(module: Any, spec: Any, config: Any, scratch: Path, quantize: str, pad_id: int, optimize: bool
            ) -> tuple[Path, dict[str, int]]:
-    """Export the module to ONNX and optimise it (or just strip it) in ``scratch``; return the graph and its fused ops."""
+    """Export the module to ONNX (sentence embeddings: with ``last_hidden_state`` as a second output) and optimise it
+    (or just strip it) in ``scratch``; return the graph and its fused ops."""
     from .onnx_export import export_onnx
     from .optimize import optimize_graph, strip_metadata
+    from .outputs import exportable
 
-    with step("the ONNX export", "check that the model runs in PyTorch; try another --task, or report the architecture"):
-        raw = export_onnx(module, spec.output_name, scratch / "raw.onnx", pad_id=pad_id, vocab=int(config.vocab_size))
+    with step("the ONNX export", "check that the model runs in PyTorch; try another --task, or report the architecture"), \
+            exportable(module, spec) as (graph_module, names):
+        raw = export_onnx(graph_module, names, scratch / "raw.onnx", pad_id=pad_id, vocab=int(config.vocab_size))
     fused: dict[str, int] = {}
     with step("ONNX Runtime's graph optimisation", "retry without optimisation (optimize=False)"):
         if optimize:

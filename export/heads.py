@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlcompress.errors import InputError, ModelSourceError, UnsupportedModelError
+from mlcompress.st_layout import DenseLayer, dense_layers, read_modules, st_pooling
 
 TASKS = ("sentence-embedding", "token-classification", "sequence-classification", "masked-lm")
 INPUT_NAMES = ["input_ids", "attention_mask"]
@@ -30,45 +30,26 @@ class HeadSpec:
     normalize: bool
     output_name: str
     id2label: dict[int, str] | None
+    dense: tuple[DenseLayer, ...] = ()  # sentence-transformers Dense modules after the pooling, in order
 
     def as_dict(self) -> dict[str, Any]:
         """The manifest entry."""
-        return {"task": self.task, "architecture": self.architecture, "pooling": self.pooling,
-                "normalize": self.normalize, "output": self.output_name,
-                "labels": {str(k): v for k, v in (self.id2label or {}).items()} or None}
+        entry = {"task": self.task, "architecture": self.architecture, "pooling": self.pooling,
+                 "normalize": self.normalize, "output": self.output_name,
+                 "labels": {str(k): v for k, v in (self.id2label or {}).items()} or None}
+        return {**entry, "dense": [d.as_dict() for d in self.dense]} if self.dense else entry
 
 
-def _read_json(path: Path) -> Any:
-    """A JSON file of the model directory, or a clear error when it is missing or corrupt."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelSourceError(f"{path}: unreadable ({type(exc).__name__}: {exc})",
-                               "restore the file from the model's source, or re-save the model") from exc
-
-
-def _pooling_from_sentence_transformers(model_dir: Path) -> tuple[str | None, bool | None]:
-    """Pooling mode and normalisation from a sentence-transformers layout (modules.json), if present."""
-    modules = model_dir / "modules.json"
-    if not modules.is_file():
-        return None, None
-    entries = _read_json(modules)
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise ModelSourceError(f"{modules} is not a sentence-transformers module list", "restore or delete modules.json")
-    normalize = any("Normalize" in str(e.get("type", "")) for e in entries)
-    for entry in entries:
-        if "Pooling" in str(entry.get("type", "")):
-            cfg = _read_json(model_dir / str(entry.get("path", "")) / "config.json")
-            if not isinstance(cfg, dict):
-                raise ModelSourceError(f"{model_dir}: the pooling config of modules.json is not a JSON object",
-                                       "restore the sentence-transformers pooling folder, or pass --pooling")
-            if cfg.get("pooling_mode_cls_token"):
-                return "cls", normalize
-            if cfg.get("pooling_mode_mean_tokens"):
-                return "mean", normalize
-            raise UnsupportedModelError(f"{model_dir}: pooling mode {cfg} is not supported",
-                                        "mlcompress exports mean or CLS pooling")
-    return None, normalize
+def _pooling_from_sentence_transformers(model_dir: Path) -> tuple[str | None, bool | None, tuple[DenseLayer, ...]]:
+    """Pooling mode, normalisation and Dense modules from a sentence-transformers layout (modules.json), if present."""
+    entries = read_modules(model_dir)
+    if not entries:
+        return None, None, ()
+    normalize = any(str(e.get("type", "")).endswith("Normalize") for e in entries)
+    mode = st_pooling(model_dir, entries)
+    if mode is not None and mode not in ("mean", "cls"):
+        raise UnsupportedModelError(f"{model_dir}: pooling mode {mode!r} is not supported", "mlcompress exports mean or CLS pooling")
+    return mode, normalize, dense_layers(model_dir, entries)
 
 
 def detect_head(config: Any, model_dir: Path, task: str | None = None, pooling: str | None = None,
@@ -90,17 +71,17 @@ def detect_head(config: Any, model_dir: Path, task: str | None = None, pooling: 
         raise UnsupportedModelError(f"architecture {arch} has a head mlcompress cannot export",
                                     "supported: a bare encoder (sentence embeddings) or *ForTokenClassification, "
                                     "*ForSequenceClassification, *ForMaskedLM")
-    st_pool, st_norm = _pooling_from_sentence_transformers(model_dir)
+    st_pool, st_norm, dense = _pooling_from_sentence_transformers(model_dir)
     if task == "sentence-embedding":
         pooling = pooling or st_pool or "mean"
         if pooling not in ("mean", "cls"):
             raise InputError(f"unknown pooling {pooling!r}", "choose mean or cls")
         normalize = True if normalize is None and st_norm is None else bool(normalize if normalize is not None else st_norm)
     else:
-        pooling, normalize = None, False
+        pooling, normalize, dense = None, False, ()
     labels = getattr(config, "id2label", None) if task.endswith("classification") else None
     return HeadSpec(task, arch, pooling, bool(normalize), OUTPUT_NAMES[task],
-                    {int(k): str(v) for k, v in labels.items()} if labels else None)
+                    {int(k): str(v) for k, v in labels.items()} if labels else None, dense)
 
 
 def load_for_export(model_dir: Path, spec: HeadSpec) -> Any:
@@ -118,13 +99,17 @@ def load_for_export(model_dir: Path, spec: HeadSpec) -> Any:
 
 
 def wrap(model: Any, spec: HeadSpec) -> Any:
-    """A torch module mapping (input_ids, attention_mask) to the task's one output, pooling inside the graph."""
+    """A torch module mapping (input_ids, attention_mask) to the task's one output, pooling inside the graph (then the
+    sentence-transformers Dense modules and the normalisation)."""
     import torch
+
+    from mlcompress.st_dense import dense_stack
 
     class Exported(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
+            self.dense = dense_stack(spec.dense)
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
             out = self.model(input_ids=input_ids, attention_mask=attention_mask)
@@ -136,6 +121,7 @@ def wrap(model: Any, spec: HeadSpec) -> Any:
             else:
                 mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
                 emb = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            emb = self.dense(emb)
             if spec.normalize:
                 emb = emb / emb.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-12)
             return emb

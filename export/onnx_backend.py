@@ -15,7 +15,7 @@ from mlcompress.artifacts import sha256_file
 
 from .graph import build
 from .step import step
-from .texts import auto_prefix, batches, sentences, take, text_sources
+from .texts import batches, sentences, take, text_sources
 from .writer import Payload, copier, measured_on
 
 
@@ -30,17 +30,21 @@ class Prepared:
     pad_id: int
     pad_token: str
     max_length: int
-    prefix: str
+    prefix: str  # the default prompt's text: what parity, calibration and timing text is prefixed with
     tokenizer_json: dict[str, Any]
+    prompts: dict[str, str] | None = None  # sentence embeddings: prompt name -> text (E5: query, document)
+    default_prompt: str | None = None
 
 
 def prepare(model: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None,
             texts: Mapping[str, Any] | list[str] | None, langs: list[str], *, task: str | None, pooling: str | None,
             normalize: bool | None, prefix: str | None, max_length: int | None) -> Prepared:
-    """Resolve MODEL, detect its head, find the target-language text, and fix the tokenizer's padding, length and prefix."""
+    """Resolve MODEL, detect its head, find the target-language text, and fix the tokenizer's padding, length and
+    prompts (the model's own prefix for sentence embeddings only; other heads get ``prefix`` alone, default none)."""
     from mlcompress.sources import load_config, load_tokenizer, resolve_model
 
     from .heads import detect_head
+    from .prompts import export_prompts
 
     source = resolve_model(model, cache_dir)  # transformers' own verbosity is the caller's (the CLI turns it down)
     config = load_config(source.path)
@@ -52,10 +56,11 @@ def prepare(model: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | N
     offset = (config.pad_token_id or 0) + 1 if config.model_type in ("xlm-roberta", "roberta", "camembert") else 0
     limit = min(int(getattr(config, "max_position_embeddings", 512)) - offset, 512 if hf_tok.model_max_length > 100_000 else hf_tok.model_max_length)
     max_length = min(max_length or limit, limit)
-    prefix = auto_prefix(str(model), source.path) if prefix is None else prefix
+    prompts, default = export_prompts(source.path, str(model), spec.task, prefix)
+    prefix = prompts.get(default, "") if spec.task == "sentence-embedding" and default else (prefix or "")
     tok_json = json.loads(hf_tok.backend_tokenizer.to_str())
     tok_json["padding"] = tok_json["truncation"] = None
-    return Prepared(source, config, spec, sources, pad_id, pad_token, max_length, prefix, tok_json)
+    return Prepared(source, config, spec, sources, pad_id, pad_token, max_length, prefix, tok_json, prompts, default)
 
 
 def export_graph(p: Prepared, scratch: Path, format: str, quantize: str, bundle: bool, langs: list[str],
@@ -86,6 +91,8 @@ def export_graph(p: Prepared, scratch: Path, format: str, quantize: str, bundle:
 
         model_file, qinfo = build_engine(final, scratch / "model.engine", quantize).name, {**qinfo, "tensorrt": True}
     forms = _edge_forms(final, session, p, scratch, tok, opts, qinfo.get("session_config"))
+    if format == "onnx":
+        model_file = _client_layout(final, p, scratch, quantize)
     result = {"format": format, "quantize": quantize, "task": p.spec.task, "model_file": model_file, "parity": parity,
               "latency_ms": latency, "fused_operators": fused, "quantization": qinfo}
     return _payload(p, result, scratch, _out_dim(module, feeds[0]), bundle, langs, opts["force"], forms)
@@ -118,6 +125,18 @@ def _edge_forms(final: Path, session: Any, p: Prepared, scratch: Path, tok: Any,
                             f"{entry['parity']['max_abs_diff']:.2e}", "report it; --force writes the bundle anyway")
         forms["tokenizer_in_graph"] = entry
     return forms
+
+
+def _client_layout(final: Path, p: Prepared, scratch: Path, quantize: str) -> str:
+    """Move the graph to its transformers.js name under onnx/ and write the client files (config.json,
+    tokenizer_config.json, special_tokens_map.json) beside it in ``scratch``; return the graph's new name."""
+    from .layout import graph_file, write_client_files
+
+    name = graph_file(quantize)
+    (scratch / name).parent.mkdir(parents=True, exist_ok=True)
+    final.replace(scratch / name)
+    write_client_files(p.source.path, scratch, p.tokenizer_json, p.pad_token, p.max_length, quantize)
+    return name
 
 
 def _session(path: Path, config: dict[str, str] | None = None) -> Any:
@@ -165,15 +184,18 @@ def _out_dim(module: Any, feeds: dict[str, Any]) -> int:
 def _payload(p: Prepared, result: dict[str, Any], scratch: Path, out_dim: int, bundle: bool, langs: list[str],
              force: bool, forms: dict[str, dict[str, Any]] | None = None) -> Payload:
     """The provenance, the bundle manifest's fields (bundles only) and the files the writer copies from ``scratch``
-    (with ``forms``, the other forms' files too: `--ort`'s model.ort and its config, `--tokenizer-in-graph`'s model)."""
+    (an ONNX export's client files too; with ``forms``, the other forms' files: `--ort`'s model.ort and its config,
+    `--tokenizer-in-graph`'s model)."""
+    from .layout import CLIENT_FILES
+
     model_file, qinfo, task = result["model_file"], result["quantization"], p.spec.task
     forms = forms or {}
     mobile = forms.get("ort")
     extra = [entry[key] for entry in forms.values() for key in ("model", "operators_config") if key in entry]
-    files = [model_file, "tokenizer.json", *extra, "mlcompress.json"]
+    copied = [model_file, "tokenizer.json", *(CLIENT_FILES if result["format"] == "onnx" else []), *extra]
     params = {"format": result["format"], "quantize": result["quantize"], "bundle": bundle,
               "languages": langs or sorted(k for k in p.sources if k != "given"), "task": task, "prefix": p.prefix,
-              "max_length": p.max_length, "quantization": qinfo, "force": force}
+              "prompts": p.prompts or None, "max_length": p.max_length, "quantization": qinfo, "force": force}
     weights = sorted(p.source.path.glob("*.safetensors"))
     src_entry = {**p.source.describe(), "sha256": sha256_file(weights[0]) if weights else None}
     metrics = {"parity": result["parity"], "latency_ms": result["latency_ms"], "fused_operators": result["fused_operators"],
@@ -185,19 +207,36 @@ def _payload(p: Prepared, result: dict[str, Any], scratch: Path, out_dim: int, b
         params["tokenizer_in_graph"] = True
         metrics["tokenizer_in_graph"] = {"parity": forms["tokenizer_in_graph"]["parity"],
                                          "model_bytes": (scratch / forms["tokenizer_in_graph"]["model"]).stat().st_size}
-    manifest = None
-    if bundle:
-        shape = ["batch", out_dim] if task in ("sentence-embedding", "sequence-classification") else ["batch", "sequence", out_dim]
-        manifest = {
-            "model": model_file, "runtime": "onnxruntime" if result["format"] == "onnx" else "tensorrt",
-            "head": p.spec.as_dict(),
-            "inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in ("input_ids", "attention_mask")],
-            "outputs": [{"name": p.spec.output_name, "dtype": "float32", "shape": shape}],
-            "tokenizer": {"file": "tokenizer.json", "pad_id": int(p.pad_id), "pad_token": p.pad_token,
-                          "max_length": p.max_length, "prefix": p.prefix},
-            "languages": params["languages"], "quantization": {"name": result["quantize"], **qinfo},
-            "source": src_entry, "parity": result["parity"], "latency_ms": result["latency_ms"], "measured_on": measured_on(),
-        }
-        manifest.update(forms)
-    return Payload(save=copier(scratch, [model_file, "tokenizer.json", *extra]), params=params, inputs=[src_entry], metrics=metrics,
-                   result=result, manifest=manifest, files=files)
+    manifest = {**_manifest(p, result, out_dim, src_entry, params["languages"]), **forms} if bundle else None
+    return Payload(save=copier(scratch, copied), params=params, inputs=[src_entry], metrics=metrics,
+                   result=result, manifest=manifest, files=[*copied, "mlcompress.json"])
+
+
+def _manifest(p: Prepared, result: dict[str, Any], out_dim: int, src_entry: dict[str, Any], languages: list[str]
+              ) -> dict[str, Any]:
+    """A bundle manifest's fields: the model, its head, inputs and outputs (sentence embeddings: ``last_hidden_state``
+    too), tokenizer, prompts (sentence embeddings), the client layout's dtype (ONNX), and what was measured."""
+    from .layout import CLIENT_FILES, DTYPE
+    from .outputs import HIDDEN_STATE
+
+    task = p.spec.task
+    pooled = task in ("sentence-embedding", "sequence-classification")
+    shape = ["batch", out_dim] if pooled else ["batch", "sequence", out_dim]
+    outputs = [{"name": p.spec.output_name, "dtype": "float32", "shape": shape}]
+    if task == "sentence-embedding":
+        outputs.append({"name": HIDDEN_STATE, "dtype": "float32", "shape": ["batch", "sequence", int(p.config.hidden_size)]})
+    manifest = {
+        "model": result["model_file"], "runtime": "onnxruntime" if result["format"] == "onnx" else "tensorrt",
+        "head": p.spec.as_dict(),
+        "inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in ("input_ids", "attention_mask")],
+        "outputs": outputs,
+        "tokenizer": {"file": "tokenizer.json", "pad_id": int(p.pad_id), "pad_token": p.pad_token,
+                      "max_length": p.max_length, "prefix": p.prefix},
+        "languages": languages, "quantization": {"name": result["quantize"], **result["quantization"]},
+        "source": src_entry, "parity": result["parity"], "latency_ms": result["latency_ms"], "measured_on": measured_on(),
+    }
+    if task == "sentence-embedding":
+        manifest.update(prompts=p.prompts or {}, default_prompt_name=p.default_prompt)
+    if result["format"] == "onnx":
+        manifest["layout"] = {"graphs": "onnx/", "dtype": DTYPE[result["quantize"]], "client_files": list(CLIENT_FILES)}
+    return manifest

@@ -12,8 +12,9 @@ from .heads import INPUT_NAMES
 from .quiet import quiet
 
 
-def export_onnx(module: Any, output_name: str, path: Path, pad_id: int = 0, vocab: int = 100) -> Path:
-    """Write ``module`` (input_ids, attention_mask) -> ``output_name`` to ``path`` as one self-contained .onnx file."""
+def export_onnx(module: Any, output_name: str | list[str], path: Path, pad_id: int = 0, vocab: int = 100) -> Path:
+    """Write ``module`` (input_ids, attention_mask) -> ``output_name`` (one name, or a name per output) to ``path`` as
+    one self-contained .onnx file."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
@@ -23,11 +24,12 @@ def export_onnx(module: Any, output_name: str, path: Path, pad_id: int = 0, voca
     ids[1, 6:] = pad_id
     batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=1, max=8192)
     shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    names = [output_name] if isinstance(output_name, str) else list(output_name)
     try:
         with warnings.catch_warnings(), quiet("torch"):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(module, (ids, mask), dynamo=True, input_names=INPUT_NAMES,
-                                        output_names=[output_name], dynamic_shapes=shapes, optimize=True,
+                                        output_names=names, dynamic_shapes=shapes, optimize=True,
                                         external_data=False, report=False, verbose=False)
     except Exception as exc:
         raise UnsupportedModelError(

@@ -104,9 +104,3 @@ def common_length(feeds: list[dict[str, Any]], pad_id: int) -> list[dict[str, An
                     "attention_mask": np.pad(f["attention_mask"], ((0, 0), (0, extra)), constant_values=0)})
     return out
 
-
-def auto_prefix(spec: str, model_dir: Path) -> str:
-    """The model's own prefix ("query: " for E5 models), from its configuration or provenance (one detector for all stages)."""
-    from mlcompress.embedding_profile import embedding_profile
-
-    return embedding_profile(model_dir, spec).prefix

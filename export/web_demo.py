@@ -1,7 +1,8 @@
 """`mlcompress bundle demo`: a static web page that runs a sentence-embedding bundle in the browser, offline.
 
-The folder holds the bundle's model.onnx, tokenizer.json and manifest.json, the page (index.html, demo.js), the
-sentences it ranks (sentences.json) and, under vendor/, pinned onnxruntime-web (wasm) and @huggingface/tokenizers.
+The folder holds the bundle's ONNX graph (at the path its manifest names), tokenizer.json and manifest.json, the page
+(index.html, demo.js), the sentences it ranks (sentences.json) and, under vendor/, pinned onnxruntime-web (wasm) and
+@huggingface/tokenizers.
 Serve it over http (``python -m http.server -d DIR``) and open it: nothing is fetched from anywhere else.
 """
 

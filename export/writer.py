@@ -33,9 +33,10 @@ class Payload:
 
 
 def copier(scratch: Path, names: list[str]) -> Callable[[Path], None]:
-    """A ``save`` that copies ``names`` from ``scratch``."""
+    """A ``save`` that copies ``names`` (relative paths, e.g. onnx/model.onnx) from ``scratch``."""
     def save(target: Path) -> None:
         for name in names:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(scratch / name, target / name)
 
     return save
@@ -66,27 +67,31 @@ def write(payload: Payload, output: Path, *, overwrite: bool = False, archive: b
         size = output.stat().st_size
     else:
         with atomic_output_dir(output, overwrite=overwrite) as target:
-            manifest = _fill(payload, target)
+            manifest = _fill(payload, target, output.name)
         counted = None if payload.files is None else payload.files + [MANIFEST]
         size = sum(p.stat().st_size for p in output.rglob("*")  # files in subfolders too (a decoder's onnx/)
                    if p.is_file() and (counted is None or p.relative_to(output).as_posix() in counted))
     return ExportResult(output=output, size_bytes=size, manifest=manifest, **payload.result)
 
 
-def _fill(payload: Payload, target: Path) -> dict[str, Any] | None:
-    """The artifact's files, its provenance, and (bundles) its manifest, in ``target``; return the manifest."""
+def _fill(payload: Payload, target: Path, name: str) -> dict[str, Any] | None:
+    """The artifact's files, its provenance, (bundles) its manifest, and its model card (README.md, last: it reads
+    the other two; not in the manifest's checksums, since the pipeline rewrites it) in ``target``, the folder that
+    becomes ``name``; return the manifest."""
+    from mlcompress.model_card import write_model_card
+
     payload.save(target)
     write_provenance(target, "export", payload.params, payload.inputs, payload.metrics)
-    if payload.manifest is None:
-        return None
-    return write_manifest(target, payload.manifest, payload.files or [])
+    manifest = None if payload.manifest is None else write_manifest(target, payload.manifest, payload.files or [])
+    write_model_card(target, name=name)
+    return manifest
 
 
 def _write_archive(payload: Payload, output: Path, folder: Path) -> dict[str, Any] | None:
     """Stage the bundle in ``folder``, pack it beside ``output`` under a partial name, and rename it into place."""
     stage = folder / output.name.removesuffix(".tar.gz").removesuffix(".tgz")
     stage.mkdir()
-    manifest = _fill(payload, stage)
+    manifest = _fill(payload, stage, stage.name)
     output.parent.mkdir(parents=True, exist_ok=True)
     sweep_leftovers(output)
     partial = output.with_name(f".{output.name}.tmp-{os.getpid()}-partial")  # swept if this process is killed

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
 from mlcompress.artifacts import dir_bytes, onnx_parameters, read_provenance
 from mlcompress.errors import InputError
+from mlcompress.measure import safetensors_parameters, tokenizer_vocab_size
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -21,33 +21,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def safetensors_parameters(path: Path) -> int:
-    """Elements in every tensor of a model directory's safetensors files, read from their headers."""
-    total = 0
-    for f in sorted(path.glob("*.safetensors")):
-        with open(f, "rb") as handle:
-            (n,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(n))
-        for name, meta in header.items():
-            if name != "__metadata__":
-                count = 1
-                for d in meta.get("shape", []):
-                    count *= int(d)
-                total += count
-    return total
-
-
-def _vocab_size(path: Path, config: dict[str, Any] | None) -> int | None:
-    tok = _read_json(path / "tokenizer.json")
-    if tok:
-        model = tok.get("model") or {}
-        vocab = model.get("vocab")
-        n = len(vocab) if isinstance(vocab, (list, dict)) else 0
-        ids = [t.get("id", -1) for t in tok.get("added_tokens", [])]
-        return max([n - 1] + ids) + 1 if n or ids else None
-    return (config or {}).get("vocab_size")
 
 
 def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -76,7 +49,7 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
         model = p / str(manifest.get("model") or "model.onnx")  # the model; other forms of it are listed apart
         params = manifest.get("parameters") or (onnx_parameters(model) if model.is_file() else None)
         info.update(kind="export bundle", model_type=head.get("architecture"), task=head.get("task"), parameters=params,
-                    weight_bytes=sum(f.stat().st_size for f in p.glob(f"{model.name}*")), vocab_size=_vocab_size(p, None),
+                    weight_bytes=sum(f.stat().st_size for f in model.parent.glob(f"{model.name}*")), vocab_size=tokenizer_vocab_size(p),
                     forms=_forms(p, manifest),
                     languages=manifest.get("languages"), quantization=(manifest.get("quantization") or {}).get("name"),
                     parity=manifest.get("parity"), latency_ms=manifest.get("latency_ms"), measured_on=manifest.get("measured_on"))
@@ -84,7 +57,7 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
         info.update(kind="model", model_type=config.get("model_type"), architectures=config.get("architectures"),
                     layers=config.get("num_hidden_layers") or config.get("num_layers"), hidden=config.get("hidden_size") or config.get("d_model"),
                     parameters=safetensors_parameters(p), weight_bytes=sum(f.stat().st_size for f in p.glob("*.safetensors")),
-                    vocab_size=_vocab_size(p, config), config_vocab_size=config.get("vocab_size"),
+                    vocab_size=tokenizer_vocab_size(p, config), config_vocab_size=config.get("vocab_size"),
                     languages=(record.get("parameters") or {}).get("languages"))
     elif (p / "report.json").is_file():
         rep = _read_json(p / "report.json") or {}

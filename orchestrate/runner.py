@@ -28,6 +28,7 @@ from mlcompress.sources import DEFAULT_MODEL
 
 from . import stages
 from .config import default_config, load_config, validate_config
+from .card import write_pipeline_card
 from .report import write_pipeline_report
 
 STATE_FILE = "pipeline.json"
@@ -58,6 +59,7 @@ def code_digest(stage: str) -> str:
 
 
 _RECORD_SUFFIXES = (".npz", ".jsonl")  # a stage's statistics beside a model (token counts, metrics)
+_CARD = "README.md"  # a model card describes an artifact and is rewritten after eval (card.py): never part of a digest
 
 
 class _Digests:
@@ -70,7 +72,7 @@ class _Digests:
         """The digest of every file under ``path``; ``model_only``: of the model's files alone, without the records a
         stage writes beside them (mlcompress.json, statistics), which differ each time the same model is remade."""
         path = Path(path).absolute()
-        files = sorted(p for p in (path.rglob("*") if path.is_dir() else [path]) if p.is_file()
+        files = sorted(p for p in (path.rglob("*") if path.is_dir() else [path]) if p.is_file() and p.name != _CARD
                        and not (model_only and (p.name == "mlcompress.json" or p.suffix in _RECORD_SUFFIXES)))
         sig = json_digest([(str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
         key = str(path) + ("#model" if model_only else "")
@@ -329,6 +331,9 @@ class Pipeline:
         gate, evaluations = self._eval(run, source.path)
         result = PipelineResult(run.out, run.records, gate.get("passed"), gate, seconds=round(time.perf_counter() - t_start, 2))
         result.report = write_pipeline_report(run.out, cfg, run.records, run.artifacts, evaluations, gate, missing)
+        card = write_pipeline_card(run.out, cfg, run.artifacts, evaluations)
+        if card is not None:
+            say(f"model card: {card}")
         say(f"report: {run.out / 'report.json'}, {run.out / 'report.html'}")
         if raise_on_fail and gate.get("passed") is False:
             from mlcompress.eval import gate_error

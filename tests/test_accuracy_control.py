@@ -62,7 +62,7 @@ def test_search_keeps_the_fragile_operator_float(fragile: Path, texts: dict[str,
     assert result.manifest["quantization"]["accuracy_control"]["kept_float"] == control["kept_float"]
     import onnx
 
-    graph = onnx.load(str(tmp_path / "b" / "model.onnx")).graph
+    graph = onnx.load(str(tmp_path / "b" / result.model_file)).graph
     nodes = {n.name: n for n in graph.node}
     assert all(nodes[name].op_type in ("MatMul", "Attention") for name in kept), {k: nodes[k].op_type for k in kept}
     halves = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}

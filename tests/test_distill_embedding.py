@@ -17,7 +17,8 @@ from mlcompress.distill import loop
 from mlcompress.distill.loop import BudgetPlan, LinearSchedule, parse_duration
 from mlcompress.distill.sentences import SentencePool, add_short_spans, split_sentences
 from mlcompress.distill.student import make_student
-from mlcompress.embedding_profile import E5_PREFIX, embedding_profile, write_sentence_transformers_config, EmbeddingProfile
+from mlcompress.embedding_profile import E5_PREFIX, embedding_profile, EmbeddingProfile
+from mlcompress.st_layout import layout_for, write_layout
 from mlcompress.orchestrate.runner import Pipeline
 from tiny_models import build_bert_teacher, build_xlmr, training_lines
 
@@ -29,7 +30,7 @@ def teacher_dir(tmp_path_factory) -> Path:
     """A 4-layer BERT teacher marked as an E5-style sentence-embedding model by its sentence-transformers config."""
     out = build_bert_teacher(tmp_path_factory.mktemp("tiny-e5") / "teacher", training_lines(DATA),
                              initializer_range=0.5)  # varied embeddings, so the student has something to learn
-    write_sentence_transformers_config(out, EmbeddingProfile(E5_PREFIX, "mean", True))
+    write_layout(out, layout_for(EmbeddingProfile(E5_PREFIX, "mean", True)), 32)
     return out
 
 

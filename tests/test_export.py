@@ -62,7 +62,8 @@ def test_each_head_matches_pytorch_unquantised(tiny, texts, tmp_path, head):
     assert p["passed"] and p["mean_cosine"] > 0.9999 and p["max_abs_diff"] < 1e-3
     if head != "sentence-embedding":
         assert p["label_agreement"] == 1.0
-    assert (tmp_path / "out" / "model.onnx").is_file() and (tmp_path / "out" / "tokenizer.json").is_file()
+    assert result.model_file == "onnx/model.onnx"  # transformers.js's fp32 name
+    assert (tmp_path / "out" / result.model_file).is_file() and (tmp_path / "out" / "tokenizer.json").is_file()
     assert json.loads((tmp_path / "out" / "mlcompress.json").read_text())["stage"] == "export"
     assert not (tmp_path / "out" / "manifest.json").exists()  # only bundles carry a manifest
 
@@ -76,7 +77,7 @@ def test_sentence_embedding_graph_pools_and_normalises_with_dynamic_axes(tiny, t
     result = export(tiny["sentence-embedding"], tmp_path / "out", quantize="none", texts=texts, **FAST)
     layers = transformers.AutoConfig.from_pretrained(tiny["sentence-embedding"]).num_hidden_layers
     assert result.fused_operators.get("Attention") == layers  # the padding mask was rewritten for ORT's fusion
-    sess = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(tmp_path / "out" / result.model_file), providers=["CPUExecutionProvider"])
     tok = transformers.AutoTokenizer.from_pretrained(tiny["sentence-embedding"])
     model = transformers.AutoModel.from_pretrained(tiny["sentence-embedding"]).eval()
     for batch in (["Guten Morgen"], ["a", "Ein deutlich längerer Satz mit vielen Wörtern, damit gepolstert wird.", "Hallo Welt"]):
@@ -106,7 +107,8 @@ def test_quantised_exports_pass_their_thresholds(tiny, texts, tmp_path, quantize
         assert result.quantization["reduce_range"] == (default_reduce_range() if reduce_range is None else reduce_range)
     import onnx
 
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / "model.onnx")).graph.node}
+    assert result.model_file == ("onnx/model_q4.onnx" if quantize == "int4" else "onnx/model_quantized.onnx")
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / result.model_file)).graph.node}
     expected = {"int8-dynamic": "DynamicQuantizeLinear", "int8-static": "QuantizeLinear", "int4": "MatMulNBits"}[quantize]
     assert expected in ops or (quantize == "int8-dynamic" and "MatMulInteger" in ops), ops
     # dynamic int8 quantises fused attention (QAttention); MatMul-only passes fuse only the attention core
@@ -126,7 +128,7 @@ def test_int8_weights_is_weight_only_float_compute_folded_at_load(tiny, texts, t
     q = verify(tmp_path / "w")["quantization"]
     assert (q["name"], q["method"], q["weights"]) == ("int8-weights", "weight-only", "int8")
     assert q["session_config"] == {"session.disable_quant_qdq": "1"} and q["embeddings"]["op"] == "GatherBlockQuantized"
-    model = onnx.load(str(tmp_path / "w" / "model.onnx"))
+    model = onnx.load(str(tmp_path / "w" / result.model_file))
     ops = {n.op_type for n in model.graph.node}
     assert {"DequantizeLinear", "Attention"} <= ops and not ops & {"DynamicQuantizeLinear", "MatMulInteger", "QAttention"}
     int8 = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
@@ -216,7 +218,8 @@ def bundle_dir(tiny, texts, tmp_path_factory) -> Path:
 
 def test_bundle_manifest_lists_everything(bundle_dir):
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json", "mlcompress.json"}
+    assert set(manifest["files"]) == {"onnx/model_quantized.onnx", "tokenizer.json", "config.json", "tokenizer_config.json",
+                                      "special_tokens_map.json", "mlcompress.json"}
     assert all(len(e["sha256"]) == 64 and e["bytes"] > 0 for e in manifest["files"].values())
     assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask"]
     assert manifest["outputs"][0]["name"] == "sentence_embedding" and manifest["outputs"][0]["shape"] == ["batch", 32]
@@ -284,7 +287,7 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("victim", ["model.onnx", "tokenizer.json", "manifest.json"])
+@pytest.mark.parametrize("victim", ["onnx/model_quantized.onnx", "tokenizer.json", "manifest.json"])
 def test_changed_byte_is_refused(bundle_dir, tmp_path, victim):
     from mlcompress.export import runtime
 
@@ -398,7 +401,8 @@ def test_fp16_export_passes_its_threshold(tiny, texts, tmp_path):
 
     result = export(tiny["sentence-embedding"], tmp_path / "h", quantize="fp16", texts=texts, **FAST)
     assert result.parity["passed"] and result.quantization["embeddings"] is None
-    model = onnx.load(str(tmp_path / "h" / "model.onnx"))
+    assert result.model_file == "onnx/model_fp16.onnx"
+    model = onnx.load(str(tmp_path / "h" / result.model_file))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -520,8 +524,8 @@ def test_ort_bundle_lists_and_verifies_the_mobile_files(ort_bundle):
     from onnxruntime.tools.reduced_build_config_parser import parse_config
 
     manifest = verify(ort_bundle)
-    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json", "model.ort", "required_operators.config",
-                                      "mlcompress.json"}
+    assert set(manifest["files"]) == {"onnx/model_quantized.onnx", "tokenizer.json", "config.json", "tokenizer_config.json",
+                                      "special_tokens_map.json", "model.ort", "required_operators.config", "mlcompress.json"}
     entry = manifest["ort"]
     assert (entry["model"], entry["operators_config"]) == ("model.ort", "required_operators.config")
     assert (entry["optimization_style"], entry["optimization_level"], entry["target_platform"]) == ("Fixed", "all", "arm")

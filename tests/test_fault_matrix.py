@@ -87,6 +87,9 @@ def texts(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str,
     return out
 
 
+GRAPH = "onnx/model.onnx"  # an unquantised export's graph (transformers.js's fp32 name)
+
+
 @pytest.fixture(scope="module")
 def good_bundle(model_dir: Path, texts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A verified, unquantised edge bundle of the tiny model."""
@@ -256,7 +259,7 @@ def test_a_one_megabyte_line_is_read_not_refused(stage: str, work: Work, monkeyp
         handle.write(line + "\n")
     code, stderr = run_cli(stage_args(stage, work, "en.txt"), monkeypatch, capsys)
     assert code == 0, stderr
-    assert (work.output / ("model.safetensors" if stage == "trim" else "model.onnx")).stat().st_size > 1000
+    assert (work.output / ("model.safetensors" if stage == "trim" else GRAPH)).stat().st_size > 1000
     assert not list(Path(tempfile.tempdir).iterdir())
 
 
@@ -302,9 +305,9 @@ def _edit_manifest(bundle: Path, edit: Callable[[dict], None]) -> None:
 
 
 def changed_byte(b: Path, root: Path) -> Path:
-    data = bytearray((b / "model.onnx").read_bytes())
+    data = bytearray((b / GRAPH).read_bytes())
     data[len(data) // 2] ^= 0x01
-    (b / "model.onnx").write_bytes(bytes(data))
+    (b / GRAPH).write_bytes(bytes(data))
     return b
 
 
@@ -316,25 +319,25 @@ def manifest_edited_by_hand(b: Path, root: Path) -> Path:
 
 def model_outside(b: Path, root: Path) -> Path:
     """The attacker's model sits beside the bundle, listed with its true sha256, and the manifest points at it."""
-    shutil.copy(b / "model.onnx", root / "evil.onnx")
+    shutil.copy(b / GRAPH, root / "evil.onnx")
     def edit(m: dict) -> None:
-        m["files"]["../evil.onnx"] = dict(m["files"]["model.onnx"])
+        m["files"]["../evil.onnx"] = dict(m["files"][GRAPH])
         m["model"] = "../evil.onnx"
     _edit_manifest(b, edit)
     return b
 
 
 def model_absolute(b: Path, root: Path) -> Path:
-    shutil.copy(b / "model.onnx", root / "evil.onnx")
+    shutil.copy(b / GRAPH, root / "evil.onnx")
     def edit(m: dict) -> None:
-        m["files"][str(root / "evil.onnx")] = dict(m["files"]["model.onnx"])
+        m["files"][str(root / "evil.onnx")] = dict(m["files"][GRAPH])
         m["model"] = str(root / "evil.onnx")
     _edit_manifest(b, edit)
     return b
 
 
 def model_not_verified(b: Path, root: Path) -> Path:
-    shutil.copy(b / "model.onnx", b / "unlisted.onnx")
+    shutil.copy(b / GRAPH, b / "unlisted.onnx")
     _edit_manifest(b, lambda m: m.update(model="unlisted.onnx"))
     return b
 
@@ -474,9 +477,9 @@ def test_a_file_swapped_after_verification_is_not_loaded(good_bundle: Path, tmp_
 
     bundle = Path(shutil.copytree(good_bundle, tmp_path / "b"))
     manifest = verify_dir(bundle)  # the check passes...
-    data = bytearray((bundle / "model.onnx").read_bytes())
+    data = bytearray((bundle / GRAPH).read_bytes())
     data[len(data) // 2] ^= 0xFF
-    (bundle / "model.onnx").write_bytes(bytes(data))  # ...then the file changes before the load
+    (bundle / GRAPH).write_bytes(bytes(data))  # ...then the file changes before the load
     with pytest.raises(BundleError, match="changed after it was verified"):
         Bundle(bundle, manifest)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -86,8 +87,9 @@ def test_manifest_lists_and_verifies_the_text_model(text_bundle):
 
     info = inspect(text_bundle)  # the model's own size and parameters; the other form listed apart
     assert info["forms"] == {"model_with_tokenizer.onnx": (text_bundle / "model_with_tokenizer.onnx").stat().st_size}
-    assert info["weight_bytes"] == (text_bundle / "model.onnx").stat().st_size
-    assert info["parameters"] == onnx_parameters(text_bundle / "model.onnx")
+    graph = text_bundle / json.loads((text_bundle / "manifest.json").read_text())["model"]
+    assert graph.parent.name == "onnx" and info["weight_bytes"] == graph.stat().st_size
+    assert info["parameters"] == onnx_parameters(graph)
 
 
 def test_token_ids_match_tokenizer_json_on_every_tatoeba_line(text_bundle, data_dir):
@@ -122,6 +124,10 @@ def test_embeddings_match_the_two_file_path(text_bundle, data_dir):
     assert float(np.abs(got - want).max()) <= 1e-5
     # one string, as the Python runtime takes it (alone: dynamic int8 scales depend on the batch)
     assert float(np.abs(in_graph.encode("Hallo Welt") - two_files.encode("Hallo Welt")).max()) <= 1e-5
+    # the prefix is inside the graph: the default prompt only (a clear error for another), and the same in both forms
+    assert in_graph.prefix == two_files.prefix == "query: " and two_files.prompts == {"query": "query: "}
+    with pytest.raises(BundleError, match="adds 'query: ' before every text itself"):
+        in_graph.encode(lines[:2], prompt="passage: ")
 
 
 def test_text_model_runs_with_only_onnxruntime_and_extensions(text_bundle, tmp_path):
@@ -186,10 +192,7 @@ def test_runtime_errors_name_the_missing_form_and_a_changed_file(text_bundle, mo
     with pytest.raises(BundleError, match="no tokenizer-in-graph model") as info:
         runtime.load(plain, format="tokenizer-in-graph")
     assert "--tokenizer-in-graph" in info.value.hint
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for f in text_bundle.iterdir():
-        (bad / f.name).write_bytes(f.read_bytes())
+    bad = Path(shutil.copytree(text_bundle, tmp_path / "bad"))
     data = bytearray((bad / "model_with_tokenizer.onnx").read_bytes())
     data[len(data) // 3] ^= 0x01
     (bad / "model_with_tokenizer.onnx").write_bytes(bytes(data))

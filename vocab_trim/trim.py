@@ -20,7 +20,9 @@ import numpy as np
 
 from mlcompress.artifacts import atomic_output_dir, check_output, sha256_file, write_provenance
 from mlcompress.errors import CorpusError, InputError, LanguageError, UnsupportedModelError
+from mlcompress.model_card import CARD_FILE, write_model_card
 from mlcompress.sources import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
+from mlcompress.st_layout import ST_FILES, read_layout, write_layout
 
 from . import tokenizer_surgery as ts
 from mlcompress.corpus import Corpus, parse_corpora
@@ -37,8 +39,10 @@ from .spm_model import SPM_FILES, trim_spm_model
 ID_MAP_FILE = "id_map.json"
 COUNTS_FILE = "token_counts.npz"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ckpt")
+# files the trim writes itself: never copied from the source (its model card's figures and its sentence-transformers
+# files are the source's; the trim writes its own)
 _REWRITTEN = {"config.json", "added_tokens.json", "generation_config.json", "tokenizer.json", "model.safetensors.index.json", "mlcompress.json",
-              ID_MAP_FILE, COUNTS_FILE, "vocab.txt", "vocab.json", "merges.txt", *SPM_FILES}
+              ID_MAP_FILE, COUNTS_FILE, "vocab.txt", "vocab.json", "merges.txt", CARD_FILE, *ST_FILES, *SPM_FILES}
 _SELF_CHECK_LINES = 200
 
 
@@ -123,6 +127,7 @@ def trim(
     timings: dict[str, float] = {}
 
     source = resolve_model(model, cache)
+    layout = read_layout(source.path, str(model))  # a sentence-transformers model stays one (None: not a sentence model)
     tok, tj, by_id = _read_tokenizer(source.path)
     with _timed(timings, "count"):
         counted = _count(tok.backend_tokenizer, recipe.languages_to_count(langs, texts), texts, len(by_id), cache)
@@ -142,7 +147,7 @@ def trim(
 
     t0 = time.perf_counter()
     with atomic_output_dir(out_path, overwrite=overwrite) as tmp:
-        _write_trimmed(tmp, net, source.path, cut, by_id, select, counted.counts)
+        _write_trimmed(tmp, net, source.path, cut, by_id, select, counted.counts, layout)
         _self_check(tok, tmp, texts, cut.old_to_new)
         result = TrimResult(
             output=out_path, languages=langs, vocab_before=len(by_id), vocab_after=len(cut.keep_ids),
@@ -153,11 +158,15 @@ def trim(
             generation=_generation_record(emitted, counted.counts, cut.keep_ids), notes=notes,
         )
         timings["save"] = time.perf_counter() - t0  # the same dict as result.seconds: "save" shows there too
-        write_provenance(
-            tmp, "trim", parameters=recipe.provenance(langs, ranks), inputs=_provenance_inputs(source, texts, model_sha),
-            metrics={k: v for k, v in result.as_dict().items() if k not in ("output", "languages")},
-        )
+        _write_records(tmp, out_path.name, recipe.provenance(langs, ranks), _provenance_inputs(source, texts, model_sha), result)
     return result
+
+
+def _write_records(tmp: Path, name: str, parameters: dict[str, Any], inputs: list[dict[str, Any]], result: TrimResult) -> None:
+    """``mlcompress.json`` (what the trim did and measured), then the model card generated from it."""
+    write_provenance(tmp, "trim", parameters=parameters, inputs=inputs,
+                     metrics={k: v for k, v in result.as_dict().items() if k not in ("output", "languages")})
+    write_model_card(tmp, name=name)
 
 
 def _languages_and_corpora(languages: str | list[str], corpora: Any) -> tuple[list[str], dict[str, list[Corpus]]]:
@@ -296,8 +305,9 @@ def _coverage(counts: dict[str, np.ndarray], keep_ids: list[int], size: int) -> 
 
 
 def _write_trimmed(tmp: Path, net: Any, source: Path, cut: _Cut, by_id: list[str | None], select: _Selection,
-                   counts: dict[str, np.ndarray]) -> None:
-    """Write the trimmed model, its tokenizer files, the id map and the counts into ``tmp``."""
+                   counts: dict[str, np.ndarray], layout: Any = None) -> None:
+    """Write the trimmed model, its tokenizer files, its sentence-transformers ``layout`` (a sentence model's), the id
+    map and the counts into ``tmp``."""
     net.save_pretrained(tmp)
     _write_tokenizer(source, tmp, cut.new_tj, cut.old_to_new, {by_id[i] for i in cut.keep_ids},
                      {p for p in (by_id[i] for i in select.dropped) if p is not None})
@@ -305,6 +315,8 @@ def _write_trimmed(tmp: Path, net: Any, source: Path, cut: _Cut, by_id: list[str
                                                "old_ids": cut.keep_ids}) + "\n", encoding="utf-8")
     if counts:
         np.savez_compressed(tmp / COUNTS_FILE, **counts)
+    if layout is not None:  # after the tokenizer files: its max_seq_length reads tokenizer_config.json
+        write_layout(tmp, layout, int(getattr(net.config, "hidden_size", None) or net.config.d_model))
 
 
 def _provenance_inputs(source: Any, texts: Mapping[str, list[Corpus]], sha: str | None) -> list[dict[str, Any]]:
@@ -495,10 +507,8 @@ def _write_tokenizer(src: Path, dst: Path, new_tj: dict[str, Any], old_to_new: d
     for item in src.iterdir():
         if item.name in _REWRITTEN or item.name.endswith(_WEIGHT_SUFFIXES) or item.name.startswith("."):
             continue
-        if item.is_file():
+        if item.is_file():  # sentence-transformers module folders (1_Pooling, 2_Dense ...) are written by write_layout
             shutil.copy2(item, dst / item.name)
-        elif item.is_dir() and item.name.split("_", 1)[0].isdigit():  # sentence-transformers modules (1_Pooling ...)
-            shutil.copytree(item, dst / item.name)
     (dst / "tokenizer.json").write_text(json.dumps(new_tj, ensure_ascii=False), encoding="utf-8")
     config_path = dst / "tokenizer_config.json"
     if config_path.is_file():
