@@ -1,8 +1,10 @@
 """Parity of an exported decoder with its PyTorch model, measured before anything is written.
 
 fp32: logits on left-padded text without and with the cache (max abs difference, gated as np.allclose with ``atol``
-and ``rtol``, 1e-4 each as optimum-onnx's decoder tests: on the real Gemma 3 270M, whose logits reach 42, the export
-differs from PyTorch (sdpa) by 8.8e-5 and PyTorch's eager attention from its own sdpa by 9.7e-5), and greedy
+and ``rtol``, 1e-4 each as optimum-onnx's decoder tests, where ``atol`` is raised to twice PyTorch's own float noise
+on the same batch (its eager attention against its default one) when that is larger: on the real Gemma 3 270M,
+whose logits reach 46, the export differs from PyTorch by 5e-5 to 1.4e-4 depending on the text, and PyTorch's eager
+attention from its own sdpa by about 1e-4, so a fixed 1e-4 refused sound exports by chance), and greedy
 decoding token for token against transformers' ``generate`` (EOS masked so that every prompt runs its full length;
 a divergence where PyTorch's top two logits lie within ``atol`` is a tie, reported, not a failure). Quantised graphs:
 next-token top-1 agreement with PyTorch and the perplexity ratio on the same text (reported; gated only when asked).
@@ -45,7 +47,18 @@ def logits_parity(model: Any, runner: DecoderSession, rows: Sequence[Sequence[in
     excess = max(float((np.abs(got - ref) - rtol * np.abs(ref))[real].max()) for got in (whole, cached))
     return {"texts": len(rows), "tokens": int(real.sum()), "max_abs_logit": float(np.abs(ref)[real].max()),
             "max_abs_diff_no_cache": float(np.abs(whole - ref)[real].max()),
-            "max_abs_diff_cache": float(np.abs(cached - ref)[real].max()), "rtol": rtol, "excess": excess}
+            "max_abs_diff_cache": float(np.abs(cached - ref)[real].max()), "rtol": rtol, "excess": excess,
+            "torch_noise": float_noise(model, ids, mask, ref)}
+
+
+def float_noise(model: Any, ids: np.ndarray, mask: np.ndarray, ref: np.ndarray) -> float:
+    """PyTorch's own float noise on this batch: max abs logit difference of its eager attention from the default one
+    (0 when the model already runs eager attention)."""
+    from .decoder_graph import eager_attention
+
+    with eager_attention(model):
+        other = reference_logits(model, ids, mask)
+    return float(np.abs(other - ref)[mask.astype(bool)].max())
 
 
 def _hf_greedy(model: Any, rows: Sequence[Sequence[int]], pad_id: int, stop_ids: list[int], n: int) -> list[list[int]]:
@@ -112,10 +125,13 @@ def gate_fp32(logits: dict[str, Any], greedy: dict[str, Any], atol: float, force
     """The fp32 parity record; logits not allclose (``atol``, the record's rtol) or a real greedy divergence refuse
     the export unless forced."""
     worst = max(logits["max_abs_diff_no_cache"], logits["max_abs_diff_cache"])
-    record = {"logits": logits, "greedy": greedy, "atol": atol,
-              "passed": bool(logits["excess"] <= atol and not greedy["mismatches"])}
+    tolerance = max(atol, 2 * logits.get("torch_noise", 0.0))
+    record = {"logits": logits, "greedy": greedy, "atol": atol, "tolerance": tolerance,
+              "passed": bool(logits["excess"] <= tolerance and not greedy["mismatches"])}
     return settle(record, force, lambda: f"the fp32 decoder export differs from PyTorch: logits max |diff| {worst:.2e} "
-                  f"(atol {atol}, rtol {logits['rtol']}), greedy divergences {greedy['mismatches']}; nothing was written",
+                  f"(atol {tolerance:.2e}: {atol}, or twice PyTorch's own eager-vs-default noise "
+                  f"{logits.get('torch_noise', 0.0):.2e}; rtol {logits['rtol']}), greedy divergences "
+                  f"{greedy['mismatches']}; nothing was written",
                   "report it with the model's config; force=True writes it anyway")
 
 

@@ -257,3 +257,22 @@ def test_bundle_generate_streams_the_greedy_continuation(exported) -> None:
     assert fp32.exit_code == 0 and fp32.output.startswith(TEXTS[1]), fp32.output
     missing = CliRunner().invoke(app, ["bundle", "generate", str(bundle / "nowhere"), "x"])
     assert isinstance(missing.exception, BundleError) and "not found" in str(missing.exception)
+
+
+def test_fp32_gate_tolerates_torch_own_noise_but_refuses_beyond_it() -> None:
+    """The fp32 gate's atol rises to twice PyTorch's own eager-vs-default noise on the batch, never below atol."""
+    from mlcompress.errors import GateError
+    from mlcompress.export.decoder_parity import gate_fp32
+
+    def logits(excess: float, noise: float) -> dict:
+        return {"max_abs_diff_no_cache": excess, "max_abs_diff_cache": excess, "rtol": 1e-4, "excess": excess,
+                "torch_noise": noise}
+
+    clean = {"mismatches": [], "ties": []}
+    assert gate_fp32(logits(1.4e-4, 1e-4), clean, 1e-4, False)["passed"]  # within twice the noise (2e-4)
+    assert gate_fp32(logits(5e-5, 0.0), clean, 1e-4, False)["tolerance"] == 1e-4  # atol is the floor
+    with pytest.raises(GateError, match="eager-vs-default noise"):
+        gate_fp32(logits(3e-4, 1e-4), clean, 1e-4, False)
+    with pytest.raises(GateError, match="greedy divergences"):
+        gate_fp32(logits(1e-5, 0.0), {"mismatches": [{"prompt": 0, "step": 3}], "ties": []}, 1e-4, False)
+    assert not gate_fp32(logits(3e-4, 1e-4), clean, 1e-4, True)["passed"]  # forced: written, marked
