@@ -8,6 +8,7 @@ from typing import Any
 
 from .api import export
 from .bundle import BundleError, verify
+from .options import Fp16Config, Int4Config, Int8DynamicConfig, Int8StaticConfig, Int8WeightsConfig, NoQuantConfig
 from .quantize import QUANTIZE_CHOICES
 from .result import ExportResult
 from .web_demo import write_demo
@@ -25,4 +26,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["QUANTIZE_CHOICES", "BundleError", "ExportResult", "export", "export_decoder", "verify", "write_demo"]
+__all__ = ["QUANTIZE_CHOICES", "BundleError", "ExportResult", "Fp16Config", "Int4Config", "Int8DynamicConfig",
+           "Int8StaticConfig", "Int8WeightsConfig", "NoQuantConfig", "export", "export_decoder", "verify", "write_demo"]

@@ -1,5 +1,5 @@
-"""`mlcompress.export.export`: check the arguments, then hand one export function (graph formats: `onnx_backend`;
-bitsandbytes: `bnb`) to the one writer (`writer`)."""
+"""`mlcompress.export.export`: build its keywords into typed, checked options (`options`), then hand one export
+function (graph formats: `onnx_backend`; bitsandbytes: `bnb`) to the one writer (`writer`)."""
 
 from __future__ import annotations
 
@@ -7,46 +7,20 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlcompress.artifacts import check_output, scratch_dir
 from mlcompress.errors import InputError
 from mlcompress.languages import parse_languages
 
-from .accuracy_control import QUANTISED_OPS
 from .generative_api import export_generative
-from .graph import CALIBRATION_METHODS
-from .quantize import QUANTIZE_CHOICES
+from .options import (ChecksConfig, EmbeddingConfig, EncoderOptions, OutputsConfig, QuantConfig,
+                      quantization_config)
 from .result import ExportResult
 from .writer import write
 
-FORMATS = ("onnx", "tensorrt", "bnb")
-
-
-def _check_arguments(format: str, quantize: str, calibration: str, max_drop: float | None) -> None:
-    """Refuse an unknown format, quantisation or calibration, and --max-drop where the search cannot steer."""
-    if format not in FORMATS:
-        raise InputError(f"unknown format {format!r}", f"choose one of {', '.join(FORMATS)}")
-    if quantize not in QUANTIZE_CHOICES:
-        raise InputError(f"unknown quantisation {quantize!r}", f"choose one of {', '.join(QUANTIZE_CHOICES)}")
-    if calibration not in CALIBRATION_METHODS:
-        raise InputError(f"unknown calibration method {calibration!r}", f"choose one of {', '.join(CALIBRATION_METHODS)}")
-    if max_drop is not None and (quantize not in QUANTISED_OPS or format != "onnx"
-                                 or not 0 < max_drop < 1):
-        raise InputError(f"--max-drop {max_drop} with --format {format} --quantize {quantize}",
-                         "use --max-drop between 0 and 1 (e.g. 0.005) with --format onnx and int8-dynamic, int8-static, int8-weights or int4")
-
-
-def _check_forms(ort: bool, tokenizer_in_graph: bool, format: str, bundle: bool) -> None:
-    """--ort and --tokenizer-in-graph add forms of a bundle's ONNX graph: refuse them without --bundle or with another
-    format."""
-    for flag, given, what in (("--ort", ort, "the .ort model and its operator config go"),
-                              ("--tokenizer-in-graph", tokenizer_in_graph, "the model with its tokenizer inside goes")):
-        if given and format != "onnx":
-            raise InputError(f"{flag} with --format {format}: that form is built from an ONNX graph",
-                             f"use {flag} with --format onnx --bundle")
-        if given and not bundle:
-            raise InputError(f"{flag} without --bundle: {what} into an edge bundle",
-                             "add --bundle (OUT a directory or a .tar.gz)")
+if TYPE_CHECKING:
+    from .onnx_backend import Prepared
 
 
 def _check_output(output: Path, bundle: bool, overwrite: bool) -> bool:
@@ -77,7 +51,7 @@ def export(
     output: str | os.PathLike[str],
     *,
     format: str = "onnx",
-    quantize: str = "int8-weights",
+    quantize: str | QuantConfig = "int8-weights",
     bundle: bool = False,
     ort: bool = False,
     tokenizer_in_graph: bool = False,
@@ -114,41 +88,51 @@ def export(
     ``ort`` (bundles, onnx) also writes ONNX Runtime's mobile form: model.ort and required_operators.config.
     ``tokenizer_in_graph`` (bundles, onnx) also writes model_with_tokenizer.onnx: strings in, the model's output out
     (onnxruntime-extensions' SentencePiece tokenizer), checked against tokenizer.json + the ONNX graph.
+    ``quantize`` names a scheme, or is its config ready-made (``Int4Config(block_size=32)``), which then stands for
+    the scheme keywords (per_channel, reduce_range, calibration, int4_block_size). The keywords are built once, here,
+    into typed configs (`options`), which refuse what they cannot mean before any work.
     """
     output = Path(output).expanduser().absolute()
     langs = parse_languages(languages) if languages and (not isinstance(languages, str) or languages.strip()) else []
+    checks = ChecksConfig(parity_texts=parity_texts, calibration_texts=calibration_texts, accuracy_texts=accuracy_texts,
+                          min_cosine=min_cosine, min_agreement=min_agreement, max_drop=max_drop, force=force)
     family, model_dir = _family(model, cache_dir)
     if family != "encoder":  # generative families have their own exporter, behind the same parameters
-        return export_generative(family, model_dir, output, format=format, quantize=quantize, ort=ort,
-                                 tokenizer_in_graph=tokenizer_in_graph, max_drop=max_drop, texts=texts, languages=langs,
-                                 min_agreement=min_agreement, force=force, overwrite=overwrite, cache_dir=cache_dir)
-    _check_arguments(format, quantize, calibration, max_drop)
-    _check_forms(ort, tokenizer_in_graph, format, bundle)
-    if format == "tensorrt":
+        return export_generative(family, model_dir, output, quantize=quantize, checks=checks, format=format, ort=ort,
+                                 tokenizer_in_graph=tokenizer_in_graph, texts=texts, languages=langs,
+                                 overwrite=overwrite, cache_dir=cache_dir)
+    outputs = OutputsConfig(format=format, bundle=bundle, ort=ort, tokenizer_in_graph=tokenizer_in_graph,
+                            optimize=optimize, measure_latency=measure_latency)
+    scheme = quantization_config(quantize, per_channel=per_channel, reduce_range=reduce_range, calibration=calibration,
+                                 int4_block_size=int4_block_size)
+    options = EncoderOptions(scheme, EmbeddingConfig(quantize_embeddings, embedding_block_size), checks, outputs)
+    if outputs.format == "tensorrt":
         from .tensorrt import require_tensorrt
-        require_tensorrt(quantize)
-    if format == "bnb":
+        require_tensorrt(scheme.name)
+    if outputs.format == "bnb":
         from .bnb import export_bnb
-        return write(export_bnb(model, quantize, cache_dir=cache_dir), output, overwrite=overwrite)
-    archive = _check_output(output, bundle, overwrite)
+        return write(export_bnb(model, scheme.name, cache_dir=cache_dir), output, overwrite=overwrite)
+    archive = _check_output(output, outputs.bundle, overwrite)
 
-    from .onnx_backend import export_graph, prepare
+    from .onnx_backend import prepare
 
     prepared = prepare(model, cache_dir, texts, langs, task=task, pooling=pooling, normalize=normalize, prefix=prefix,
                        max_length=max_length)
-    if tokenizer_in_graph:
+    return _write_graph(prepared, options, langs, output, archive, overwrite)
+
+
+def _write_graph(prepared: Prepared, options: EncoderOptions, langs: list[str], output: Path, archive: bool,
+                 overwrite: bool) -> ExportResult:
+    """Export the prepared model's graph (`onnx_backend`) in a scratch folder, and write it to ``output``."""
+    from .onnx_backend import export_graph
+
+    if options.outputs.tokenizer_in_graph:
         from .tokenizer_graph import check_supported
 
         check_supported(prepared.tokenizer_json, prepared.spec.task)
-    opts = {"per_channel": per_channel, "reduce_range": reduce_range, "quantize_embeddings": quantize_embeddings,
-            "embedding_block_size": embedding_block_size, "int4_block_size": int4_block_size, "calibration": calibration,
-            "optimize": optimize, "parity_texts": parity_texts, "calibration_texts": calibration_texts,
-            "min_cosine": min_cosine, "min_agreement": min_agreement, "max_drop": max_drop,
-            "accuracy_texts": accuracy_texts, "force": force, "measure_latency": measure_latency, "ort": ort,
-            "tokenizer_in_graph": tokenizer_in_graph}
     scratch = scratch_dir("export")
     try:
-        payload = export_graph(prepared, scratch, format, quantize, bundle, langs, opts)
+        payload = export_graph(prepared, scratch, options, langs)
         return write(payload, output, overwrite=overwrite, archive=archive, scratch=scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -24,7 +24,8 @@ from mlcompress.errors import InputError
 
 from .decoder_bundle import SUPPORT_FILES, manifest_fields, write_support_files
 from .decoder_families import DecoderSpec, describe
-from .decoder_quantize import DECODER_QUANTIZE, DTYPE, FILE, INT8_METHODS, quantize_decoder, session_config
+from .decoder_quantize import DTYPE, FILE, quantize_decoder, session_config
+from .options import ChecksConfig, DecoderParityConfig, DecoderQuantConfig
 from .result import ExportResult
 from .step import step
 from .writer import Payload, measured_on, write
@@ -34,16 +35,6 @@ DEFAULT_TEXTS = ("The weather in Berlin is mild today, and the trains run on tim
                  "Die Bundesregierung hat heute ein neues Gesetz beschlossen.",
                  "La ville de Lyon est connue pour sa cuisine et ses traboules.",
                  "Ο καιρός σήμερα είναι ζεστός και ηλιόλουστος.")
-
-
-def _check_arguments(quantize: str, int8_method: str, new_tokens: int, atol: float, rtol: float) -> None:
-    """Refuse an unknown quantisation or int8 method, and checks that cannot check anything."""
-    if quantize not in DECODER_QUANTIZE:
-        raise InputError(f"unknown decoder quantisation {quantize!r}", f"choose one of {', '.join(DECODER_QUANTIZE)}")
-    if int8_method not in INT8_METHODS:
-        raise InputError(f"unknown int8 method {int8_method!r}", f"choose one of {', '.join(INT8_METHODS)}")
-    if new_tokens < 1 or not atol > 0 or not rtol >= 0:
-        raise InputError(f"new_tokens {new_tokens} / atol {atol} / rtol {rtol}", "new_tokens >= 1, atol > 0, rtol >= 0")
 
 
 def _load(source: Path) -> tuple[Any, DecoderSpec]:
@@ -81,32 +72,42 @@ def _session(path: Path, config: dict[str, str] | None = None) -> Any:
         return ort.InferenceSession(str(path), session_options(config=config), providers=["CPUExecutionProvider"])
 
 
-def _check(model: Any, spec: DecoderSpec, scratch: Path, quantize: str, rows: list[list[int]], prompts: list[list[int]],
-           tokens: dict[str, Any], opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+def _check(model: Any, spec: DecoderSpec, scratch: Path, quantization: DecoderQuantConfig, rows: list[list[int]],
+           prompts: list[list[int]], tokens: dict[str, Any], checks: ChecksConfig, gate: DecoderParityConfig
+           ) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
     """Check the fp32 graph (gated), quantise and check the quantised one; return parity, quantisation, dtype files."""
     from .decoder_parity import gate_fp32, gate_quantized, greedy_parity, logits_parity, quality
     from .decoding import DecoderSession
 
+    quantize = quantization.quantize
     runner = DecoderSession(_session(scratch / FILE["fp32"]), spec)
     with step("comparing the fp32 graph with PyTorch", "report it with the model's config"):
-        logits = logits_parity(model, runner, rows, tokens["pad_id"], opts["rtol"])
-        greedy = greedy_parity(model, runner, prompts, tokens["pad_id"], tokens["eos_ids"], opts["new_tokens"], opts["atol"])
-    parity = {"fp32": gate_fp32(logits, greedy, opts["atol"], opts["force"])}
+        logits = logits_parity(model, runner, rows, tokens["pad_id"], gate.rtol)
+        greedy = greedy_parity(model, runner, prompts, tokens["pad_id"], tokens["eos_ids"], gate.new_tokens, gate.atol)
+    parity = {"fp32": gate_fp32(logits, greedy, gate.atol, checks.force)}
     files, qinfo = {"fp32": FILE["fp32"]}, {"name": quantize}
     if quantize != "none":
-        dtype = DTYPE[quantize]
+        dtype = quantization.dtype
         with step(f"quantising the decoder ({quantize})", "try another quantisation"):
-            info = quantize_decoder(scratch / FILE["fp32"], scratch / FILE[dtype], quantize, opts["int8_method"])
+            info = quantize_decoder(scratch / FILE["fp32"], scratch / FILE[dtype], quantize, quantization.int8_method)
         qinfo = {**qinfo, **info, "session_config": session_config(info)}
         q = quality(model, DecoderSession(_session(scratch / FILE[dtype], qinfo["session_config"]), spec), rows, tokens["pad_id"])
-        parity[dtype] = gate_quantized(q, quantize, opts["min_agreement"], opts["force"])
+        parity[dtype] = gate_quantized(q, quantize, checks.min_agreement, checks.force)
         files[dtype] = FILE[dtype]
     return parity, qinfo, files
 
 
+def _params(spec: DecoderSpec, quantization: DecoderQuantConfig, checks: ChecksConfig, gate: DecoderParityConfig
+            ) -> dict[str, Any]:
+    """The export's parameters, as mlcompress.json records them."""
+    return {"format": "onnx", "kind": "decoder", "quantize": quantization.quantize, "family": spec.family,
+            "int8_method": quantization.int8_method, "new_tokens": gate.new_tokens, "atol": gate.atol, "rtol": gate.rtol,
+            "min_agreement": checks.min_agreement, "force": checks.force}
+
+
 def _payload(source: Any, spec: DecoderSpec, scratch: Path, quantize: str, tokens: dict[str, Any], parity: dict[str, Any],
-             qinfo: dict[str, Any], files: dict[str, str], opts: dict[str, Any]) -> Payload:
-    """What the writer copies, records and lists in the manifest."""
+             qinfo: dict[str, Any], files: dict[str, str], params: dict[str, Any]) -> Payload:
+    """What the writer copies, records (``params``) and lists in the manifest."""
     default = DTYPE[quantize]
     names = [*files.values(), *SUPPORT_FILES]
     weights = sorted(source.path.glob("*.safetensors"))
@@ -121,7 +122,6 @@ def _payload(source: Any, spec: DecoderSpec, scratch: Path, quantize: str, token
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(scratch / name, target / name)
 
-    params = {"format": "onnx", "kind": "decoder", "quantize": quantize, "family": spec.family, **opts}
     result = {"format": "onnx", "quantize": quantize, "task": "text-generation", "model_file": files[default],
               "parity": parity, "latency_ms": None, "quantization": qinfo}
     return Payload(save=save, params=params, inputs=[src_entry], metrics={"parity": parity, "model_bytes": sizes},
@@ -141,7 +141,18 @@ def export_decoder(model_dir: str | os.PathLike[str], output_dir: str | os.PathL
     is written unless the checks pass (or ``force``). ``texts``: the check text (default: a few sentences in four
     languages). ``int8_method``: see `decoder_quantize` (default MatMulNBits 8-bit, the most accurate measured).
     """
-    _check_arguments(quantize, int8_method, new_tokens, atol, rtol)
+    quantization = DecoderQuantConfig(quantize=quantize, int8_method=int8_method)
+    gate = DecoderParityConfig(new_tokens=new_tokens, atol=atol, rtol=rtol)
+    return run_decoder_export(model_dir, output_dir, quantization, ChecksConfig(min_agreement=min_agreement, force=force),
+                              gate, texts=texts, overwrite=overwrite, cache_dir=cache_dir)
+
+
+def run_decoder_export(model_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str],
+                       quantization: DecoderQuantConfig, checks: ChecksConfig, gate: DecoderParityConfig, *,
+                       texts: Sequence[str] | None, overwrite: bool, cache_dir: str | os.PathLike[str] | None
+                       ) -> ExportResult:
+    """`export_decoder` with its options as configs (export() builds them from its own keywords): the scheme, the
+    checks (``min_agreement``, ``force``) and the fp32 gate."""
     output = Path(output_dir).expanduser().absolute()
     archive = output.name.endswith((".tar.gz", ".tgz"))
     check_output(output, overwrite)
@@ -151,17 +162,16 @@ def export_decoder(model_dir: str | os.PathLike[str], output_dir: str | os.PathL
 
     source = resolve_model(model_dir, cache_dir)
     model, spec = _load(source.path)
-    opts = {"int8_method": int8_method, "new_tokens": new_tokens, "atol": atol, "rtol": rtol,
-            "min_agreement": min_agreement, "force": force}
     scratch = scratch_dir("export-decoder")
     try:
         (scratch / "onnx").mkdir()
-        tokens = write_support_files(source.path, scratch, DTYPE[quantize])
+        tokens = write_support_files(source.path, scratch, quantization.dtype)
         rows, prompts = _texts(texts, scratch / "tokenizer.json", 48)
         with step("exporting the decoder graph with its KV cache", "check the torch and transformers versions"):
             export_graph(model, spec, scratch / FILE["fp32"])
-        parity, qinfo, files = _check(model, spec, scratch, quantize, rows, prompts, tokens, opts)
-        payload = _payload(source, spec, scratch, quantize, tokens, parity, qinfo, files, opts)
+        parity, qinfo, files = _check(model, spec, scratch, quantization, rows, prompts, tokens, checks, gate)
+        payload = _payload(source, spec, scratch, quantization.quantize, tokens, parity, qinfo, files,
+                           _params(spec, quantization, checks, gate))
         return write(payload, output, overwrite=overwrite, archive=archive, scratch=scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -11,6 +11,7 @@ from typing import Any
 from mlcompress.errors import InputError
 from mlcompress.families import check_supported
 
+from .options import ChecksConfig, DecoderParityConfig, DecoderQuantConfig, QuantConfig, scheme_name
 from .result import ExportResult
 
 # export()'s --quantize -> (export_decoder's quantize, its int8 method)
@@ -38,19 +39,26 @@ def _check_text(texts: Mapping[str, Any] | list[str] | None, model_dir: Path, la
     return take(text_sources(texts, model_dir, languages), _PARITY_LINES, 0)
 
 
-def export_generative(family: str, model_dir: Path, output: str | os.PathLike[str], *, format: str, quantize: str,
-                      ort: bool, tokenizer_in_graph: bool, max_drop: float | None,
-                      texts: Mapping[str, Any] | list[str] | None, languages: list[str], min_agreement: float | None,
-                      force: bool, overwrite: bool, cache_dir: str | os.PathLike[str] | None) -> ExportResult:
-    """Export a generative ``family`` model (today: decoder-only LMs) through its own exporter."""
-    check_supported(family, "export", str(model_dir))
-    _refuse_encoder_options(format, ort, tokenizer_in_graph, max_drop)
-    if quantize not in DECODER_QUANTIZE:
-        raise InputError(f"--quantize {quantize} is not available for decoder models",
+def decoder_quantization(quantize: str | QuantConfig) -> DecoderQuantConfig:
+    """export()'s --quantize (a name, or a scheme's config) as the decoder's scheme, through ``DECODER_QUANTIZE``."""
+    name = scheme_name(quantize)
+    if name not in DECODER_QUANTIZE:
+        raise InputError(f"--quantize {name} is not available for decoder models",
                          f"choose one of {', '.join(DECODER_QUANTIZE)} (int8-weights: 8-bit MatMulNBits, the default)")
-    from .decoder_export import export_decoder
+    q, method = DECODER_QUANTIZE[name]
+    return DecoderQuantConfig(quantize=q, int8_method=method)
 
-    q, method = DECODER_QUANTIZE[quantize]
-    return export_decoder(model_dir, output, quantize=q, int8_method=method,
-                          texts=_check_text(texts, model_dir, languages), min_agreement=min_agreement, force=force,
-                          overwrite=overwrite, cache_dir=cache_dir)
+
+def export_generative(family: str, model_dir: Path, output: str | os.PathLike[str], *, quantize: str | QuantConfig,
+                      checks: ChecksConfig, format: str, ort: bool, tokenizer_in_graph: bool,
+                      texts: Mapping[str, Any] | list[str] | None, languages: list[str], overwrite: bool,
+                      cache_dir: str | os.PathLike[str] | None) -> ExportResult:
+    """Export a generative ``family`` model (today: decoder-only LMs) through its own exporter, with export()'s
+    ``checks`` (min_agreement, force; --max-drop refused)."""
+    check_supported(family, "export", str(model_dir))
+    _refuse_encoder_options(format, ort, tokenizer_in_graph, checks.max_drop)
+    quantization = decoder_quantization(quantize)
+    from .decoder_export import run_decoder_export
+
+    return run_decoder_export(model_dir, output, quantization, checks, DecoderParityConfig(),
+                              texts=_check_text(texts, model_dir, languages), overwrite=overwrite, cache_dir=cache_dir)

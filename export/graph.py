@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .options import EmbeddingConfig, EncoderOptions, Int4Config, Int8DynamicConfig, Int8StaticConfig, QuantConfig
 from .step import step
-from .texts import batches, common_length, sentences, take
+from .texts import batches, common_length, languages_in, sentences, take
 
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # static int8 activation ranges
 # How far ORT fuses attention before each quantisation: dynamic int8 quantises the fused Attention op itself
 # (QAttention); static int8 and int4 quantise MatMuls only, so they keep the projections apart; fp16 graphs
 # are checked on CPU, whose fused attention kernels are fp32-only.
@@ -21,12 +21,13 @@ MODEL_FILE = "model.onnx"
 RERANK_TOP = 12  # operators re-ranked by a measured drop (a quantise-and-validate round each) before the search
 
 
-def build(module: Any, spec: Any, config: Any, scratch: Path, quantize: str, tok: Any, prefix: str,
-          sources: dict[str, Any], pad_id: int, opts: dict[str, Any]) -> tuple[Path, dict[str, int], dict[str, Any]]:
+def build(module: Any, spec: Any, config: Any, scratch: Path, options: EncoderOptions, tok: Any, prefix: str,
+          sources: dict[str, Any], pad_id: int) -> tuple[Path, dict[str, int], dict[str, Any]]:
     """Export, optimise and quantise one graph in ``scratch``; return ``scratch/model.onnx``, its fused operators and
     what the quantisation did."""
-    current, fused = _graph(module, spec, config, scratch, quantize, pad_id, opts["optimize"])
-    current, qinfo = _quantise(current, scratch, quantize, tok, prefix, sources, pad_id, {**opts, "module": module})
+    quantize = options.quantization.name
+    current, fused = _graph(module, spec, config, scratch, quantize, pad_id, options.outputs.optimize)
+    current, qinfo = _quantise(current, scratch, options, tok, prefix, sources, pad_id, module, spec)
     final = scratch / MODEL_FILE
     shutil.move(str(current), final)
     return final, fused, qinfo
@@ -55,45 +56,44 @@ def _graph(module: Any, spec: Any, config: Any, scratch: Path, quantize: str, pa
     return scratch / "optimized.onnx", fused
 
 
-def _quantise(current: Path, scratch: Path, quantize: str, tok: Any, prefix: str, sources: dict[str, Any], pad_id: int,
-              opts: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+def _quantise(current: Path, scratch: Path, options: EncoderOptions, tok: Any, prefix: str, sources: dict[str, Any],
+              pad_id: int, module: Any, spec: Any) -> tuple[Path, dict[str, Any]]:
     """Quantise the graph as asked (weights, then 4-bit embedding tables); return the new graph and what was done.
 
     With ``max_drop``, the most sensitive weight operators stay float until the drop against the float graph holds.
     """
+    scheme, checks = options.quantization, options.checks
     feeds: list[dict[str, Any]] = []
-    if quantize == "int8-static":  # calibration text is read before the quantiser runs: its errors are corpus errors
-        n = max(1, opts["calibration_texts"] // opts["n_langs"])
+    if isinstance(scheme, Int8StaticConfig):  # calibration text is read before the quantiser runs: its errors are corpus errors
+        n = max(1, checks.calibration_texts // languages_in(sources))
         feeds = batches(tok, take(sources, n, 0), prefix, 8)
-        if opts["calibration"] != "minmax":
+        if scheme.calibration != "minmax":
             feeds = common_length(feeds, pad_id)
-    if opts.get("max_drop") is not None:  # export() allows it only with a scheme the search can steer
-        return _accuracy_aware(current, scratch, quantize, tok, prefix, sources, feeds, opts)
-    return _quantise_once(current, scratch / "quantized.onnx", quantize, feeds, opts, ())
+    if checks.max_drop is not None:  # export() allows it only with a scheme the search can steer
+        return _accuracy_aware(current, scratch, options, tok, prefix, sources, feeds, module, spec)
+    return _quantise_once(current, scratch / "quantized.onnx", scheme, options.embeddings, feeds, ())
 
 
-def _quantise_once(current: Path, dst: Path, quantize: str, feeds: list[dict[str, Any]], opts: dict[str, Any],
-                   exclude: Sequence[str]) -> tuple[Path, dict[str, Any]]:
+def _quantise_once(current: Path, dst: Path, scheme: QuantConfig, embeddings: EmbeddingConfig,
+                   feeds: list[dict[str, Any]], exclude: Sequence[str]) -> tuple[Path, dict[str, Any]]:
     """One quantised graph (at ``dst`` when the embeddings are quantised last): weights (all but ``exclude``), then the
     embedding tables in 4 bits."""
     from . import quantize as q
 
-    embeddings = opts["quantize_embeddings"]
-    if embeddings is None:
-        embeddings = quantize in ("int8-dynamic", "int8-static", "int8-weights", "int4")
+    quantize = scheme.name
     weights = dst.with_name(dst.stem + ".weights.onnx")
     qinfo: dict[str, Any] = {}
     with step(f"the {quantize} quantisation", "try another --quantize (int8-dynamic, or none), or update onnxruntime"):
-        if quantize == "int8-dynamic":
-            qinfo = q.quantize_int8_dynamic(current, weights, per_channel=opts["per_channel"], reduce_range=opts["reduce_range"],
-                                            exclude=exclude)
-        elif quantize == "int8-static":
-            qinfo = q.quantize_int8_static(current, weights, feeds, per_channel=opts["per_channel"],
-                                           reduce_range=opts["reduce_range"], method=opts["calibration"], exclude=exclude)
+        if isinstance(scheme, Int8DynamicConfig):
+            qinfo = q.quantize_int8_dynamic(current, weights, per_channel=scheme.per_channel,
+                                            reduce_range=scheme.reduce_range, exclude=exclude)
+        elif isinstance(scheme, Int8StaticConfig):
+            qinfo = q.quantize_int8_static(current, weights, feeds, per_channel=scheme.per_channel,
+                                           reduce_range=scheme.reduce_range, method=scheme.calibration, exclude=exclude)
         elif quantize == "int8-weights":
             qinfo = q.quantize_int8_weights(current, weights, exclude=exclude)
-        elif quantize == "int4":
-            qinfo = q.quantize_int4(current, weights, block_size=opts["int4_block_size"], exclude=exclude)
+        elif isinstance(scheme, Int4Config):
+            qinfo = q.quantize_int4(current, weights, block_size=scheme.block_size, exclude=exclude)
         elif quantize == "fp16":
             qinfo = q.convert_fp16(current, weights)
         current = weights if quantize != "none" else current
@@ -101,10 +101,10 @@ def _quantise_once(current: Path, dst: Path, quantize: str, feeds: list[dict[str
             qinfo["kept_float_storage"] = "fp16 weights, fp32 compute"
             q.store_float16(current, current, exclude)
     qinfo["embeddings"] = None
-    if embeddings and quantize != "fp16":
+    if embeddings.enabled(scheme):
         with step("the 4-bit embedding quantisation", "pass --no-quantize-embeddings"):
-            count = q.quantize_embeddings(current, dst, block_size=opts["embedding_block_size"])
-        qinfo["embeddings"] = {"bits": 4, "block_size": opts["embedding_block_size"], "op": "GatherBlockQuantized",
+            count = q.quantize_embeddings(current, dst, block_size=embeddings.block_size)
+        qinfo["embeddings"] = {"bits": 4, "block_size": embeddings.block_size, "op": "GatherBlockQuantized",
                                "scales": "fp16", "symmetric": True, "tables": count}
         if current == weights:
             weights.unlink()
@@ -112,44 +112,54 @@ def _quantise_once(current: Path, dst: Path, quantize: str, feeds: list[dict[str
     return current, qinfo
 
 
-def _accuracy_aware(current: Path, scratch: Path, quantize: str, tok: Any, prefix: str, sources: dict[str, Any],
-                    feeds: list[dict[str, Any]], opts: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+def _ranking_settings(scheme: QuantConfig) -> tuple[bool, int]:
+    """What ranking the operators fakes of ``scheme``: int8's 7-bit range (dynamic, static) and int4's block size."""
+    from .quantize import default_reduce_range
+
+    reduce_range = scheme.reduce_range if isinstance(scheme, (Int8DynamicConfig, Int8StaticConfig)) else None
+    block_size = scheme.block_size if isinstance(scheme, Int4Config) else Int4Config().block_size
+    return default_reduce_range() if reduce_range is None else reduce_range, block_size
+
+
+def _accuracy_aware(current: Path, scratch: Path, options: EncoderOptions, tok: Any, prefix: str,
+                    sources: dict[str, Any], feeds: list[dict[str, Any]], module: Any, spec: Any
+                    ) -> tuple[Path, dict[str, Any]]:
     """Rank the weight operators on calibration text, then keep the fewest most sensitive ones float so that the
     drop (1 - mean cosine, or 1 - label agreement, against the float graph on held-out text) is within max_drop."""
     import onnxruntime as ort
 
     from .accuracy_control import parameter_labels, rank_operators, search
     from .parity import compare, ort_outputs
-    from .quantize import default_reduce_range
     from .runtime import session_options
 
-    per_lang = max(1, opts["calibration_texts"] // opts["n_langs"])
+    scheme, checks, quantize = options.quantization, options.checks, options.quantization.name
+    n_langs = languages_in(sources)
+    per_lang = max(1, checks.calibration_texts // n_langs)
     ranking = feeds or batches(tok, sentences(take(sources, per_lang, 0)), prefix, 8)
-    skip = per_lang + max(1, opts["parity_texts"] // opts["n_langs"])  # after calibration and parity text
-    held_out = batches(tok, sentences(take(sources, max(1, opts["accuracy_texts"] // opts["n_langs"]), skip)), prefix, 16)
-    reduce_range = default_reduce_range() if opts["reduce_range"] is None else opts["reduce_range"]
-    options = session_options()
+    skip = per_lang + max(1, checks.parity_texts // n_langs)  # after calibration and parity text
+    held_out = batches(tok, sentences(take(sources, max(1, checks.accuracy_texts // n_langs), skip)), prefix, 16)
+    reduce_range, block_size = _ranking_settings(scheme)
+    session_opts = session_options()
     with step("ranking the operators for --max-drop", "try without --max-drop, or another --quantize"):
-        ranked = rank_operators(current, ranking, quantize, reduce_range, opts["int4_block_size"],
-                                labels=parameter_labels(opts["module"]))
-        reference = ort_outputs(ort.InferenceSession(str(current), options, providers=["CPUExecutionProvider"]),
-                                opts["output_name"], held_out)
+        ranked = rank_operators(current, ranking, quantize, reduce_range, block_size, labels=parameter_labels(module))
+        reference = ort_outputs(ort.InferenceSession(str(current), session_opts, providers=["CPUExecutionProvider"]),
+                                spec.output_name, held_out)
     infos: dict[int, dict[str, Any]] = {}
 
     def build(exclude: list[str]) -> Path:
-        path, infos[len(exclude)] = _quantise_once(current, scratch / f"candidate-{len(exclude):03d}.onnx", quantize, feeds,
-                                                   opts, exclude)
+        path, infos[len(exclude)] = _quantise_once(current, scratch / f"candidate-{len(exclude):03d}.onnx", scheme,
+                                                   options.embeddings, feeds, exclude)
         return path
 
     def measure(path: Path) -> float:
         with step("validating a --max-drop candidate in ONNX Runtime", "try without --max-drop"):
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            got = ort_outputs(session, opts["output_name"], held_out)
-        p = compare(opts["task"], reference, got, held_out, 0.0, None)
+            session = ort.InferenceSession(str(path), session_opts, providers=["CPUExecutionProvider"])
+            got = ort_outputs(session, spec.output_name, held_out)
+        p = compare(spec.task, reference, got, held_out, 0.0, None)
         return 1 - (p.label_agreement if p.label_agreement is not None else p.mean_cosine)
 
-    metric = "1 - label agreement" if opts["task"] != "sentence-embedding" else "1 - mean cosine"
-    path, result = search(ranked, build, measure, opts["max_drop"], f"{metric} vs the float graph on held-out target text",
+    metric = "1 - label agreement" if spec.task != "sentence-embedding" else "1 - mean cosine"
+    path, result = search(ranked, build, measure, checks.max_drop, f"{metric} vs the float graph on held-out target text",
                           rerank_top=RERANK_TOP)
     qinfo = infos[len(result.kept)]
     qinfo["accuracy_control"] = {**result.as_dict(0.5 if quantize == "int4" else 1.0, 2.0),

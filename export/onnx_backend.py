@@ -15,7 +15,8 @@ from mlcompress.artifacts import sha256_file
 
 from .graph import build
 from .step import step
-from .texts import batches, sentences, take, text_sources
+from .options import EncoderOptions
+from .texts import batches, languages_in, sentences, take, text_sources
 from .writer import Payload, copier, measured_on
 
 
@@ -63,62 +64,61 @@ def prepare(model: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | N
     return Prepared(source, config, spec, sources, pad_id, pad_token, max_length, prefix, tok_json, prompts, default)
 
 
-def export_graph(p: Prepared, scratch: Path, format: str, quantize: str, bundle: bool, langs: list[str],
-                 opts: dict[str, Any]) -> Payload:
+def export_graph(p: Prepared, scratch: Path, options: EncoderOptions, langs: list[str]) -> Payload:
     """Export, optimise, quantise, check and time one graph in ``scratch`` (and build its engine for tensorrt)."""
     from .heads import load_for_export, wrap
     from .runtime import make_tokenizer
 
+    checks, outputs, quantize = options.checks, options.outputs, options.quantization.name
     (scratch / "tokenizer.json").write_text(json.dumps(p.tokenizer_json, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
     tok = make_tokenizer(scratch / "tokenizer.json", p.pad_id, p.pad_token, p.max_length)
-    n_langs = max(1, len(p.sources) if "given" not in p.sources else 1)
-    feeds = batches(tok, take(p.sources, max(1, opts["parity_texts"] // n_langs), opts["calibration_texts"] // n_langs), p.prefix, 16)
+    n_langs = languages_in(p.sources)
+    feeds = batches(tok, take(p.sources, max(1, checks.parity_texts // n_langs), checks.calibration_texts // n_langs), p.prefix, 16)
     module = wrap(load_for_export(p.source.path, p.spec), p.spec)
-    opts = {**opts, "n_langs": n_langs, "output_name": p.spec.output_name, "task": p.spec.task}
-    final, fused, qinfo = build(module, p.spec, p.config, scratch, quantize, tok, p.prefix, p.sources, p.pad_id, opts)
+    final, fused, qinfo = build(module, p.spec, p.config, scratch, options, tok, p.prefix, p.sources, p.pad_id)
     with step("loading the exported graph in ONNX Runtime", "update onnxruntime, or try another --quantize"):
         session = _session(final, qinfo.get("session_config"))
     from .parity import check
 
-    parity = check(session, module, p.spec.task, p.spec.output_name, feeds, quantize, opts["min_cosine"],
-                   opts["min_agreement"], opts["force"])
-    latency, timed = _latency(session, p, tok) if opts["measure_latency"] else (None, None)
+    parity = check(session, module, p.spec.task, p.spec.output_name, feeds, quantize, checks.min_cosine,
+                   checks.min_agreement, checks.force)
+    latency, timed = _latency(session, p, tok) if outputs.measure_latency else (None, None)
     if qinfo.get("accuracy_control"):
         _control_cost(qinfo["accuracy_control"], scratch / "candidate-000.onnx", final, p.spec.output_name, timed)
     model_file = final.name
-    if format == "tensorrt":
+    if outputs.format == "tensorrt":
         from .tensorrt import build_engine
 
         model_file, qinfo = build_engine(final, scratch / "model.engine", quantize).name, {**qinfo, "tensorrt": True}
-    forms = _edge_forms(final, session, p, scratch, tok, opts, qinfo.get("session_config"))
-    if format == "onnx":
+    forms = _edge_forms(final, session, p, scratch, tok, options, qinfo.get("session_config"))
+    if outputs.format == "onnx":
         model_file = _client_layout(final, p, scratch, quantize)
-    result = {"format": format, "quantize": quantize, "task": p.spec.task, "model_file": model_file, "parity": parity,
-              "latency_ms": latency, "fused_operators": fused, "quantization": qinfo}
-    return _payload(p, result, scratch, _out_dim(module, feeds[0]), bundle, langs, opts["force"], forms)
+    result = {"format": outputs.format, "quantize": quantize, "task": p.spec.task, "model_file": model_file,
+              "parity": parity, "latency_ms": latency, "fused_operators": fused, "quantization": qinfo}
+    return _payload(p, result, scratch, _out_dim(module, feeds[0]), outputs.bundle, langs, checks.force, forms)
 
 
-def _edge_forms(final: Path, session: Any, p: Prepared, scratch: Path, tok: Any, opts: dict[str, Any],
+def _edge_forms(final: Path, session: Any, p: Prepared, scratch: Path, tok: Any, options: EncoderOptions,
                 session_config: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """The bundle's other forms of the model, by manifest key: ``ort`` (--ort: model.ort and its operator config) and
     ``tokenizer_in_graph`` (--tokenizer-in-graph: strings in, checked against the two-file path, ``session`` of
     ``final`` with tokenizer.json, on target text)."""
     forms: dict[str, dict[str, Any]] = {}
-    if opts.get("ort"):
+    if options.outputs.ort:
         from .mobile import convert
 
         forms["ort"] = convert(final, scratch)
-    if opts.get("tokenizer_in_graph"):
+    if options.outputs.tokenizer_in_graph:
         from mlcompress.errors import GateError
 
         from .tokenizer_graph import TEXT_MODEL, text_model_parity, write_text_model
 
         with step("building the model with its tokenizer inside (onnxruntime-extensions)", "export without --tokenizer-in-graph"):
             entry = write_text_model(final, scratch / TEXT_MODEL, p.tokenizer_json, p.prefix, p.max_length, p.pad_id)
-        texts = sentences(take(p.sources, max(1, opts["parity_texts"]), 0))
+        texts = sentences(take(p.sources, max(1, options.checks.parity_texts), 0))
         entry["parity"] = text_model_parity(scratch / TEXT_MODEL, session, tok, p.tokenizer_json, p.prefix, p.max_length,
                                             p.pad_id, texts, session_config=session_config)
-        if not entry["parity"]["passed"] and not opts["force"]:
+        if not entry["parity"]["passed"] and not options.checks.force:
             raise GateError(f"the model with its tokenizer inside differs from tokenizer.json + model: "
                             f"{entry['parity']['token_id_mismatches']} of {len(texts)} texts got other token ids "
                             f"(e.g. {entry['parity']['mismatched'][:2]}), largest output difference "

@@ -65,6 +65,12 @@ def text_sources(texts: Mapping[str, Any] | list[str] | None, model_dir: Path, l
     return found
 
 
+def languages_in(sources: dict[str, Any]) -> int:
+    """How many languages the text comes from (given sentences count as one): the counts of parity, calibration and
+    held-out sentences are split across them."""
+    return max(1, len(sources) if "given" not in sources else 1)
+
+
 def take(sources: dict[str, Any], n: int, skip: int) -> list[str]:
     """``n`` lines per language after ``skip`` (or a slice of given sentences)."""
     if "given" in sources:

@@ -51,8 +51,10 @@ def test_graph_config_and_tokenizer_files_sit_where_clients_look(bundle):
     manifest = verify(bundle)
     assert manifest["model"] == "onnx/model_quantized.onnx"  # int8 -> transformers.js's q8 name
     files = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
-    assert files == {"onnx/model_quantized.onnx", "tokenizer.json", *CLIENT_FILES, "manifest.json", "mlcompress.json"}
-    assert set(manifest["files"]) == files - {"manifest.json"}  # every client file verified too; none written twice
+    assert files == {"onnx/model_quantized.onnx", "tokenizer.json", *CLIENT_FILES, "manifest.json", "mlcompress.json",
+                     "README.md"}
+    # every client file verified too, none written twice; the model card is not checksummed (the pipeline rewrites it)
+    assert set(manifest["files"]) == files - {"manifest.json", "README.md"}
     config = json.loads((bundle / "config.json").read_text())
     assert config["model_type"] == "xlm-roberta" and config["transformers.js_config"] == {"dtype": "q8"}
     assert manifest["layout"]["dtype"] == "q8"
