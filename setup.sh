@@ -32,7 +32,7 @@ fi
 "$VPY" -m pip install -q -e ".${extras}"
 if [ -n "$extras" ]; then
   # FastEmbed for tests/test_client_layout.py, without its huggingface-hub < 2 pin (see pyproject's dev extra)
-  "$VPY" -m pip install -q --no-deps "fastembed>=0.9,<0.10" && "$VPY" -m pip install -q loguru mmh3 py-rust-stemmers pillow
+  "$VPY" -m pip install -q --no-deps "fastembed>=0.9,<0.10" && "$VPY" -m pip install -q loguru mmh3 py-rust-stemmers pillow requests tqdm
   # transformers.js (npm) for tests/test_client_layout.py, which runs it with node on a bundle: pinned, in .cache/node
   # (ignored by git). Install scripts are skipped: onnxruntime-node's fetches CUDA binaries only (its CPU ones ship in
   # the package). Without npm that test skips its transformers.js check.
