@@ -20,17 +20,18 @@ def select_by_movement(initial: dict[str, torch.Tensor], trained: dict[str, torc
     keep = max(1, int(round(density * flat.numel()))) if flat.numel() else 0
     threshold = torch.topk(flat, keep).values.min() if keep else torch.tensor(float("inf"))
     masks = {}
-    budget = keep
-    for k, v in ranked.items():  # ties at the threshold are broken by order so exactly `keep` entries are chosen
+    # ties at the threshold are broken by order so that exactly `keep` entries are chosen: every entry above the
+    # threshold is kept first (in any tensor), then ties fill what is left, tensor by tensor
+    room = keep - sum(int((v > threshold).sum()) for v in ranked.values())
+    for k, v in ranked.items():
         above = v > threshold
         at = (v == threshold) & ~above
-        room = budget - int(above.sum())
         if room > 0 and at.any():
             idx = torch.nonzero(at.flatten()).flatten()[:room]
             flat_at = torch.zeros(v.numel(), dtype=torch.bool)
             flat_at[idx] = True
             above = above | flat_at.view_as(v)
-        budget -= int(above.sum())
+            room -= len(idx)
         masks[k] = above
     for k in initial:
         if k.startswith(always):
