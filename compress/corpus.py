@@ -16,6 +16,8 @@ from mlcompress.languages import normalize_language
 
 _TEXT_SUFFIXES = (".txt", ".txt.gz", ".gz", ".text", ".tsv", ".tsv.gz")
 _REPO_ROOT = Path(__file__).resolve().parents[1]
+_SHARP_S = {"de"}  # word lists whose case folding wrote "ß" as "ss"
+_WORD_FORMS = "forms-2: capitalised, German ss as ß"  # part of a word list's fingerprint: counts cached before differ
 
 
 def default_data_dir() -> Path | None:
@@ -92,18 +94,21 @@ class Corpus:
     def word_counts(self) -> Iterator[tuple[str, int]]:
         """(word, count) of a word-frequency list: counts per 10 million words, at least 1.
 
-        Each word is also counted capitalised (a tenth as often), as it is written at a sentence start.
+        Each word is also counted capitalised (a tenth as often), as it is written at a sentence start. The lists are
+        case-folded, which writes German "ß" as "ss": a German word with "ss" is counted with "ß" too ("weiss", "weiß").
         """
         import wordfreq
 
         freqs = wordfreq.get_frequency_dict(self.word_list, wordlist=self.options.get("wordlist", "large"))
         limit = int(self.options.get("n", len(freqs)))
-        for word, freq in list(freqs.items())[:limit]:
+        for listed, freq in list(freqs.items())[:limit]:
             count = max(1, round(freq * 1e7))
-            yield word, count
-            cap = word[:1].upper() + word[1:]
-            if cap != word:
-                yield cap, max(1, count // 10)
+            forms = (listed, listed.replace("ss", "ß")) if self.word_list in _SHARP_S and "ss" in listed else (listed,)
+            for word in forms:
+                yield word, count
+                cap = word[:1].upper() + word[1:]
+                if cap != word:
+                    yield cap, max(1, count // 10)
 
     def fingerprint(self) -> str:
         """A key that changes when the text may have changed (file sizes and times, or the dataset spec)."""
@@ -112,6 +117,8 @@ class Corpus:
             st = f.stat()
             digest.update(f"{f.absolute()}:{st.st_size}:{st.st_mtime_ns}".encode())
         digest.update(repr(sorted(self.options.items())).encode())
+        if self.word_list is not None:
+            digest.update(_WORD_FORMS.encode())  # how word_counts spells the list's words
         return digest.hexdigest()[:24]
 
     def lines(self) -> Iterator[str]:

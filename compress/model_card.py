@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import card_usage as usage
+from .clients import auto_class
 from .card_command import command_for
 from .card_lineage import CARD_FILE, SOURCE_END, SOURCE_START, Step, base_model, chain, source_card
 from .measure import figures
@@ -145,9 +146,7 @@ def usage_sections(directory: Path, name: str, manifest: dict[str, Any] | None, 
         return usage.bundle_usage(name, directory, manifest, dim)
     if layout is not None:
         return [usage.st_usage(name, layout), usage.onnx_clients_for_folder(name, embedding=True)]
-    arch = str(((_read_json(directory / "config.json") or {}).get("architectures") or ["AutoModel"])[0])
-    auto = next((f"AutoModel{suffix}" for suffix in ("ForMaskedLM", "ForTokenClassification", "ForSequenceClassification",
-                                                     "ForCausalLM") if arch.endswith(suffix)), "AutoModel")
+    auto = auto_class(_read_json(directory / "config.json") or {})
     return [usage.transformers_usage(name, auto), usage.onnx_clients_for_folder(name, embedding=False)]
 
 

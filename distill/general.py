@@ -73,9 +73,26 @@ class DistillResult:
     tokens: int = 0  # real (unpadded) tokens seen over the whole run
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (paths as strings)."""
         d = asdict(self)
         d["output"] = str(self.output)
         return d
+
+    def summary(self) -> str:
+        """A few lines: parameters teacher -> student, the layers kept, steps and speed, the final losses."""
+        from mlcompress.summary import change, count, render
+
+        resumed = f" (resumed from step {self.resumed_from})" if self.resumed_from else ""
+        losses = ", ".join(f"{k} {v:.4g}" for k, v in self.final.items() if isinstance(v, (int, float)))
+        title = f"distill ({self.objective})" if self.layer_map else "fine-tune"  # finetune_teacher keeps every layer
+        return render(f"{title} -> {self.output}", [
+            ("parameters", change(self.params_teacher, self.params_student) if self.params_teacher else count(self.params_student)),
+            ("teacher layers", ", ".join(map(str, self.layer_map))),
+            ("steps", f"{self.steps}{resumed} in {self.seconds:,.0f} s, {count(self.tokens_per_second)} tokens/s"),
+            ("final", losses)])
+
+    def __str__(self) -> str:
+        return self.summary()
 
 
 def phase1_loss(teacher: torch.nn.Module, mapping: list[int], losses: Phase1Losses, basis: torch.Tensor | None = None):

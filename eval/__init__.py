@@ -13,10 +13,12 @@ from typing import Any
 _EXPORTS = {
     "evaluate": "run", "EvalReport": "run", "Limits": "run", "DEFAULT_TASKS": "run", "compare_efficiency": "run",
     "TASKS": "data", "parse_tasks": "data",
+    "sample_data_dir": "sample", "is_sample_data": "sample", "sample_note": "sample", "SAMPLE_TASKS": "sample",
+    "SAMPLE_LANGUAGES": "sample", "SAMPLE_PAIRS": "sample", "sample_sentences": "sample",
     "Score": "retention", "gate": "retention", "summary": "retention", "gate_error": "retention",
     "load_encoder": "encoders",
     "shuffled_embeddings": "controls",
-    "pipeline_html": "report",
+    "pipeline_html": "report", "gate_line": "report_summary",
     "evaluate_generative": "generative", "LMLimits": "generative", "GENERATIVE_TASKS": "generative",
     "CausalLM": "lm_scorer", "measure_lms": "lm_efficiency", "load_causal_lm": "lm_scorer", "is_causal_lm": "lm_scorer",
 }

@@ -87,6 +87,15 @@ class EvalReport:
                 "efficiency": self.efficiency, "skipped": self.skipped, "parameters": self.parameters,
                 "seconds": self.seconds}
 
+    def summary(self) -> str:
+        """A few lines: retention per task, the lowest score, size and speed against the source, the gate's verdict."""
+        from .report_summary import eval_summary
+
+        return eval_summary(self)
+
+    def __str__(self) -> str:
+        return self.summary()
+
 
 def detect_prefix(encoder: Encoder) -> str:
     """The model's own prefix ("query: " for E5 models), from its configuration or provenance (one detector for all stages)."""

@@ -273,11 +273,15 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 def default_config(languages: str | list[str], data: str | os.PathLike[str] | None = None,
                    source: str = DEFAULT_MODEL) -> dict[str, Any]:
     """The built-in job: trim the source to the languages' text in DATA/mono, distill when a GPU is present,
-    export an int8-weights ONNX bundle, and evaluate it (and the trimmed model) against the source with a 0.95 gate."""
+    export an int8-weights ONNX bundle, and evaluate it (and the trimmed model) against the source with a 0.95 gate.
+
+    With no data folder (no ``data``, no $MLCOMPRESS_DATA, no ../shared/data), the trim reads wordfreq's word lists
+    and eval the sample packaged with mlcompress (``no_data.sample_config``)."""
     root = Path(data).expanduser().absolute() if data is not None else default_data_dir()
     if root is None:
-        raise InputError("no data folder: --data was not given and ../shared/data is not present",
-                         "pass --data DIR, a folder laid out like ../shared/data (mono/<lang>.txt.gz, tatoeba/, sts/), or set MLCOMPRESS_DATA")
+        from .no_data import sample_config
+
+        return sample_config(languages, source)
     if not root.is_dir():
         raise InputError(f"data folder {root} not found", "pass --data DIR, a folder laid out like ../shared/data")
     return {"source": source, "languages": languages, "data": str(root), "stages": None}

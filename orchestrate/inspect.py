@@ -1,5 +1,6 @@
 """`mlcompress inspect`: what a model directory, export bundle, eval report or pipeline folder is, where it came from
-(its provenance chain, followed through the `mlcompress.json` inputs), its sizes and the figures measured on it.
+(its provenance chain, followed through the `mlcompress.json` inputs), its sizes, the figures measured on it, and the
+clients that load it (`mlcompress.clients`).
 
 Light: reads JSON, safetensors headers and (for bundles without a parameter count) ONNX initializer shapes; no torch.
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mlcompress.artifacts import dir_bytes, onnx_parameters, read_provenance
+from mlcompress.clients import clients
 from mlcompress.errors import InputError
 from mlcompress.measure import safetensors_parameters, tokenizer_vocab_size
 
@@ -109,8 +111,18 @@ def provenance_chain(path: str | os.PathLike[str], limit: int = 20) -> list[dict
     return chain
 
 
+def loaders(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The clients of a described artifact (`mlcompress.clients`): those that load it as it is, and those that do not,
+    with why; for a pipeline folder, those of each artifact it made (with its stage)."""
+    if info.get("kind") == "pipeline":
+        return [{"stage": a["stage"], **c.as_dict()} for a in info.get("artifacts") or []
+                if a.get("stage") != "source" and Path(a["path"]).exists() for c in clients(a["path"])]
+    return [c.as_dict() for c in clients(info["path"])]
+
+
 def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``describe`` plus the provenance chain."""
+    """``describe`` plus the provenance chain and the clients that load the artifact."""
     info = describe(path)
     info["provenance"] = provenance_chain(path) if info.get("kind") != "pipeline" else []
+    info["clients"] = loaders(info)
     return info

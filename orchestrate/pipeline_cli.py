@@ -177,7 +177,7 @@ def pipeline_command(
     config: Annotated[Optional[Path], typer.Argument(help="Pipeline config (YAML). Without it: the built-in default job on -l's languages.")] = None,
     languages: Annotated[Optional[str], typer.Option("-l", "--languages", help="Target languages, e.g. en,de (overrides the config's).")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Pipeline folder: one sub-folder per stage, pipeline.json, report.json, report.html. Rerunning into it reuses unchanged stages.")] = Path("mlcompress-out"),
-    data: Annotated[Optional[Path], typer.Option("--data", help="A folder laid out like ../shared/data (default: ../shared/data when present).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="A folder laid out like ../shared/data (default: $MLCOMPRESS_DATA, or ../shared/data when present; with neither, the built-in job trims on wordfreq's word lists and evaluates on the Tatoeba sample in the package: retrieval, fidelity, efficiency).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Source model (default job only; default bundled:multilingual-e5-small).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rerun every stage even if its inputs and options are unchanged.")] = False,
     max_drop: Annotated[Optional[float], typer.Option(help="Export with accuracy-aware quantisation (stages.export.max_drop): keep the most sensitive operators float until 1 - mean cosine against the float graph is at most this.")] = None,
@@ -226,6 +226,9 @@ def _inspect_fields(info: dict[str, Any]) -> list[tuple[str, Any]]:
         fields.append(("gate", f"passed={info['gate'].get('passed')} min_retention={info['gate'].get('min_retention')}"))
     if info.get("passed") is not None:
         fields.append(("verdict", "PASSED" if info["passed"] else "FAILED"))
+    loaded_by = [c["client"] for c in info.get("clients") or [] if c["loads"] and "stage" not in c]
+    if loaded_by:
+        fields.append(("loaded by", ", ".join(loaded_by)))
     return fields
 
 
@@ -251,6 +254,8 @@ def _inspect_tables(info: dict[str, Any]) -> list[Any]:
             st.add_row(r["stage"], str(r.get("kind")), format_mb(r.get("bytes")), format_number(r.get("parameters")),
                        format_number(r.get("vocab_size")), format_number(r.get("latency_ms_p50"), "{:.2f}"), _retentions(r), r["path"])
         tables.append(st)
+    if info.get("clients"):
+        tables.append(_clients_table(info["clients"]))
     chain = info.get("provenance") or []
     if chain:
         ct = Table(title="provenance (newest first)")
@@ -260,6 +265,25 @@ def _inspect_tables(info: dict[str, Any]) -> list[Any]:
             ct.add_row(str(i), str(step.get("stage")), str(step.get("source") or step.get("path")), str(step.get("created") or ""))
         tables.append(ct)
     return tables
+
+
+def _clients_table(entries: list[dict[str, Any]]) -> Any:
+    """Which clients load the artifact and how, those that do not and why; a pipeline's: which load each stage's."""
+    from rich.table import Table
+
+    if any("stage" in e for e in entries):
+        table = Table(title="clients that load each stage's output (mlcompress inspect OUT/<stage> says how)")
+        table.add_column("stage")
+        table.add_column("loaded by")
+        for stage in dict.fromkeys(e["stage"] for e in entries):
+            table.add_row(str(stage), ", ".join(e["client"] for e in entries if e["stage"] == stage and e["loads"]) or "—")
+        return table
+    table = Table(title="clients (DIR: this folder)")
+    for col in ("client", "loads", "how / why not"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        table.add_row(e["client"], "yes" if e["loads"] else "no", e["how"])
+    return table
 
 
 def inspect_command(

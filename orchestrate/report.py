@@ -54,3 +54,25 @@ def write_pipeline_report(out: Path, cfg: dict[str, Any], records: list[dict[str
     _write_atomic(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
     _write_atomic(out / "report.html", pipeline_html(report))
     return report
+
+
+def _stage_line(stage: dict[str, Any]) -> str:
+    """What one stage did: ran / reused / skipped, its seconds, and its note."""
+    seconds = f", {stage['seconds']:.1f} s" if isinstance(stage.get("seconds"), (int, float)) else ""
+    return f"{stage.get('action', '')}{seconds}" + (f" ({stage['note']})" if stage.get("note") else "")
+
+
+def pipeline_summary(result: Any) -> str:
+    """The few lines a `PipelineResult` prints: stages, each artifact's vocabulary, bytes and retention, the gate."""
+    from mlcompress.eval import gate_line
+    from mlcompress.summary import count, megabytes, render
+
+    artifacts = result.report.get("artifacts") or []
+    sizes = " -> ".join(f"{a['stage']} {megabytes(a.get('bytes'))}, vocab {count(a.get('vocab_size'))}" for a in artifacts)
+    retention = "; ".join(f"{a['stage']}: " + ", ".join(f"{t} {v:.3f}" for t, v in a["retention"].items())
+                          for a in artifacts if a.get("retention"))
+    verdict = {True: "PASSED", False: "FAILED", None: "no gate"}[result.passed]
+    return render(f"pipeline -> {result.output}: {verdict}", [
+        *((s["name"], _stage_line(s)) for s in result.stages), ("sizes", sizes), ("min retention", retention),
+        ("gate", gate_line(result.gate) if result.gate.get("min_retention") is not None else None),
+        ("reports", f"{result.output / 'report.json'}, {result.output / 'report.html'}")])

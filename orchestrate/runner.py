@@ -29,6 +29,7 @@ from mlcompress.sources import DEFAULT_MODEL
 from . import stages
 from .config import default_config, load_config, validate_config
 from .card import write_pipeline_card
+from .no_data import export_texts, sample_announcement, word_list_only
 from .report import write_pipeline_report
 
 STATE_FILE = "pipeline.json"
@@ -237,12 +238,23 @@ class PipelineResult:
     seconds: float = 0.0
 
     def stage(self, name: str) -> dict[str, Any]:
+        """One stage's record (ran, reused or skipped, with its note)."""
         return next(s for s in self.stages if s["name"] == name)
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what `mlcompress pipeline --json` prints)."""
         return {"output": str(self.output), "passed": self.passed, "gate": self.gate, "stages": self.stages,
                 "seconds": self.seconds, "report_json": str(self.output / "report.json"),
                 "report_html": str(self.output / "report.html")}
+
+    def summary(self) -> str:
+        """A few lines: each stage's action, each artifact's size and retention, the gate's verdict, the reports."""
+        from .report import pipeline_summary
+
+        return pipeline_summary(self)
+
+    def __str__(self) -> str:
+        return self.summary()
 
 
 class Pipeline:
@@ -319,6 +331,9 @@ class Pipeline:
         distill_decision = self._distill_decision()
         corpora, missing = self._corpora()
         say(f"source {cfg['source']}")
+        announcement = sample_announcement(cfg)
+        if announcement:
+            say(announcement)
         source = resolve_model(cfg["source"], cfg["cache_dir"])
         distill_decision = self._check_family(source.path, distill_decision)  # before anything is written
         run = _Run(cfg, Path(output).expanduser().absolute(), force, say)
@@ -377,6 +392,10 @@ class Pipeline:
         run_distill, why = decision
         if "distill" in cfg["stages"] and run_distill and missing:
             run_distill, why = False, f"no text for {', '.join(missing)}: distillation needs a corpus per language"
+        lists = word_list_only(corpora)
+        if run_distill and lists and cfg["stages"]["distill"]["enabled"] == "auto":
+            run_distill, why = False, (f"the corpora of {', '.join(lists)} are word lists, not running text: distillation "
+                                       "needs text (pass --data DIR, or corpora per language)")
         if not ("distill" in cfg["stages"] and run_distill):
             run.records.append({"name": "distill", "action": "skipped", "note": why})
             run.state["stages"].pop("distill", None)
@@ -398,9 +417,10 @@ class Pipeline:
             run.records.append({"name": "export", "action": "skipped", "note": "not in the config"})
             return
         model = run.current["path"]
+        texts = export_texts(cfg, corpora)  # the corpora (on the packaged sample: its sentences for word lists)
         rec = run.stage("export", {**cfg["stages"]["export"], "languages": cfg["languages"]},
-                        {"model": run.current["digest"], "texts": corpus_fp},
-                        lambda target, _resume: stages.export_stage(model, target, cfg, corpora))
+                        {"model": run.current["digest"], "texts": corpus_fp if texts is corpora else corpus_fingerprints(texts)},
+                        lambda target, _resume: stages.export_stage(model, target, cfg, texts))
         run.made(rec)
 
     def _eval(self, run: _Run, source_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -408,6 +428,8 @@ class Pipeline:
         cfg = self.config
         if "eval" not in cfg["stages"]:
             return dict(_NO_GATE, failures=[]), {}
+        from mlcompress.eval import is_sample_data, sample_note
+
         opts = cfg["stages"]["eval"]
         cands = [a for a in run.artifacts[1:]] if opts["candidates"] == "all" else run.artifacts[-1:]
         cand_inputs = {a["name"]: run.digest(Path(a["path"])) for a in cands}
@@ -416,9 +438,14 @@ class Pipeline:
                         lambda target, _resume: stages.eval_stage(target, cfg, source_path, cands, run.say))
         evaluations = rec["metrics"]["results"]
         outside = sorted({x for v in evaluations.values() for x in v.get("outside_target_languages", [])})
+        ran = list(dict.fromkeys([s["task"] for v in evaluations.values() for s in v.get("scores", [])]
+                                 + ["efficiency"] * any(v.get("efficiency") for v in evaluations.values())))
+        notes = [sample_note(cfg["languages"], ran)] if is_sample_data(cfg["data"]) else []
         if outside:
-            rec["note"] = (f"scores on {', '.join(outside)} pair a target language with one outside {cfg['languages']}: "
-                           "reported, not gated (the trim dropped that language's tokens)")
+            notes.append(f"scores on {', '.join(outside)} pair a target language with one outside {cfg['languages']}: "
+                         "reported, not gated (the trim dropped that language's tokens)")
+        if notes:
+            rec["note"] = "; ".join(notes)
         final = next((v for v in evaluations.values() if v.get("final")), None)
         return (final["gate"] if final else dict(_NO_GATE, failures=[])), evaluations
 

@@ -129,11 +129,14 @@ def _evaluate_candidate(cfg: dict[str, Any], candidate: dict[str, Any], folder: 
 
 
 def _lm_tasks(tasks: str) -> str | None:
-    """The eval tasks for a causal LM: the generative defaults when the config keeps the encoder defaults; tasks the
-    user named are passed on (eval refuses encoder tasks for a causal LM, naming the generative ones)."""
+    """The eval tasks for a causal LM: the generative defaults when the config keeps the built-in job's encoder tasks
+    (with a data folder, or the packaged sample's); tasks the user named are passed on (eval refuses encoder tasks for
+    a causal LM, naming the generative ones)."""
+    from mlcompress.eval import SAMPLE_TASKS
+
     from .config import DEFAULT_EVAL_TASKS
 
-    return None if tasks == DEFAULT_EVAL_TASKS else tasks
+    return None if tasks in (DEFAULT_EVAL_TASKS, ",".join(SAMPLE_TASKS)) else tasks
 
 
 def _joint_efficiency(cfg: dict[str, Any], source: Any, candidates: dict[str, Any],

@@ -98,10 +98,11 @@ def test_config_file_errors_and_defaults(tiny: dict[str, Path], tmp_path: Path, 
     full = validate_config({"languages": ["EN", "deu"]})
     assert full["languages"] == ["en", "de"] and list(full["stages"]) == ["trim", "distill", "export", "eval"]
     assert full["stages"]["eval"]["min_retention"] == 0.95
-    # the built-in job needs a data folder
+    # without a data folder, the built-in job reads word lists and the packaged eval sample (test_pipeline_no_data.py)
     monkeypatch.setattr("mlcompress.orchestrate.config.default_data_dir", lambda: None)
-    with pytest.raises(InputError, match="no data folder.*--data"):
-        default_config("en,de")
+    assert default_config("en,de")["corpora"]["de"] == ["wordfreq:de?wordlist=best&n=50000"]
+    with pytest.raises(InputError, match=r"(?s)no text for sw.*--data"):
+        default_config("en,sw")
     with pytest.raises(InputError, match="not found"):
         default_config("en,de", tmp_path / "nowhere")
     assert default_config("en,de", tiny["data"])["data"] == str(tiny["data"])

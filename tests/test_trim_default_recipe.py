@@ -103,3 +103,13 @@ def test_an_explicit_policy_keeps_just_what_it_names(model: Path, corpora: dict[
     assert top.frequent_words == {} and top.notes == []
     both = trim(model, "en,de", corpora, tmp_path / "both", top_k=50, frequent_words=100)
     assert both.vocab_after > top.vocab_after and both.frequent_words == {"en": 100, "de": 100}
+
+
+def test_word_lists_alone_keep_what_sentences_need_and_lists_cannot_show() -> None:
+    """A language known by word lists alone keeps the digit, punctuation and symbol pieces (no list holds them); one
+    written without spaces keeps every piece of its script too (its pieces span words: 彼女は)."""
+    from mlcompress.vocab_trim.policies import word_list_ids
+
+    surface = ["", "Haus", "?", "“", "12", "€", "彼女は", "ありがとう", "カタカナ", "Straße", "ß", None]
+    assert word_list_ids(surface, ["en", "de"]) == {0, 2, 3, 4, 5}
+    assert word_list_ids(surface, ["en", "ja"]) == {0, 2, 3, 4, 5, 6, 7, 8}

@@ -124,6 +124,18 @@ class Scripts:
         return {i for i, text in enumerate(pieces) if text is not None and all(ok(ch) for ch in text)}
 
 
+UNSPACED = frozenset({"ja", "zh", "th", "km", "my"})
+"""Languages written without spaces between words: a piece of their text often spans words ("彼女は"), which a
+word-frequency list, one word at a time, never shows."""
+
+
+def word_list_ids(surface: list[str | None], languages: list[str]) -> set[int]:
+    """What the text of ``languages``, known by word lists alone, uses and the lists cannot show: the pieces written only
+    in digits, punctuation, symbols and spaces, and for a language written without spaces every piece in its script
+    (the script policy, lossless on such text)."""
+    return Scripts(tuple(lang for lang in languages if lang in UNSPACED)).select({}, surface)
+
+
 def make_policy(
     languages: list[str],
     top_k: int | None = None,

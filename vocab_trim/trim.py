@@ -31,7 +31,7 @@ from .frequent_words import DEFAULT_FREQUENT_WORDS, DEFAULT_MAX_VOCAB, WordRanks
 from .generation import Emitted, sample_emitted
 from mlcompress.languages import normalize_language, parse_languages
 from .model_surgery import config_token_ids, trim_model, vocab_rows
-from .policies import make_policy
+from .policies import UNSPACED, make_policy, word_list_ids
 from .policies import word_variants as expand_word_variants
 from .specials import unused_specials
 from .spm_model import SPM_FILES, trim_spm_model
@@ -72,6 +72,22 @@ class TrimResult:
         out = asdict(self)
         out["output"] = str(self.output)
         return out
+
+    def summary(self) -> str:
+        """A few lines: vocabulary, parameters and weight bytes before -> after, coverage, notes."""
+        from mlcompress.summary import change, megabytes, percentages, render
+
+        return render(f"trim to {', '.join(self.languages)} -> {self.output}", [
+            ("vocabulary", change(self.vocab_before, self.vocab_after, lambda n: f"{n:,}")),
+            ("parameters", change(self.params_before, self.params_after)),
+            ("weight bytes", change(self.bytes_before, self.bytes_after, megabytes)),
+            ("corpus tokens kept", percentages(self.coverage, 2)),
+            ("held-out coverage", percentages(self.heldout_coverage, 2)),
+            ("seconds", f"{sum(self.seconds.values()):.1f}" if self.seconds else None),
+            *(("note", note) for note in self.notes)])
+
+    def __str__(self) -> str:
+        return self.summary()
 
 
 def _params(model: Any) -> int:
@@ -138,12 +154,13 @@ def trim(
     model_sha = _model_sha(source.path)
     emitted = _emitted(recipe.generated, net, tok, texts, model_sha, cache, timings)
     with _timed(timings, "trim"):
-        select = recipe.selection(tj, by_id, net, ranks, _Extras(source.path, tok, counted.counts, emitted))
+        prompts = tuple(layout.prompts.values()) if layout is not None else ()
+        select = recipe.selection(tj, by_id, net, ranks, _Extras(source.path, tok, counted.counts, emitted, prompts))
         cut = _cut(select, counted.counts, tj, net)
     heldout = counted.heldout_coverage(select)
     cover = _coverage(counted.counts, cut.keep_ids, len(by_id))
     words = dict(per_language_words(ranks, cut.cutoff)) if ranks else {}
-    notes = _notes(ranks, recipe.frequent_words, cut.cutoff, recipe.max_vocab, recipe.scripts) + _special_notes(select, by_id)
+    notes = _notes(ranks, recipe, cut) + _special_notes(select, by_id)
 
     t0 = time.perf_counter()
     with atomic_output_dir(out_path, overwrite=overwrite) as tmp:
@@ -192,6 +209,7 @@ class _Recipe:
     keep_tokens: Iterable[str]
     drop_unused_specials: bool | None = None  # None until resolve_for(): on for decoder-only models
     generated: int = 0
+    symbols: list[str] = field(default_factory=list)  # languages with word lists only: keep the symbol pieces they lack
 
     def resolve_for(self, net: Any) -> None:
         """Resolve the model-dependent options: unused specials dropped by default for decoder-only models, and
@@ -214,6 +232,8 @@ class _Recipe:
                   extras: _Extras) -> _Selection:
         """The id selection for this tokenizer and model (fixed ids checked against the model's rows)."""
         fixed, dropped = _fixed_ids(tj, by_id, net, self.keep_tokens, extras, bool(self.drop_unused_specials))
+        if self.symbols:
+            fixed |= word_list_ids(ts.surface_texts(tj), self.symbols) - dropped
         return _Selection(self.policy, tj, by_id, fixed, vocab_rows(net), self.word_variants, ranks, self.frequent_words,
                           self.max_vocab, dropped)
 
@@ -222,7 +242,8 @@ class _Recipe:
         return {"languages": langs, "policy": {"name": type(self.policy).__name__, **asdict(self.policy)},
                 "keep_tokens": list(self.keep_tokens), "word_variants": self.word_variants,
                 "frequent_words": self.frequent_words, "max_vocab": self.max_vocab, "word_list": _word_list_version(ranks),
-                "drop_unused_specials": self.drop_unused_specials, "generated": self.generated}
+                "drop_unused_specials": self.drop_unused_specials, "generated": self.generated,
+                **({"word_list_symbols": self.symbols} if self.symbols else {})}
 
 
 def _recipe(langs: list[str], texts: Mapping[str, list[Corpus]], *, top_k: int | None, min_count: int | None,
@@ -252,8 +273,10 @@ def _recipe(langs: list[str], texts: Mapping[str, list[Corpus]], *, top_k: int |
         if missing:
             raise LanguageError(f"no text for language(s) {', '.join(missing)}",
                                 "pass --corpus LANG=PATH for each target language, or use --scripts (needs no corpus)")
+    # a language known by word lists alone has no digit, punctuation or symbol counted: its sentences' would be cut
+    symbols = [lang for lang, cs in texts.items() if cs and all(c.word_list is not None for c in cs)] if policy.needs_counts else []
     return _Recipe(policy, word_variants, frequent_words, max_vocab, scripts, list(keep_tokens), drop_unused_specials,
-                   generated)
+                   generated, symbols)
 
 
 def _is_decoder(net: Any) -> bool:
@@ -378,10 +401,15 @@ class _Extras:
     tok: Any
     counts: dict[str, np.ndarray]
     emitted: Emitted | None = None
+    prompts: tuple[str, ...] = ()  # a sentence model's prompts ("query: ", "passage: ")
 
     def used(self) -> set[int]:
         """Ids some corpus uses."""
         return {int(i) for c in self.counts.values() for i in np.flatnonzero(c)}
+
+    def prompt_ids(self) -> set[int]:
+        """Ids of the prompts' tokens: every sentence embedded with a prompt starts with them, whatever its language."""
+        return {int(i) for text in self.prompts for i in self.tok(text, add_special_tokens=False)["input_ids"]}
 
 
 def _fixed_ids(tj: dict[str, Any], by_id: list[str | None], net: Any, keep_tokens: Iterable[str], extras: _Extras,
@@ -403,7 +431,7 @@ def _fixed_ids(tj: dict[str, Any], by_id: list[str | None], net: Any, keep_token
             raise InputError(f"--keep-token {token!r} is not in the tokenizer's vocabulary", "list tokens as the tokenizer writes them, e.g. ▁Berlin")
         users.add(index[token])
     emitted = extras.emitted.ids if extras.emitted is not None else set()
-    fixed = ts.required_ids(tj) | named | users | emitted
+    fixed = ts.required_ids(tj) | named | users | emitted | extras.prompt_ids()
     dropped = unused_specials(tj, extras.source, extras.tok, named | users | emitted | extras.used()) if drop_unused else set()
     return fixed - dropped, dropped
 
@@ -444,15 +472,22 @@ class _Selection:
         return sorted(ids), cutoff
 
 
-def _notes(ranks: WordRanks | None, frequent_words: int, cutoff: int, max_vocab: int | None, scripts: bool) -> list[str]:
-    """What the user should know about the word lists: languages without one, words the budget left out."""
+def _notes(ranks: WordRanks | None, recipe: _Recipe, cut: _Cut) -> list[str]:
+    """What the user should know about the word lists: languages without one, words the budget left out (unless the
+    corpora kept their tokens anyway), languages whose only text is word lists."""
     notes = []
     if ranks and ranks.missing:
-        fallback = "the script policy covers them" if scripts else "only what the corpora use is kept (or pass --scripts)"
+        fallback = "the script policy covers them" if recipe.scripts else "only what the corpora use is kept (or pass --scripts)"
         notes.append(f"wordfreq has no word list for {', '.join(ranks.missing)}: {fallback}")
-    if ranks and ranks.words and cutoff < frequent_words:
-        notes.append(f"the vocabulary budget ({max_vocab:,} tokens) kept each language's top {cutoff:,} words "
-                     f"of {frequent_words:,}; raise --max-vocab to keep more")
+    if ranks and ranks.words and cut.cutoff < recipe.frequent_words and ranks.ids_below(recipe.frequent_words) - set(cut.keep_ids):
+        notes.append(f"the vocabulary budget ({recipe.max_vocab:,} tokens) kept each language's top {cut.cutoff:,} words "
+                     f"of {recipe.frequent_words:,}; raise --max-vocab to keep more")
+    if recipe.symbols:
+        unspaced = [lang for lang in recipe.symbols if lang in UNSPACED]
+        notes.append(f"the text of {', '.join(recipe.symbols)} is word lists only, which hold no digits, punctuation or "
+                     "symbols: every piece written only in those is kept" + (
+                         f"; {', '.join(unspaced)} is written without spaces, so every piece in its script is kept too"
+                         if unspaced else ""))
     return notes
 
 
