@@ -11,7 +11,7 @@ block 32; int8: int8 rows with a scale per row).
 - int8 (``model_quantized.onnx``, transformers.js's q8 name), ``int8_method``:
   "nbits" (default): MatMulNBits with 8 bits, block 32, symmetric;
   "dynamic": ORT's dynamic int8 (activations quantised per tensor at run time; transformers.js's own q8 recipe);
-  "weights": int8 weights per channel behind DequantizeLinear, folded to fp32 when the session loads.
+  "weights": int8 weights per channel (Cast and Mul), folded to fp32 when the session loads.
 - A tied model's embedding is then pointed at the head's MatMulNBits blocks (GatherBlockQuantized through a Reshape),
   so the file holds that matrix once.
 
@@ -35,7 +35,7 @@ from typing import Any
 
 from mlcompress.errors import InputError
 
-from .quantize import WEIGHT_ONLY_SESSION_CONFIG, quantize_embeddings, quantize_int8_dynamic, quantize_int8_weights
+from .quantize import quantize_embeddings, quantize_int8_dynamic, quantize_int8_weights
 from .quiet import quiet
 
 DECODER_QUANTIZE = ("none", "int8", "int4")
@@ -202,5 +202,5 @@ def quantize_decoder(src: Path, dst: Path, quantize: str, int8_method: str = "nb
 
 
 def session_config(info: dict[str, Any]) -> dict[str, str]:
-    """The session entries a quantised graph asks for (int8 weights: fold the DequantizeLinear at load)."""
-    return dict(info.get("session_config") or ({} if info.get("op") != "DequantizeLinear" else WEIGHT_ONLY_SESSION_CONFIG))
+    """The session entries a quantised graph asks for (none of today's schemes asks for any)."""
+    return dict(info.get("session_config") or {})

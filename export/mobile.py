@@ -47,10 +47,34 @@ def convert(model: Path, scratch: Path) -> dict[str, Any]:
             "onnxruntime": onnxruntime.__version__, "operators": operators(scratch / OPERATORS_CONFIG)}
 
 
+def _int8_weights_as_dequantize(model: Any) -> int:
+    """Turn each int8-weights pair ``Mul(Cast(int8 W), scale)`` back into one DequantizeLinear: the converter's "Fixed"
+    optimisation would fold the pair into a float constant (four times the bytes in the .ort file), whereas a
+    DequantizeLinear stays int8 there. Returns how many weights were rewritten."""
+    from onnx import TensorProto, helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    casts = {n.output[0]: n for n in model.graph.node if n.op_type == "Cast" and n.input[0] in inits
+             and inits[n.input[0]].data_type == TensorProto.INT8}
+    nodes, dropped, count = [], set(), 0
+    for node in model.graph.node:
+        cast = casts.get(node.input[0]) if node.op_type == "Mul" else None
+        if cast is not None and node.input[1] in inits:
+            node = helper.make_node("DequantizeLinear", [cast.input[0], node.input[1]], list(node.output),
+                                    name=node.name, axis=len(inits[cast.input[0]].dims) - 1)
+            dropped.add(cast.output[0])
+            count += 1
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(n for n in nodes if not (n.op_type == "Cast" and n.output[0] in dropped))
+    return count
+
+
 def _repack_int4(src: Path, dst: Path) -> int:
-    """Copy the graph ``src`` to ``dst`` with each int4 GatherBlockQuantized table stored as uint8, two values a byte
-    (low nibble first, offset by 8) with ``bits=4``: the .ort flatbuffer has no 4-bit tensor type, and the operator's
-    uint8 form (default zero point 2^(bits-1) = 8) dequantises to the same values. Return how many tables were repacked."""
+    """Copy the graph ``src`` to ``dst`` (int8 weights as DequantizeLinear) with each int4 GatherBlockQuantized table
+    stored as uint8, two values a byte (low nibble first, offset by 8) with ``bits=4``: the .ort flatbuffer has no
+    4-bit tensor type, and the operator's uint8 form (default zero point 2^(bits-1) = 8) dequantises to the same values.
+    Return how many tables were repacked."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -73,6 +97,7 @@ def _repack_int4(src: Path, dst: Path) -> int:
         del node.attribute[:]
         node.attribute.extend([*kept, helper.make_attribute("bits", 4)])
         count += 1
+    _int8_weights_as_dequantize(model)
     left = [t.name for t in model.graph.initializer if t.data_type in (TensorProto.INT4, TensorProto.UINT4)]
     if left:
         raise ValueError(f"the .ort format cannot hold 4-bit tensors, and these are not GatherBlockQuantized tables: {left}")

@@ -76,7 +76,7 @@ class Int8StaticConfig:
 
 @dataclass(frozen=True)
 class Int8WeightsConfig:
-    """--quantize int8-weights: int8 weights per output channel behind DequantizeLinear, float compute."""
+    """--quantize int8-weights: int8 weights per output channel (Cast and Mul, folded at load), float compute."""
 
     name: ClassVar[str] = "int8-weights"
 
@@ -215,7 +215,7 @@ class EncoderOptions:
 class DecoderQuantConfig:
     """A decoder graph's quantisation (`decoder_quantize`), LM head and embedding included: ``quantize`` none, int8
     or int4 (4-bit MatMulNBits, block 32); int8 by ``int8_method``: nbits (8-bit MatMulNBits), dynamic (ORT's dynamic
-    int8) or weights (int8 weights behind DequantizeLinear)."""
+    int8) or weights (int8 weights, Cast and Mul folded at load)."""
 
     quantize: str = "none"
     int8_method: str = "nbits"

@@ -1,4 +1,4 @@
-"""Quantisation of an exported ONNX graph: dynamic and static int8, int8 weight-only (DequantizeLinear), int4 weight-only
+"""Quantisation of an exported ONNX graph: dynamic and static int8, int8 weight-only (Cast and Mul), int4 weight-only
 (MatMulNBits), fp16."""
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ from .quiet import quiet
 T = TypeVar("T")
 
 QUANTIZE_CHOICES = ("none", "fp16", "int8-dynamic", "int8-static", "int8-weights", "int4")
-# int8-weights: the session folds each DequantizeLinear of a constant weight into a float constant when it loads
-# (ORT skips folding them by default, to keep QDQ groups for int8 kernels; there are none here)
-WEIGHT_ONLY_SESSION_CONFIG = {"session.disable_quant_qdq": "1"}
 
 
 def cpu_flags() -> set[str]:
@@ -141,11 +138,14 @@ def quantize_int8_dynamic(src: Path, dst: Path, per_channel: bool = True, reduce
 
 def quantize_int8_weights(src: Path, dst: Path, exclude: Sequence[str] = ()) -> dict[str, Any]:
     """Weight-only int8: each constant weight of a MatMul or fused Attention is stored as int8 per output channel
-    (symmetric) behind a DequantizeLinear, and computed in float. ONNX Runtime has no pass for int8 weight-only in the
-    standard operators (MatMulNBits' 8-bit path dequantises at every run, 4-5x slower), so this one is written here.
+    (symmetric) and restored as ``Cast(int8 -> float) * scale``, computed in float. ONNX Runtime has no pass for int8
+    weight-only in the standard operators (MatMulNBits' 8-bit path dequantises at every run, 4-5x slower).
 
-    Activations stay float, so every runtime computes the same thing (no platform int8 kernels): the form for the
-    browser, where onnxruntime-web's int8 arithmetic differs from x86's. Nodes named in ``exclude`` stay float."""
+    Why Cast and Mul rather than DequantizeLinear: every ONNX Runtime session folds them into a float constant when it
+    loads, with its default options, so any client (FastEmbed, transformers.js, a plain InferenceSession) computes
+    exactly what the runtime does. A DequantizeLinear is kept unfolded by default and fused with its MatMul into
+    platform int8 kernels that quantise the activations too (cosine 0.99993 instead of 1 on the built-in E5), unless
+    each client sets ``session.disable_quant_qdq``. Nodes named in ``exclude`` stay float."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -161,19 +161,22 @@ def quantize_int8_weights(src: Path, dst: Path, exclude: Sequence[str] = ()) -> 
             scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
             scale[scale == 0] = 1.0
             q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+            name = weight.name
             graph.initializer.remove(weight)
-            graph.initializer.extend([numpy_helper.from_array(q, f"{weight.name}_int8"),
-                                      numpy_helper.from_array(scale, f"{weight.name}_scale")])
-            nodes.append(helper.make_node("DequantizeLinear", [f"{weight.name}_int8", f"{weight.name}_scale"],
-                                          [f"{weight.name}_dequantized"], name=f"{weight.name}_dequantize", axis=1))
-            node.input[1] = f"{weight.name}_dequantized"
+            graph.initializer.extend([numpy_helper.from_array(q, f"{name}_int8"),
+                                      numpy_helper.from_array(scale, f"{name}_scale")])
+            nodes.append(helper.make_node("Cast", [f"{name}_int8"], [f"{name}_int8_float"], name=f"{name}_cast",
+                                          to=TensorProto.FLOAT))
+            nodes.append(helper.make_node("Mul", [f"{name}_int8_float", f"{name}_scale"], [f"{name}_dequantized"],
+                                          name=f"{name}_dequantize"))
+            node.input[1] = f"{name}_dequantized"
             count += 1
         nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
     onnx.save(model, str(dst))
-    return {"method": "weight-only", "op": "DequantizeLinear", "weights": "int8", "per_channel": True, "symmetric": True,
-            "ops": ["MatMul", "Attention"], "operators": count, "session_config": dict(WEIGHT_ONLY_SESSION_CONFIG)}
+    return {"method": "weight-only", "op": "Cast+Mul", "weights": "int8", "per_channel": True, "symmetric": True,
+            "ops": ["MatMul", "Attention"], "operators": count}
 
 
 class _Feeds:

@@ -125,13 +125,13 @@ def _transformers_js() -> bool:
 def test_transformers_js_loads_the_bundle_offline(bundle, sentences, tmp_path):
     """transformers.js's pipeline('feature-extraction', DIR) with mean pooling and normalisation, local files only,
     reading config.json's default dtype (q8: the int8 graph and its com.microsoft operators in onnxruntime-node), with
-    the bundle's session config entry as session_options.extra, as the README shows."""
+    no session options, as the README shows."""
     (tmp_path / "texts.json").write_text(json.dumps(["query: " + s for s in sentences]), encoding="utf-8")
     proc = subprocess.run(["node", str(ROOT / "tests" / "transformers_js_embed.mjs"), str(NODE_PREFIX), str(bundle),
                            str(tmp_path / "texts.json")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
-    assert out["dtype"] == "q8" and out["session_config"] == {"session.disable_quant_qdq": "1"}  # int8-weights' entry
+    assert out["dtype"] == "q8" and out["session_config"] == {}  # int8-weights needs no session entry
     got = np.asarray(out["embeddings"], dtype=np.float32)
     assert _cosines(got, runtime.load(bundle).encode(sentences)).min() >= 0.99999
 

@@ -3,7 +3,7 @@
 // NODE_PREFIX: the folder whose node_modules holds the package (`npm install --prefix NODE_PREFIX ...`).
 // Prints {"dtype", "session_config", "embeddings"} as JSON: pipeline('feature-extraction') with mean pooling and
 // normalisation, as the README tells transformers.js users to call it, with the session config entries the bundle's
-// quantisation asks for (int8-weights: fold the weights at load) passed as session_options.extra. DTYPE: fp32, q8,
+// quantisation asks for, if any, passed as session_options.extra (none today). DTYPE: fp32, q8,
 // q4 ... (default: config.json's transformers.js_config).
 import { existsSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -19,7 +19,7 @@ env.localModelPath = dirname(resolve(bundle)) + "/";
 const config = JSON.parse(readFileSync(join(bundle, "config.json"), "utf-8"));
 const manifestFile = join(bundle, "manifest.json");
 const manifest = existsSync(manifestFile) ? JSON.parse(readFileSync(manifestFile, "utf-8")) : {};
-const extra = manifest.quantization?.session_config || {}; // e.g. {"session.disable_quant_qdq": "1"}
+const extra = manifest.quantization?.session_config || {};
 const chosen = dtype || config["transformers.js_config"]?.dtype || "fp32";
 const extractor = await pipeline("feature-extraction", basename(resolve(bundle)), { dtype: chosen, session_options: { extra } });
 const texts = JSON.parse(readFileSync(textsFile, "utf-8"));

@@ -196,8 +196,8 @@ async function load() {
   markLoaded();
 }
 
-// The session config entries the bundle's quantisation asks for ("session.disable_quant_qdq": "1" for int8-weights,
-// which folds its weights at load), in onnxruntime-web's nested form ({session: {disable_quant_qdq: "1"}}).
+// The session config entries the bundle's quantisation asks for (none today; bundles written before int8-weights used
+// Cast and Mul asked for "session.disable_quant_qdq": "1"), in onnxruntime-web's nested form ({session: {...}}).
 function sessionConfig(manifest) {
   const extra = {};
   for (const [key, value] of Object.entries((manifest.quantization || {}).session_config || {})) {
