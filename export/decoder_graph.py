@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from mlcompress.errors import UnsupportedModelError
 
 from .decoder_families import DecoderSpec
+from .graph_cache import cached_export, graph_key
 from .quiet import quiet
 
 
@@ -129,19 +131,24 @@ def export_graph(model: Any, spec: DecoderSpec, path: Path) -> Path:
     n_head = 3 if spec.position_ids else 2
     dyn = Dim.DYNAMIC
     shapes = (*[{0: dyn, 1: dyn}] * n_head, tuple({0: dyn, 2: dyn} for _ in args[n_head:]))
-    try:
-        with eager_attention(model), warnings.catch_warnings(), quiet("torch"):
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(_wrapper(model, spec), args, dynamo=True, input_names=spec.input_names(),
-                                        output_names=spec.output_names(), dynamic_shapes=shapes, optimize=True,
-                                        external_data=False, report=False, verbose=False)
-    except Exception as exc:
-        raise UnsupportedModelError(
-            f"torch's ONNX exporter could not export {type(model).__name__} with a KV cache: "
-            f"{type(exc).__name__}: {str(exc)[:400]}",
-            "check the torch, transformers and onnxscript versions (tested: torch 2.13, transformers 5.25)") from exc
-    with quiet("torch"):
-        program.save(str(path), external_data=False)
+
+    def run(target: Path) -> None:
+        try:
+            with eager_attention(model), warnings.catch_warnings(), quiet("torch"):
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(_wrapper(model, spec), args, dynamo=True, input_names=spec.input_names(),
+                                            output_names=spec.output_names(), dynamic_shapes=shapes, optimize=True,
+                                            external_data=False, report=False, verbose=False)
+        except Exception as exc:
+            raise UnsupportedModelError(
+                f"torch's ONNX exporter could not export {type(model).__name__} with a KV cache: "
+                f"{type(exc).__name__}: {str(exc)[:400]}",
+                "check the torch, transformers and onnxscript versions (tested: torch 2.13, transformers 5.25)") from exc
+        with quiet("torch"):
+            program.save(str(target), external_data=False)
+
+    settings = {"exporter": "decoder", "spec": asdict(spec), "shapes": repr(shapes)}
+    cached_export(path, lambda: graph_key(model, args, settings), run)
     name_axes(path, spec)
     return path
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from mlcompress.errors import UnsupportedModelError
 
+from .graph_cache import cached_export, graph_key
 from .heads import INPUT_NAMES
 from .quiet import quiet
 
@@ -25,16 +26,23 @@ def export_onnx(module: Any, output_name: str | list[str], path: Path, pad_id: i
     batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=1, max=8192)
     shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
     names = [output_name] if isinstance(output_name, str) else list(output_name)
-    try:
-        with warnings.catch_warnings(), quiet("torch"):
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(module, (ids, mask), dynamo=True, input_names=INPUT_NAMES,
-                                        output_names=names, dynamic_shapes=shapes, optimize=True,
-                                        external_data=False, report=False, verbose=False)
-    except Exception as exc:
-        raise UnsupportedModelError(
-            f"torch's ONNX exporter could not export {type(module.model).__name__}: {type(exc).__name__}: {str(exc)[:400]}",
-            "the model may use an operation the exporter does not support; check torch and onnxscript versions") from exc
-    with quiet("torch"):
-        program.save(str(path), external_data=False)  # a failed write is a disk's error, not the exporter's
+
+    def run(target: Path) -> None:
+        try:
+            with warnings.catch_warnings(), quiet("torch"):
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(module, (ids, mask), dynamo=True, input_names=INPUT_NAMES,
+                                            output_names=names, dynamic_shapes=shapes, optimize=True,
+                                            external_data=False, report=False, verbose=False)
+        except Exception as exc:
+            raise UnsupportedModelError(
+                f"torch's ONNX exporter could not export {type(module.model).__name__}: {type(exc).__name__}: "
+                f"{str(exc)[:400]}",
+                "the model may use an operation the exporter does not support; check torch and onnxscript versions"
+            ) from exc
+        with quiet("torch"):
+            program.save(str(target), external_data=False)  # a failed write is a disk's error, not the exporter's
+
+    settings = {"exporter": "encoder", "inputs": INPUT_NAMES, "outputs": names, "shapes": shapes}
+    cached_export(path, lambda: graph_key(module, (ids, mask), settings), run)
     return path

@@ -33,6 +33,24 @@ def data_dir() -> Path:
     return DATA
 
 
+def run_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder shared by every worker of this run (and the processes its tests start): pytest's base temp folder's
+    parent under xdist (popen-gwN's), the base temp folder itself otherwise."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "run-cache"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _run_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Caches for the whole run, shared by its workers: exported graphs (MLCOMPRESS_GRAPH_CACHE: the tiny models are
+    exported again and again with other quantisations, and tracing one costs 10-25 s on a 2-core CPU) and the tiny
+    models' trained tokenizers (tiny_models.TOKENIZER_CACHE_ENV). Set before any module fixture builds a model."""
+    from tiny_models import TOKENIZER_CACHE_ENV
+
+    os.environ["MLCOMPRESS_GRAPH_CACHE"] = str(run_cache(tmp_path_factory) / "graphs")
+    os.environ[TOKENIZER_CACHE_ENV] = str(run_cache(tmp_path_factory) / "tokenizers")
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test session gets its own count cache, so tests never read counts from a user's cache."""

@@ -18,8 +18,12 @@ of the family's class whose vocabulary-sized biases are random too (so trimming 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +32,26 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 
 FAMILIES = ("bert", "xlmr", "mt5", "mbart", "gpt2")
 VOCAB_SIZE = 2000
+# A folder (conftest sets it for the run) where trained tokenizers are kept, so that the workers and processes of
+# one run train each only once (the tiny XLM-R's Unigram takes about 20 s on a 2-core CPU).
+TOKENIZER_CACHE_ENV = "MLCOMPRESS_TEST_TOKENIZERS"
+
+
+def _trained(kind: str, lines: list[str], train: Callable[[], bytes]) -> bytes:
+    """``train()``'s bytes for ``kind`` on ``lines``, from the run's tokenizer cache when it has them."""
+    folder = os.environ.get(TOKENIZER_CACHE_ENV)
+    if not folder:
+        return train()
+    key = hashlib.sha256(json.dumps([kind, VOCAB_SIZE, lines]).encode()).hexdigest()
+    entry = Path(folder) / f"{kind}-{key}"
+    if entry.is_file():
+        return entry.read_bytes()
+    data = train()
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.with_name(f".{entry.name}.{uuid.uuid4().hex}")
+    tmp.write_bytes(data)
+    os.replace(tmp, entry)
+    return data
 MBART_CODES = ("ar_AR", "de_DE", "en_XX", "ro_RO", "ru_RU")
 TRAIN_LANGS = {"en": 500, "de": 500, "el": 150, "ru": 150}  # lines of mono/<lang>.txt.gz (from the start)
 
@@ -111,8 +135,12 @@ def _unigram(lines: list[str]) -> Tokenizer:
     Trained once per process and text (XLM-R and mBART share it, as mBART-cc25 shares XLM-R's model).
     """
     key = hash(tuple(lines))
-    if key in _UNIGRAM_CACHE:
-        return Tokenizer.from_str(_UNIGRAM_CACHE[key])
+    if key not in _UNIGRAM_CACHE:
+        _UNIGRAM_CACHE[key] = _trained("unigram", lines, lambda: _train_unigram(lines).to_str().encode()).decode()
+    return Tokenizer.from_str(_UNIGRAM_CACHE[key])
+
+
+def _train_unigram(lines: list[str]) -> Tokenizer:
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
@@ -120,7 +148,6 @@ def _unigram(lines: list[str]) -> Tokenizer:
     trainer = trainers.UnigramTrainer(vocab_size=VOCAB_SIZE, special_tokens=["<s>", "<pad>", "</s>", "<unk>"], unk_token="<unk>",
                                       max_piece_length=12, show_progress=False)
     tok.train_from_iterator(lines, trainer)
-    _UNIGRAM_CACHE[key] = tok.to_str()
     return tok
 
 
@@ -173,6 +200,10 @@ def build_mbart(out: Path, lines: list[str]) -> TinyModel:
 # ------------------------------------------------------------------------------------ mT5 / SentencePiece
 def train_sentencepiece(lines: list[str]) -> bytes:
     """A real SentencePiece Unigram model with T5's ids: <pad>=0, </s>=1, <unk>=2, no <s>."""
+    return _trained("sentencepiece", lines, lambda: _train_sentencepiece(lines))
+
+
+def _train_sentencepiece(lines: list[str]) -> bytes:
     import sentencepiece as spm
 
     buf = io.BytesIO()
