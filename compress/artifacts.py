@@ -188,6 +188,16 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A JSON file's top-level object, or None when the file is missing, unreadable, not JSON or not an object
+    (for optional files: a config, a manifest, a record that may be absent)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def json_digest(obj: Any) -> str:
     """Hex sha256 of an object's canonical JSON (sorted keys; non-JSON values as str): a fingerprint of settings."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

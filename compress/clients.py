@@ -11,11 +11,12 @@ onnxruntime-genai and llama.cpp load none of mlcompress's outputs (no ``genai_co
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .artifacts import read_json_object
 
 _AUTO_SUFFIXES = ("ForMaskedLM", "ForTokenClassification", "ForSequenceClassification", "ForCausalLM")
 _WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
@@ -33,14 +34,6 @@ class Client:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {"client": self.name, "loads": self.loads, "how": self.how}
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def auto_class(config: dict[str, Any]) -> str:
@@ -117,8 +110,8 @@ def clients(directory: str | os.PathLike[str]) -> list[Client]:
     if p.is_file() and p.name.endswith((".tar.gz", ".tgz")):
         return [Client("mlcompress runtime", True, 'mlcompress.export.runtime.load("DIR.tar.gz")'),
                 Client("other clients", False, "unpack the archive: they load the bundle folder")]
-    manifest = _read_json(p / "manifest.json")
+    manifest = read_json_object(p / "manifest.json")
     if manifest is not None:
         return _bundle_clients(p, manifest)
-    config = _read_json(p / "config.json")
+    config = read_json_object(p / "config.json")
     return _model_clients(p, config) if config is not None else []

@@ -8,14 +8,13 @@ never substrings of folder paths.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifacts import PROVENANCE_FILE
+from .artifacts import PROVENANCE_FILE, read_json_object
 
 E5_PREFIX = "query: "
 ST_CONFIG = "config_sentence_transformers.json"
@@ -35,14 +34,6 @@ class EmbeddingProfile:
     def as_dict(self) -> dict[str, Any]:
         return {"prefix": self.prefix, "pooling": self.pooling, "sentence_model": self.sentence_model,
                 "evidence": self.evidence}
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 # sentence-transformers' legacy pooling keys (what its 2.x-5.x releases write, and 6.x still reads) -> the mode name
@@ -67,7 +58,7 @@ def pooling_mode(config: dict[str, Any]) -> str | None:
 def _st_pooling(model_dir: Path) -> str | None:
     """Pooling named by a sentence-transformers layout, if the model has one (mean or cls; None for others)."""
     for cfg in sorted(model_dir.glob("*Pooling/config.json")):
-        mode = pooling_mode(_read_json(cfg) or {})
+        mode = pooling_mode(read_json_object(cfg) or {})
         if mode in ("cls", "mean"):
             return mode
     return None
@@ -92,7 +83,7 @@ def model_names(model_dir: Path, spec: str | None = None, depth: int = 6) -> lis
         if directory in seen:
             continue
         seen.add(directory)
-        record = _read_json(directory / PROVENANCE_FILE) or {}
+        record = read_json_object(directory / PROVENANCE_FILE) or {}
         params = record.get("parameters") or {}
         if record.get("stage") == "bundled" and isinstance(params.get("name"), str):
             names.append(params["name"])
@@ -113,7 +104,7 @@ def model_names(model_dir: Path, spec: str | None = None, depth: int = 6) -> lis
 def embedding_profile(model: str | os.PathLike[str], spec: str | None = None) -> EmbeddingProfile:
     """The prefix and pooling of the model in directory ``model`` (``spec`` is how the user named it)."""
     model_dir = Path(model)
-    st = _read_json(model_dir / ST_CONFIG)
+    st = read_json_object(model_dir / ST_CONFIG)
     pooling = _st_pooling(model_dir)
     prompts = {k: v for k, v in ((st or {}).get("prompts") or {}).items() if isinstance(v, str) and v}
     if prompts:  # a config without prompts says nothing about the prefix: the model's name may (E5)
