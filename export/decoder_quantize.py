@@ -168,6 +168,18 @@ def _int8(src: Path, dst: Path, method: str) -> dict[str, Any]:
     return (quantize_int8_weights if method == "weights" else quantize_int8_dynamic)(src, dst)
 
 
+def _vocabulary(model: Any) -> int:
+    """The vocabulary size: the ``logits`` output's last axis where the graph states it, else the largest constant
+    Gather table (the token embedding; a tied one may already be quantised, so the logits come first)."""
+    for out in model.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        if out.name == "logits" and dims and dims[-1].HasField("dim_value"):
+            return int(dims[-1].dim_value)
+    inits = {t.name: t for t in model.graph.initializer}
+    return max((inits[n.input[0]].dims[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits),
+               default=0)
+
+
 def quantize_decoder(src: Path, dst: Path, quantize: str, int8_method: str = "nbits") -> dict[str, Any]:
     """Write ``src`` quantised as ``quantize`` (int8 / int4) to ``dst``, LM head and embedding included; return what
     was done (for the manifest)."""
@@ -190,8 +202,10 @@ def quantize_decoder(src: Path, dst: Path, quantize: str, int8_method: str = "nb
         embedding: dict[str, Any] = {"shared_with_head": shared}
         if bits == 4:
             onnx.save(model, str(work / "shared.onnx"))
+            # token tables only: position tables and T5's relative bias stay float (small, and 4 bits hurt them)
+            vocab = _vocabulary(model)
             embedding.update(op="GatherBlockQuantized", bits=4, block_size=BLOCK,
-                             tables=quantize_embeddings(work / "shared.onnx", dst, block_size=BLOCK))  # counts all
+                             tables=quantize_embeddings(work / "shared.onnx", dst, block_size=BLOCK, min_rows=vocab))
         else:
             embedding.update(op="GatherBlockQuantized" if shared else "Gather+Mul", bits=8,
                              tables=len(shared) + quantize_gathers_int8(model))
