@@ -14,11 +14,11 @@ from .result import ExportResult
 from .web_demo import write_demo
 
 # name -> module that defines it, imported when the name is first used
-_LAZY = {"export_decoder": ".decoder_export"}
+_LAZY = {"export_decoder": ".decoder_export", "export_seq2seq": ".seq2seq_export"}
 
 
 def __getattr__(name: str) -> Any:
-    """The lazily imported public names (``export_decoder``)."""
+    """The lazily imported public names (``export_decoder``, ``export_seq2seq``)."""
     if name in _LAZY:
         import importlib
 
@@ -27,4 +27,5 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["QUANTIZE_CHOICES", "BundleError", "ExportResult", "Fp16Config", "Int4Config", "Int8DynamicConfig",
-           "Int8StaticConfig", "Int8WeightsConfig", "NoQuantConfig", "export", "export_decoder", "verify", "write_demo"]
+           "Int8StaticConfig", "Int8WeightsConfig", "NoQuantConfig", "export", "export_decoder", "export_seq2seq",
+           "verify", "write_demo"]

@@ -239,9 +239,10 @@ def demo_command(
 
 @bundle_app.command("generate")
 def generate_command(
-    bundle: Annotated[Path, typer.Argument(help="A decoder bundle (mlcompress export of a causal LM) directory or .tar.gz.")],
-    prompt: Annotated[str, typer.Argument(help="The text to continue (with --chat: the user's message).")],
+    bundle: Annotated[Path, typer.Argument(help="A generative bundle (mlcompress export of a causal LM or an encoder-decoder) directory or .tar.gz.")],
+    prompt: Annotated[str, typer.Argument(help="The text to continue (decoder-only), or to translate / transform (encoder-decoder; with --chat: the user's message).")],
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Most tokens to generate (stops earlier at an end-of-sequence id).")] = 64,
+    to: Annotated[Optional[str], typer.Option("--to", help="Encoder-decoder translation models (mBART, M2M100, NLLB): the language to write, e.g. de (or its code token: de_DE, deu_Latn). Default: the model's forced_bos_token_id.")] = None,
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt as a user message in the tokenizer's chat template.")] = False,
     sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding (temperature, top-k, top-p from generation_config.json unless given).")] = False,
     temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature.")] = None,
@@ -250,25 +251,27 @@ def generate_command(
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling (the same seed gives the same text).")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="Which graph of the bundle: fp32, q8 or q4 (default: the one config.json's transformers.js_config names).")] = None,
 ) -> None:
-    """Continue PROMPT with a decoder bundle, torch-free (onnxruntime, tokenizers, numpy), streaming to the terminal."""
+    """Continue PROMPT with a decoder bundle, or translate it with an encoder-decoder bundle (--to LANG), torch-free
+    (onnxruntime, tokenizers, numpy), streaming to the terminal."""
     import sys
 
-    from mlcompress.export import runtime
+    from mlcompress.export.generate import load as load_generator
+    from mlcompress.export.seq2seq_generate import Seq2SeqGenerator
 
-    model = runtime.load(bundle)
-    if not hasattr(model, "generate"):
-        from mlcompress.errors import InputError
-
-        raise InputError(f"{bundle} is not a decoder bundle", "export a causal LM (Gemma, Qwen, Llama) with mlcompress export")
-    if dtype:
-        from mlcompress.export.generate import load as load_generator
-
-        model = load_generator(bundle, dtype=dtype)
-    text = [{"role": "user", "content": prompt}] if chat else prompt
-    if not chat:
-        sys.stdout.write(prompt)
-    model.generate(text, max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, top_k=top_k,
-                   top_p=top_p, seed=seed, stream=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+    model = load_generator(bundle, dtype=dtype)
+    options = {"max_new_tokens": max_new_tokens, "do_sample": sample, "temperature": temperature, "top_k": top_k,
+               "top_p": top_p, "seed": seed, "stream": lambda piece: (sys.stdout.write(piece), sys.stdout.flush())}
+    if isinstance(model, Seq2SeqGenerator):
+        if chat:
+            raise InputError("--chat: encoder-decoder bundles have no chat template", "pass the text to translate")
+        model.generate(prompt, target_language=to, **options)  # type: ignore[arg-type]
+    else:
+        if to is not None:
+            raise InputError("--to: a decoder-only bundle is not told a target language",
+                             "ask for the language in the prompt, or export an encoder-decoder translation model")
+        if not chat:
+            sys.stdout.write(prompt)
+        model.generate([{"role": "user", "content": prompt}] if chat else prompt, **options)  # type: ignore[arg-type]
     sys.stdout.write("\n")
 
 

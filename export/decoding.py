@@ -14,17 +14,25 @@ from .decoder_families import DecoderSpec
 from .sampling import Sampling, choose
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """input_ids and attention_mask [batch, longest] (int64), each row padded on the left."""
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, left: bool, what: str = "prompt"
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """input_ids and attention_mask [batch, longest] (int64), each row padded on the left (a decoder's prompts) or
+    the right (an encoder's source texts); an empty row is refused, naming ``what`` it is."""
     if not rows or any(len(r) == 0 for r in rows):
-        raise InputError("every prompt needs at least one token", "pass non-empty prompts")
+        raise InputError(f"every {what} needs at least one token", f"pass non-empty {what}s")
     width = max(len(r) for r in rows)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = row
-        mask[i, width - len(row):] = 1
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = row
+        mask[i, span] = 1
     return ids, mask
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """input_ids and attention_mask [batch, longest] (int64), each row padded on the left."""
+    return pad_rows(rows, pad_id, left=True)
 
 
 def position_ids(attention_mask: np.ndarray, seq: int) -> np.ndarray:

@@ -7,7 +7,9 @@
     gen.generate(["Guten Morgen", "Good morning"])             # a list: one left-padded batch, a list back
     gen.generate("Once upon a time", do_sample=True, temperature=0.8, top_p=0.9, seed=0, stream=print)
 
-`mlcompress.export.runtime.load(folder)` returns the same `Generator` for a decoder bundle.
+`mlcompress.export.runtime.load(folder)` returns the same `Generator` for a decoder bundle. An encoder-decoder bundle
+(mT5, mBART, M2M100 / NLLB) loads here as a `seq2seq_generate.Seq2SeqGenerator`:
+``generate.load("nllb-bundle/").generate("Good morning", target_language="de")``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlcompress.errors import InputError
 
@@ -27,6 +29,9 @@ from .decoder_families import DecoderSpec
 from .decoding import DecoderSession, TextStream, decode
 from .runtime import _session, _verified_bytes
 from .sampling import Sampling
+
+if TYPE_CHECKING:
+    from .seq2seq_generate import Seq2SeqGenerator
 
 TASK = "text-generation"
 Prompt = str | Sequence[dict[str, Any]]  # plain text, or chat messages
@@ -48,6 +53,19 @@ def _ids(*values: Any) -> list[int]:
     for v in values:
         out += [int(x) for x in (v if isinstance(v, list) else [v]) if isinstance(x, int) and x not in out]
     return out
+
+
+def sampling_settings(generation_config: dict[str, Any], do_sample: bool, temperature: float | None,
+                      top_k: int | None, top_p: float | None) -> Sampling:
+    """The sampling settings: those given, else ``generation_config``'s (when sampling), else neutral."""
+    g = generation_config if do_sample else {}
+
+    def pick(given: Any, key: str, neutral: Any) -> Any:
+        value = given if given is not None else g.get(key)
+        return neutral if value is None else value
+
+    return Sampling(bool(do_sample), float(pick(temperature, "temperature", 1.0)), int(pick(top_k, "top_k", 0)),
+                    float(pick(top_p, "top_p", 1.0))).check()
 
 
 class Generator:
@@ -99,14 +117,7 @@ class Generator:
 
     def _sampling(self, do_sample: bool, temperature: float | None, top_k: int | None, top_p: float | None) -> Sampling:
         """The sampling settings: those given, else generation_config.json's, else neutral."""
-        g = self.generation_config if do_sample else {}
-
-        def pick(given: Any, key: str, neutral: Any) -> Any:
-            value = given if given is not None else g.get(key)
-            return neutral if value is None else value
-
-        return Sampling(bool(do_sample), float(pick(temperature, "temperature", 1.0)), int(pick(top_k, "top_k", 0)),
-                        float(pick(top_p, "top_p", 1.0))).check()
+        return sampling_settings(self.generation_config, do_sample, temperature, top_k, top_p)
 
     def generate_ids(self, rows: Sequence[Sequence[int]], *, max_new_tokens: int = 64, do_sample: bool = False,
                      temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
@@ -152,15 +163,20 @@ def is_decoder_bundle(manifest: dict[str, Any]) -> bool:
 
 
 def load(path: str | os.PathLike[str], *, dtype: str | None = None, threads: int | None = None,
-         providers: list[str] | None = None) -> Generator:
-    """Open a decoder bundle (directory or .tar.gz), verify every file against its manifest, and load it (``dtype``:
-    fp32, q8 or q4 where the bundle has it; default: the one config.json names for transformers.js)."""
+         providers: list[str] | None = None) -> Generator | Seq2SeqGenerator:
+    """Open a generative bundle (directory or .tar.gz), verify every file against its manifest, and load it (``dtype``:
+    fp32, q8 or q4 where the bundle has it; default: the one config.json names for transformers.js): a `Generator`
+    for a decoder-only bundle, a `Seq2SeqGenerator` for an encoder-decoder one."""
+    from .seq2seq_generate import Seq2SeqGenerator, is_seq2seq_bundle
+
     directory, tmp = open_bundle(path)
     try:
-        return Generator(directory, verify_dir(directory), threads=threads, providers=providers, dtype=dtype)
+        manifest = verify_dir(directory)
+        kind = Seq2SeqGenerator if is_seq2seq_bundle(manifest) else Generator
+        return kind(directory, manifest, threads=threads, providers=providers, dtype=dtype)
     finally:
         if tmp is not None:  # everything is in memory now
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["Generator", "Sampling", "is_decoder_bundle", "load"]
+__all__ = ["Generator", "Sampling", "is_decoder_bundle", "load", "sampling_settings"]

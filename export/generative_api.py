@@ -1,5 +1,6 @@
-"""`export()` for generative models: maps the encoder-facing options onto the decoder exporter, refusing the ones that
-have no meaning there, so that one command and one function export any family the support table allows."""
+"""`export()` for generative models: maps the encoder-facing options onto the decoder-only exporter (`decoder_export`)
+or the encoder-decoder one (`seq2seq_export`), refusing the ones that have no meaning there, so that one command and
+one function export any family the support table allows."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ def _refuse_encoder_options(format: str, ort: bool, tokenizer_in_graph: bool, ma
                                    ("--tokenizer-in-graph", tokenizer_in_graph), ("--max-drop", max_drop is not None))
              if on]
     if asked:
-        raise InputError(f"{', '.join(asked)}: not available for decoder models", "export a decoder as ONNX "
-                         "(--format onnx) with --quantize none, int8-weights (8-bit MatMulNBits) or int4")
+        raise InputError(f"{', '.join(asked)}: not available for generative (decoder and encoder-decoder) models",
+                         "export it as ONNX (--format onnx) with --quantize none, int8-weights (8-bit MatMulNBits) or int4")
 
 
 def _check_text(texts: Mapping[str, Any] | list[str] | None, model_dir: Path, languages: list[str]) -> list[str] | None:
@@ -53,12 +54,14 @@ def export_generative(family: str, model_dir: Path, output: str | os.PathLike[st
                       checks: ChecksConfig, format: str, ort: bool, tokenizer_in_graph: bool,
                       texts: Mapping[str, Any] | list[str] | None, languages: list[str], overwrite: bool,
                       cache_dir: str | os.PathLike[str] | None) -> ExportResult:
-    """Export a generative ``family`` model (today: decoder-only LMs) through its own exporter, with export()'s
-    ``checks`` (min_agreement, force; --max-drop refused)."""
+    """Export a generative ``family`` model (decoder-only LMs; seq2seq: encoder-decoders) through its own exporter,
+    with export()'s ``checks`` (min_agreement, force; --max-drop refused)."""
     check_supported(family, "export", str(model_dir))
     _refuse_encoder_options(format, ort, tokenizer_in_graph, checks.max_drop)
     quantization = decoder_quantization(quantize)
-    from .decoder_export import run_decoder_export
-
-    return run_decoder_export(model_dir, output, quantization, checks, DecoderParityConfig(),
-                              texts=_check_text(texts, model_dir, languages), overwrite=overwrite, cache_dir=cache_dir)
+    if family == "seq2seq":
+        from .seq2seq_export import run_seq2seq_export as run
+    else:
+        from .decoder_export import run_decoder_export as run
+    return run(model_dir, output, quantization, checks, DecoderParityConfig(),
+               texts=_check_text(texts, model_dir, languages), overwrite=overwrite, cache_dir=cache_dir)

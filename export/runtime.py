@@ -23,6 +23,7 @@ from .prompts import manifest_prompts, resolve_prompt
 
 if TYPE_CHECKING:
     from .generate import Generator
+    from .seq2seq_generate import Seq2SeqGenerator
 
 
 def make_tokenizer(path: str | os.PathLike[str] | bytes, pad_id: int, pad_token: str, max_length: int) -> Any:
@@ -215,20 +216,26 @@ class Bundle:
 
 
 def load(path: str | os.PathLike[str], threads: int | None = None, providers: list[str] | None = None,
-         format: str = "onnx") -> Bundle | Generator:
+         format: str = "onnx") -> Bundle | Generator | Seq2SeqGenerator:
     """Open a bundle directory or .tar.gz, verify every file against the manifest, and load it: its ONNX graph, or
     with ``format="ort"`` the model.ort that `mlcompress export --bundle --ort` wrote (the same verified bytes).
 
-    A decoder bundle (`export_decoder`, task text-generation) loads as a `generate.Generator` of its default dtype."""
+    A decoder bundle (`export_decoder`, task text-generation) loads as a `generate.Generator` of its default dtype,
+    an encoder-decoder bundle (`export_seq2seq`, task text2text-generation) as a `seq2seq_generate.Seq2SeqGenerator`."""
     if format not in MODEL_FORMATS:  # before unpacking anything
         raise BundleError(f"unknown model format {format!r}", f"choose one of {', '.join(MODEL_FORMATS)}")
     directory, tmp = open_bundle(path)
     try:
         manifest = verify_dir(directory)
-        if (manifest.get("head") or {}).get("task") == "text-generation" and format == "onnx":
+        task = (manifest.get("head") or {}).get("task")
+        if task == "text-generation" and format == "onnx":
             from .generate import Generator
 
             return Generator(directory, manifest, threads=threads, providers=providers)
+        if task == "text2text-generation" and format == "onnx":
+            from .seq2seq_generate import Seq2SeqGenerator
+
+            return Seq2SeqGenerator(directory, manifest, threads=threads, providers=providers)
         bundle = Bundle(directory, manifest, threads=threads, providers=providers, format=format)
     finally:
         if tmp is not None:  # the session and tokenizer are in memory now
