@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install mlcompress into it (editable). `./setup.sh --dev` adds the test tools, headless
+# Create .venv and install mlcompress into it (editable). `./setup.sh --dev` adds the test tools (sacrebleu among
+# them, for the seq2seq eval's chrF/BLEU: the dev extra), headless
 # Chromium with its driver (Debian packages chromium, chromium-driver) for the web demo's test, when missing, and
 # transformers.js (npm, into .cache/node) for the client-layout test.
 # On a machine without an NVIDIA GPU the CPU build of torch is installed first, so that the

@@ -26,7 +26,10 @@ SUPPORT: dict[str, dict[str, str]] = {
                 "eval": "yes (retrieval, STS, POS, NLI, fidelity)", "pipeline": "yes"},
     "decoder": {"trim": "yes", "distill": "", "export": "yes (ONNX with a KV cache: fp32, int8, int4)",
                 "eval": "yes (perplexity, next token, greedy, efficiency)", "pipeline": "yes (trim, export, eval)"},
-    "seq2seq": {"trim": "yes", "distill": "", "export": "", "eval": "", "pipeline": ""},
+    "seq2seq": {"trim": "yes", "distill": "",
+                "export": "yes (ONNX encoder + merged decoder with a KV cache: fp32, int8, int4)",
+                "eval": "yes (teacher-forced NLL, next token, greedy, chrF/BLEU)",
+                "pipeline": "yes (trim, export, eval)"},
 }
 
 

@@ -20,6 +20,8 @@ _EXPORTS = {
     "shuffled_embeddings": "controls",
     "pipeline_html": "report", "gate_line": "report_summary",
     "evaluate_generative": "generative", "LMLimits": "generative", "GENERATIVE_TASKS": "generative",
+    "evaluate_seq2seq": "seq2seq", "Seq2SeqLimits": "seq2seq", "SEQ2SEQ_TASKS": "seq2seq",
+    "Seq2SeqLM": "seq2seq_scorer", "Seq2SeqBundleLM": "seq2seq_scorer", "load_seq2seq": "seq2seq_scorer", "is_seq2seq": "seq2seq_scorer",
     "CausalLM": "lm_scorer", "measure_lms": "lm_efficiency", "load_causal_lm": "lm_scorer", "is_causal_lm": "lm_scorer",
 }
 __all__ = sorted(_EXPORTS)

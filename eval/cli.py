@@ -9,6 +9,7 @@ import typer
 
 _TASKS = "retrieval,pos,nli,sts,fidelity,efficiency"
 _LM_TASKS = "perplexity,next_token,greedy,efficiency"
+_SEQ2SEQ_TASKS = "perplexity,next_token,greedy,translation"
 
 
 def _parse_hub(items: list[str]) -> dict[str, str]:
@@ -55,7 +56,7 @@ def register(app: typer.Typer) -> None:
         candidate: Annotated[str, typer.Argument(help="Compressed model, in any of the same forms.")],
         languages: Annotated[str, typer.Option("-l", "--languages", help="Target languages, e.g. de,el.")],
         output: Annotated[Path, typer.Option("-o", "--output", help="Report folder (report.json, report.md, report.html).")],
-        tasks: Annotated[Optional[str], typer.Option("--tasks", help=f"Comma-separated: for encoders from {_TASKS} (default: all); for a causal-LM source from {_LM_TASKS} (default: all).")] = None,
+        tasks: Annotated[Optional[str], typer.Option("--tasks", help=f"Comma-separated: for encoders from {_TASKS} (default: all); for a causal-LM source from {_LM_TASKS} (default: all); for an encoder-decoder from {_SEQ2SEQ_TASKS} (default: all; translation, chrF and BLEU through sacrebleu, for a model with language codes).")] = None,
         data: Annotated[Optional[Path], typer.Option("--data", help="A folder laid out like ../shared/data.")] = None,
         min_retention: Annotated[Optional[float], typer.Option("--min-retention", help="Gate: exit 1 when any task keeps less than this fraction of the source's score.")] = None,
         hub_data: Annotated[Optional[list[str]], typer.Option("--hub-data", help="TASK:LANG=hf://NAME?config=C&split=S&columns=A,B: a datasets id for one task and language. Repeatable.")] = None,
@@ -72,7 +73,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from mlcompress.artifacts import quiet_transformers as _quiet_transformers
-        from mlcompress.eval import Limits, LMLimits, evaluate
+        from mlcompress.eval import Limits, LMLimits, Seq2SeqLimits, evaluate
         from mlcompress.eval.retention import gate_error
 
         err = Console(stderr=True, soft_wrap=True)
@@ -82,6 +83,7 @@ def register(app: typer.Typer) -> None:
                           transfer=transfer, prefix=prefix, seed=seed, cache_dir=cache_dir,
                           limits=Limits().capped(max_examples) if max_examples else None,
                           lm_limits=LMLimits().capped(max_examples) if max_examples else None,
+                          seq2seq_limits=Seq2SeqLimits().capped(max_examples) if max_examples else None,
                           progress=lambda msg: err.print(f"[dim]{msg}[/]", highlight=False))
         out = Console()
         table = Table(title=f"{candidate} against {source}")

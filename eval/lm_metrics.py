@@ -72,7 +72,7 @@ class TextStats:
         return np.asarray(getattr(self, name), dtype=np.float64)
 
 
-class _Kept:
+class Kept:
     """Index arrays of the ids both models have: source ids, candidate ids, and each source id's place among them."""
 
     def __init__(self, ids: IdMap) -> None:
@@ -86,7 +86,7 @@ class _Kept:
         self.to_source = ids.to_source
 
 
-def _source_pass(ls_logits: np.ndarray, s_ids: list[int], kept: _Kept) -> tuple[float, float, int, np.ndarray]:
+def _source_pass(ls_logits: np.ndarray, s_ids: list[int], kept: Kept) -> tuple[float, float, int, np.ndarray]:
     """Source NLL (nats) of its tokens, summed dropped mass, top-1-dropped count, and per-token NLL over its positions."""
     n = len(s_ids) - 1
     per_token = np.zeros(n)
@@ -111,7 +111,7 @@ def _candidate_nll(lc_logits: np.ndarray, c_ids: list[int]) -> np.ndarray:
 
 
 def _shared_positions(ls_logits: np.ndarray, lc_logits: np.ndarray, s_ids: list[int], p: int,
-                      kept: _Kept) -> tuple[int, int, float, np.ndarray]:
+                      kept: Kept) -> tuple[int, int, float, np.ndarray]:
     """Over the first ``p`` positions (identical contexts): agreements (kept top-1, full top-1), summed KL, and the
     source's per-token NLL renormalised over the kept ids."""
     agree = agree_full = 0
@@ -133,7 +133,7 @@ def _shared_positions(ls_logits: np.ndarray, lc_logits: np.ndarray, s_ids: list[
 
 
 def add_text(stats: TextStats, text: str, s_ids: list[int], c_ids: list[int], ls_logits: np.ndarray,
-             lc_logits: np.ndarray, ids: IdMap, kept: _Kept) -> None:
+             lc_logits: np.ndarray, ids: IdMap, kept: Kept) -> None:
     """Measure one text (both models' ids and logits) into ``stats``."""
     mapped = ids.map(c_ids)
     same = mapped == s_ids
@@ -160,7 +160,7 @@ def add_text(stats: TextStats, text: str, s_ids: list[int], c_ids: list[int], ls
 
 def measure_texts(source: CausalLM, candidate: CausalLM, ids: IdMap, texts: list[str], batch: int = 8) -> TextStats:
     """Teacher-forced measures of both models on ``texts`` (texts longer than either model's positions are left out)."""
-    kept = _Kept(ids)
+    kept = Kept(ids)
     stats = TextStats()
     rows = [(t, source.encode(t), candidate.encode(t)) for t in texts]
     limit = min(m.max_length or 1 << 30 for m in (source, candidate))

@@ -18,13 +18,18 @@ _ROWS = (("parameters", lambda v: f"{v:,}"), ("bytes_on_disk", lambda v: format_
 
 
 def is_generative(report: EvalReport) -> bool:
-    """True for a report of the generative tasks."""
-    return report.parameters.get("model_kind") == "causal-lm"
+    """True for a report of the generative tasks (a causal LM's, or an encoder-decoder's)."""
+    return report.parameters.get("model_kind") in ("causal-lm", "seq2seq")
 
 
 def header(report: EvalReport) -> str:
     """What the generative run read: its held-out text, the limits, and how candidate ids were matched."""
     p = report.parameters
+    if p.get("model_kind") == "seq2seq":
+        lim = p.get("seq2seq_limits") or {}
+        return (f"held-out text: {p.get('held_out')}; directions {', '.join(p.get('directions') or [])}; up to "
+                f"{lim.get('pairs')} teacher-forced pairs, {lim.get('prompts')} greedy translations x {lim.get('new_tokens')} "
+                f"tokens per direction; candidate ids matched by {(p.get('id_map') or {}).get('how')}")
     lim = p.get("lm_limits") or {}
     return (f"held-out text: {p.get('held_out')}; up to {lim.get('texts')} texts, {lim.get('prompts')} greedy prompts x "
             f"{lim.get('new_tokens')} tokens; candidate ids matched by {(p.get('id_map') or {}).get('how')}")

@@ -24,27 +24,22 @@ from mlcompress.errors import InputError, ModelSourceError, UnsupportedModelErro
 LOGIT_BUDGET = 1 << 25  # float32 logits per forward batch (rows x positions x vocabulary): 128 MiB
 
 
-class CausalLM:
-    """What the generative tasks need of a decoder-only language model; subclasses fill in a backend."""
+class TextModel:
+    """The tokenizer side that every generative backend shares (causal LMs here, encoder-decoders in `seq2seq_scorer`):
+    token ids of a text (the backend tokenizer of tokenizer.json, as the bundle runtimes use it), text of ids, the token
+    string of every id (to match ids across vocabularies) and a trim's ``id_map.json``."""
 
     kind: str = "abstract"
 
     def __init__(self, spec: str, path: Path) -> None:
         self.spec = spec
         self.path = path
-        self.start_ids: list[int] = []  # what every scored text and prompt starts with (BOS, or a document separator)
-        self.stop_ids: list[int] = []
         self.vocab_size = 0  # logit width (may exceed the tokenizer's size: padded rows)
         self.max_length = 0  # positions the model takes (0: unknown)
 
-    # ---- text <-> ids (the backend tokenizer of tokenizer.json, as the bundle runtime uses it)
     def text_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` without special tokens."""
         return list(self.backend.encode(text, add_special_tokens=False).ids)
-
-    def encode(self, text: str) -> list[int]:
-        """The ids a scored text or a prompt is fed as: the start ids, then the text's tokens."""
-        return self.start_ids + self.text_ids(text)
 
     def decode(self, ids: list[int]) -> str:
         """Text of generated ids, special tokens left out."""
@@ -54,6 +49,25 @@ class CausalLM:
         """The token string of every tokenizer id (to match ids across vocabularies)."""
         n = self.backend.get_vocab_size(with_added_tokens=True)
         return [self.backend.id_to_token(i) for i in range(n)]
+
+    def old_ids(self) -> list[int] | None:
+        """The ``old_ids`` of the ``id_map.json`` a trim wrote beside this model (source id per own id), if any."""
+        return _read_old_ids(self.path / "id_map.json")
+
+
+class CausalLM(TextModel):
+    """What the generative tasks need of a decoder-only language model; subclasses fill in a backend."""
+
+    kind: str = "abstract"
+
+    def __init__(self, spec: str, path: Path) -> None:
+        super().__init__(spec, path)
+        self.start_ids: list[int] = []  # what every scored text and prompt starts with (BOS, or a document separator)
+        self.stop_ids: list[int] = []
+
+    def encode(self, text: str) -> list[int]:
+        """The ids a scored text or a prompt is fed as: the start ids, then the text's tokens."""
+        return self.start_ids + self.text_ids(text)
 
     def _start_ids(self, bos: Any) -> list[int]:
         """The tokenizer's own leading special tokens (Gemma, Llama: BOS); else the configured BOS; else the first stop
@@ -81,10 +95,6 @@ class CausalLM:
     def generate_fixed(self, ids: list[int], new_tokens: int) -> None:
         """Prefill ``ids``, then make exactly ``new_tokens`` greedy tokens with the cache (stop ids ignored), for timing."""
         raise NotImplementedError
-
-    def old_ids(self) -> list[int] | None:
-        """The ``old_ids`` of the ``id_map.json`` a trim wrote beside this model (source id per own id), if any."""
-        return _read_old_ids(self.path / "id_map.json")
 
     def size(self) -> dict[str, Any]:
         """Parameters and bytes."""
@@ -335,7 +345,7 @@ class IdMap:
                 "source_ids": self.source_size}
 
 
-def id_map(source: CausalLM, candidate: CausalLM) -> IdMap:
+def id_map(source: TextModel, candidate: TextModel) -> IdMap:
     """The candidate's ids as source ids: the same vocabulary (identity), else ``id_map.json`` (a trim's ``old_ids``)
     when every id's token string agrees with the source's, else by token string."""
     s_tok, c_tok = source.tokens(), candidate.tokens()

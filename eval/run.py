@@ -19,6 +19,7 @@ from .retention import Score, gate, gate_error, summary
 
 if TYPE_CHECKING:
     from .generative import LMLimits
+    from .seq2seq import Seq2SeqLimits
 
 DEFAULT_TASKS = "retrieval,pos,nli,sts,fidelity,efficiency"
 _FALLBACK_SENTENCES = ["The weather is nice today.", "Das Wetter ist heute schön.", "Where is the train station?",
@@ -151,6 +152,7 @@ def evaluate(
     within_languages: bool = False,
     efficiency: dict[str, Any] | None = None,
     lm_limits: LMLimits | None = None,
+    seq2seq_limits: Seq2SeqLimits | None = None,
 ) -> EvalReport:
     """Evaluate ``candidate`` against ``source`` on ``tasks`` in ``languages``; write reports to ``output`` when given.
 
@@ -165,6 +167,8 @@ def evaluate(
     A causal-LM source (config.json names a ...ForCausalLM or ...LMHeadModel, or a decoder bundle) runs the generative
     tasks instead (`generative`: perplexity, next_token, greedy, efficiency; ``tasks`` None: all of them), on held-out
     text, within ``lm_limits`` (`generative.LMLimits`). ``tasks`` None is DEFAULT_TASKS for an encoder.
+    An encoder-decoder source (mT5, mBART, M2M100, NLLB) runs the seq2seq tasks (`seq2seq`: perplexity, next_token,
+    greedy, translation) on Tatoeba pairs with English, within ``seq2seq_limits``.
     """
     if encoders is None:
         from .lm_scorer import is_causal_lm
@@ -176,6 +180,14 @@ def evaluate(
                                        overwrite=overwrite, task_languages=task_languages, hub_data=hub_data,
                                        lm_limits=lm_limits, device=device, seed=seed, cache_dir=cache_dir,
                                        raise_on_fail=raise_on_fail, progress=progress)
+        from .seq2seq_scorer import is_seq2seq
+
+        if is_seq2seq(source, cache_dir):
+            from .seq2seq import evaluate_seq2seq
+
+            return evaluate_seq2seq(source, candidate, languages, tasks, data_dir, output, min_retention, overwrite=overwrite,
+                                    hub_data=hub_data, limits=seq2seq_limits, device=device, seed=seed, cache_dir=cache_dir,
+                                    raise_on_fail=raise_on_fail, progress=progress)
     return _evaluate_encoders(source, candidate, languages, DEFAULT_TASKS if tasks is None else tasks, data_dir, output,
                               min_retention, overwrite=overwrite, task_languages=task_languages, hub_data=hub_data,
                               limits=limits, transfer=transfer, prefix=prefix, pooling=pooling, device=device, seed=seed,

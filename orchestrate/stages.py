@@ -14,6 +14,8 @@ from typing import Any
 
 from mlcompress.families import model_family
 
+GENERATIVE = ("decoder", "seq2seq")  # families evaluated by their generative tasks (no encoders, no joint timing)
+
 
 def trim_stage(model: Path, target: Path, cfg: dict[str, Any], corpora: dict[str, list[str]] | None, scripts: bool) -> dict[str, Any]:
     """Trim ``model``'s vocabulary to the config's languages (by ``corpora``, or by script) into ``target``."""
@@ -22,9 +24,10 @@ def trim_stage(model: Path, target: Path, cfg: dict[str, Any], corpora: dict[str
     opts = cfg["stages"]["trim"]
     # max_vocab null: trim's budget for an encoder bundle; none for a decoder, whose greedy continuations stay the
     # source's only when the word lists' tokens are kept too (bench/trim_generative.py: 48k drops 2.1-2.8% of the
-    # source's next-token mass, unbudgeted 0.9-1.0%, with 100% greedy identity on Gemma 3 270M en+de)
+    # source's next-token mass, unbudgeted 0.9-1.0%, with 100% greedy identity on Gemma 3 270M en+de); so for an
+    # encoder-decoder, whose decoder generates the same way
     budget = {"max_vocab": opts["max_vocab"]} if opts["max_vocab"] is not None else \
-        ({"max_vocab": None} if model_family(model) == "decoder" else {})
+        ({"max_vocab": None} if model_family(model) in GENERATIVE else {})
     r = trim(model, cfg["languages"], corpora, target, top_k=opts["top_k"], min_count=opts["min_count"],
              coverage=opts["coverage"], quotas=opts["quotas"], scripts=scripts, keep_tokens=opts["keep_tokens"],
              word_variants=opts["word_variants"], frequent_words=opts["frequent_words"], overwrite=True, cache_dir=cfg["cache_dir"],
@@ -107,12 +110,14 @@ def _evaluate_candidate(cfg: dict[str, Any], candidate: dict[str, Any], folder: 
 
     opts = cfg["stages"]["eval"]
     progress = lambda m: say(f"eval {candidate['name']}: {m}")  # noqa: E731
-    if encoders is None:  # causal LMs: the generative tasks, each model loaded by eval
-        from mlcompress.eval import LMLimits
+    if encoders is None:  # causal LMs and encoder-decoders: the generative tasks, each model loaded by eval
+        from mlcompress.eval import LMLimits, Seq2SeqLimits
 
-        lm = LMLimits().capped(opts["max_examples"]) if opts["max_examples"] else LMLimits()
+        cap = opts["max_examples"]
+        lm = LMLimits().capped(cap) if cap else LMLimits()
+        s2s = Seq2SeqLimits().capped(cap) if cap else Seq2SeqLimits()
         rep = evaluate(cfg["source"], candidate["path"], cfg["languages"], _lm_tasks(opts["tasks"]), cfg["data"], folder,
-                       None, cache_dir=cfg["cache_dir"], lm_limits=lm, progress=progress)
+                       None, cache_dir=cfg["cache_dir"], lm_limits=lm, seq2seq_limits=s2s, progress=progress)
     else:
         rep = evaluate(cfg["source"], candidate["path"], cfg["languages"], opts["tasks"], cfg["data"], folder,
                        None, task_languages=opts["task_languages"],
@@ -129,9 +134,9 @@ def _evaluate_candidate(cfg: dict[str, Any], candidate: dict[str, Any], folder: 
 
 
 def _lm_tasks(tasks: str) -> str | None:
-    """The eval tasks for a causal LM: the generative defaults when the config keeps the built-in job's encoder tasks
-    (with a data folder, or the packaged sample's); tasks the user named are passed on (eval refuses encoder tasks for
-    a causal LM, naming the generative ones)."""
+    """The eval tasks for a causal LM or an encoder-decoder: the family's defaults when the config keeps the built-in
+    job's encoder tasks (with a data folder, or the packaged sample's); tasks the user named are passed on (eval refuses
+    encoder tasks for these families, naming their own)."""
     from mlcompress.eval import SAMPLE_TASKS
 
     from .config import DEFAULT_EVAL_TASKS
@@ -162,7 +167,7 @@ def eval_stage(target: Path, cfg: dict[str, Any], source_path: Path, candidates:
     opts = cfg["stages"]["eval"]
     results = {}
     with atomic_output_dir(target, overwrite=True) as tmp:
-        generative = model_family(source_path) == "decoder"
+        generative = model_family(source_path) in GENERATIVE
         src_enc = None if generative else load_encoder(cfg["source"], cfg["cache_dir"])  # as the user named it (E5 prefix)
         encs = {} if generative else {a["name"]: load_encoder(a["path"], cfg["cache_dir"]) for a in candidates}
         joint = {} if generative else _joint_efficiency(cfg, src_enc, encs, say)

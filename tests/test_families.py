@@ -68,12 +68,14 @@ def test_distillation_refuses_a_causal_lm_before_any_work(zoo: dict[str, Path], 
     assert not any(tmp_path.iterdir())
 
 
-def test_pipeline_refuses_an_unsupported_family_before_writing(zoo: dict[str, Path], tmp_path: Path) -> None:
+def test_pipeline_refuses_an_unsupported_stage_before_writing(zoo: dict[str, Path], tmp_path: Path) -> None:
+    """Asked to distil an encoder-decoder (no distillation for the family yet), the pipeline refuses before any stage
+    runs, with the support table in the message, and writes nothing."""
     from mlcompress import Pipeline
 
     cfg = {"source": str(zoo["seq2seq"]), "languages": "en,de", "data": str(DATA),
-           "stages": {"trim": {"scripts": True}, "distill": {"enabled": False}, "export": {"quantize": "none"}}}
-    with pytest.raises(UnsupportedModelError, match="seq2seq model, and `pipeline` does not handle") as info:
+           "stages": {"trim": {"scripts": True}, "distill": {"enabled": True}, "export": {"quantize": "none"}}}
+    with pytest.raises(UnsupportedModelError, match="seq2seq model, and `distill` does not handle") as info:
         Pipeline(cfg).run(tmp_path / "pipe")
-    assert "decoder" in str(info.value) and not (tmp_path / "pipe").exists()
+    assert support_table() in str(info.value) and not (tmp_path / "pipe").exists()
     assert json.loads((zoo["seq2seq"] / "config.json").read_text())["architectures"]  # the source is untouched

@@ -45,6 +45,7 @@ def trim_command(
     max_vocab: Annotated[Optional[int], typer.Option(help="Vocabulary budget for the word-list words (the rarest go first; corpus tokens are always kept). [default: 48000]")] = None,
     drop_unused_specials: Annotated[Optional[bool], typer.Option("--drop-unused-specials/--keep-unused-specials", help="Drop added placeholder tokens (<unusedN>, <start_of_image>, reserved tokens) that no config, chat template or corpus uses. [default: on for decoder-only models]")] = None,
     generated: Annotated[int, typer.Option(help="Sample N continuations of corpus lines from the source model (seeded, its own sampling settings) and keep every token it emits; 0: none.")] = 0,
+    keep_language_codes: Annotated[str, typer.Option("--keep-language-codes", help="Translation models (mBART-50, M2M100, NLLB): which language-code tokens stay: targets (those of -l), all, or more languages whose codes stay too, e.g. fr,es.")] = "targets",
     overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists (only once the new one is complete).")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Cache for bundled models and token counts.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -60,7 +61,7 @@ def trim_command(
     result = trim(model, languages, corpus, output, top_k=top_k, min_count=min_count, coverage=coverage,
                   quotas=_parse_quotas(quota or []), scripts=scripts, keep_tokens=keep_token or [], word_variants=word_variants,
                   frequent_words=frequent_words, drop_unused_specials=drop_unused_specials, generated=generated,
-                  overwrite=overwrite, cache_dir=cache_dir,
+                  keep_language_codes=keep_language_codes, overwrite=overwrite, cache_dir=cache_dir,
                   **({"max_vocab": max_vocab} if max_vocab is not None else {}))  # None: trim's own budget
     if as_json:
         Console().print_json(json.dumps(result.as_dict()))

@@ -34,6 +34,7 @@ from .model_surgery import config_token_ids, trim_model, vocab_rows
 from .policies import UNSPACED, make_policy, word_list_ids
 from .policies import word_variants as expand_word_variants
 from .specials import unused_specials
+from .translation import CodePlan, fix_language_maps, fix_tokenizer_files, parse_keep_language_codes, plan_codes
 from .spm_model import SPM_FILES, trim_spm_model
 
 ID_MAP_FILE = "id_map.json"
@@ -66,6 +67,7 @@ class TrimResult:
     specials_dropped: int = 0
     generation: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    translation: dict[str, Any] = field(default_factory=dict)  # a translation model's language codes (mlcompress.translation)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (paths as strings)."""
@@ -115,6 +117,7 @@ def trim(
     max_vocab: int | None = DEFAULT_MAX_VOCAB,
     drop_unused_specials: bool | None = None,
     generated: int = 0,
+    keep_language_codes: str | list[str] = "targets",
     overwrite: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> TrimResult:
@@ -133,15 +136,17 @@ def trim(
     config, tokenizer config or chat template names and no corpus uses. ``generated=N`` samples N continuations
     of corpus lines from the source model (seeded, its own sampling settings) and keeps every token it emits, so
     that the trimmed model can still write what the source would have written.
+
+    Translation models (mBART-50, M2M100, NLLB) keep the language codes of ``languages`` and, with ``keep_language_codes``
+    ("all", or more languages: "fr,es"), others; mlcompress.json records the target languages left (`translation`).
     """
     langs, texts = _languages_and_corpora(languages, corpora)
     recipe = _recipe(langs, texts, top_k=top_k, min_count=min_count, coverage=coverage, quotas=quotas, scripts=scripts,
                      keep_tokens=keep_tokens, word_variants=word_variants, frequent_words=frequent_words,
-                     max_vocab=max_vocab, drop_unused_specials=drop_unused_specials, generated=generated)
+                     max_vocab=max_vocab, drop_unused_specials=drop_unused_specials, generated=generated, keep_language_codes=keep_language_codes)
     out_path = check_output(output, overwrite)
     cache = Path(cache_dir) if cache_dir else None
     timings: dict[str, float] = {}
-
     source = resolve_model(model, cache)
     layout = read_layout(source.path, str(model))  # a sentence-transformers model stays one (None: not a sentence model)
     tok, tj, by_id = _read_tokenizer(source.path)
@@ -150,30 +155,28 @@ def trim(
         ranks = recipe.word_ranks(tok.backend_tokenizer, langs, len(by_id))
     with _timed(timings, "load"):
         net = load_model(source.path)
-    recipe.resolve_for(net)
+    codes = recipe.resolve_for(net, tj, langs)
     model_sha = _model_sha(source.path)
     emitted = _emitted(recipe.generated, net, tok, texts, model_sha, cache, timings)
     with _timed(timings, "trim"):
         prompts = tuple(layout.prompts.values()) if layout is not None else ()
-        select = recipe.selection(tj, by_id, net, ranks, _Extras(source.path, tok, counted.counts, emitted, prompts))
+        select = recipe.selection(tj, by_id, net, ranks, _Extras(source.path, tok, counted.counts, emitted, prompts, codes))
         cut = _cut(select, counted.counts, tj, net)
     heldout = counted.heldout_coverage(select)
     cover = _coverage(counted.counts, cut.keep_ids, len(by_id))
     words = dict(per_language_words(ranks, cut.cutoff)) if ranks else {}
-    notes = _notes(ranks, recipe, cut) + _special_notes(select, by_id)
+    notes = _notes(ranks, recipe, cut) + _special_notes(select, by_id, codes)
 
     t0 = time.perf_counter()
     with atomic_output_dir(out_path, overwrite=overwrite) as tmp:
-        _write_trimmed(tmp, net, source.path, cut, by_id, select, counted.counts, layout)
+        _write_trimmed(tmp, net, source.path, cut, by_id, select, counted.counts, layout, codes)
         _self_check(tok, tmp, texts, cut.old_to_new)
         result = TrimResult(
             output=out_path, languages=langs, vocab_before=len(by_id), vocab_after=len(cut.keep_ids),
-            params_before=cut.params_before, params_after=_params(net),
-            bytes_before=_weights_bytes(source.path), bytes_after=_weights_bytes(tmp),
+            params_before=cut.params_before, params_after=_params(net), bytes_before=_weights_bytes(source.path), bytes_after=_weights_bytes(tmp),
             coverage=cover, tokens_counted=counted.tokens, seconds=timings, heldout_coverage=heldout,
-            frequent_words=words, specials_dropped=len(select.dropped),
-            generation=_generation_record(emitted, counted.counts, cut.keep_ids), notes=notes,
-        )
+            frequent_words=words, specials_dropped=len(select.dropped - codes.dropped_ids),
+            generation=_generation_record(emitted, counted.counts, cut.keep_ids), notes=notes + codes.notes, translation=codes.record())
         timings["save"] = time.perf_counter() - t0  # the same dict as result.seconds: "save" shows there too
         _write_records(tmp, out_path.name, recipe.provenance(langs, ranks), _provenance_inputs(source, texts, model_sha), result)
     return result
@@ -210,15 +213,27 @@ class _Recipe:
     drop_unused_specials: bool | None = None  # None until resolve_for(): on for decoder-only models
     generated: int = 0
     symbols: list[str] = field(default_factory=list)  # languages with word lists only: keep the symbol pieces they lack
+    keep_language_codes: str | list[str] = "targets"  # a translation model's codes: "targets", "all" or more languages
 
-    def resolve_for(self, net: Any) -> None:
-        """Resolve the model-dependent options: unused specials dropped by default for decoder-only models, and
-        generated continuations refused for a model that cannot generate."""
+    def resolve_for(self, net: Any, tj: dict[str, Any] | None = None, langs: list[str] | None = None) -> CodePlan:
+        """Resolve the model-dependent options: unused specials dropped by default for decoder-only models, generated
+        continuations refused for a model that cannot generate, and a translation model's codes (`code_plan`)."""
         if self.drop_unused_specials is None:
             self.drop_unused_specials = _is_decoder(net)
         if self.generated and not net.can_generate():
             raise InputError(f"--generated {self.generated} needs a model that generates text; "
                              f"{type(net).__name__} does not", "pass --generated 0 for an encoder")
+        return self.code_plan(tj, net, langs) if tj is not None and langs is not None else CodePlan()
+
+    def code_plan(self, tj: dict[str, Any], net: Any, langs: list[str]) -> CodePlan:
+        """Which language codes a translation model keeps; configs and the post-processor that name dropped codes are
+        fixed in place (``tj``, ``net``) before the ids are chosen."""
+        from .translation import clear_dropped_config_ids, retarget_processor
+
+        plan = plan_codes(tj, net, langs, self.keep_language_codes)
+        clear_dropped_config_ids(net, plan)
+        retarget_processor(tj, plan)
+        return plan
 
     def languages_to_count(self, langs: list[str], texts: Mapping[str, list[Corpus]]) -> list[str]:
         """Every target language when the policy needs counts, else just those with a corpus."""
@@ -243,13 +258,14 @@ class _Recipe:
                 "keep_tokens": list(self.keep_tokens), "word_variants": self.word_variants,
                 "frequent_words": self.frequent_words, "max_vocab": self.max_vocab, "word_list": _word_list_version(ranks),
                 "drop_unused_specials": self.drop_unused_specials, "generated": self.generated,
+                "keep_language_codes": self.keep_language_codes,
                 **({"word_list_symbols": self.symbols} if self.symbols else {})}
 
 
 def _recipe(langs: list[str], texts: Mapping[str, list[Corpus]], *, top_k: int | None, min_count: int | None,
             coverage: float | None, quotas: Mapping[str, int] | None, scripts: bool, keep_tokens: Iterable[str],
             word_variants: bool | None, frequent_words: int | None, max_vocab: int | None,
-            drop_unused_specials: bool | None, generated: int) -> _Recipe:
+            drop_unused_specials: bool | None, generated: int, keep_language_codes: str | list[str] = "targets") -> _Recipe:
     """Resolve the options: no policy option means the default recipe (word variants and word lists on).
 
     Checks the word-list options and that a counting policy has text for every language.
@@ -276,7 +292,7 @@ def _recipe(langs: list[str], texts: Mapping[str, list[Corpus]], *, top_k: int |
     # a language known by word lists alone has no digit, punctuation or symbol counted: its sentences' would be cut
     symbols = [lang for lang, cs in texts.items() if cs and all(c.word_list is not None for c in cs)] if policy.needs_counts else []
     return _Recipe(policy, word_variants, frequent_words, max_vocab, scripts, list(keep_tokens), drop_unused_specials,
-                   generated, symbols)
+                   generated, symbols, parse_keep_language_codes(keep_language_codes))
 
 
 def _is_decoder(net: Any) -> bool:
@@ -328,12 +344,15 @@ def _coverage(counts: dict[str, np.ndarray], keep_ids: list[int], size: int) -> 
 
 
 def _write_trimmed(tmp: Path, net: Any, source: Path, cut: _Cut, by_id: list[str | None], select: _Selection,
-                   counts: dict[str, np.ndarray], layout: Any = None) -> None:
+                   counts: dict[str, np.ndarray], layout: Any = None, codes: CodePlan | None = None) -> None:
     """Write the trimmed model, its tokenizer files, its sentence-transformers ``layout`` (a sentence model's), the id
-    map and the counts into ``tmp``."""
+    map and the counts into ``tmp`` (``codes``: a translation model's language codes, to fix the files naming them)."""
     net.save_pretrained(tmp)
     _write_tokenizer(source, tmp, cut.new_tj, cut.old_to_new, {by_id[i] for i in cut.keep_ids},
                      {p for p in (by_id[i] for i in select.dropped) if p is not None})
+    if codes is not None:
+        fix_tokenizer_files(tmp, codes)
+        fix_language_maps(tmp, cut.old_to_new)
     (tmp / ID_MAP_FILE).write_text(json.dumps({"source_vocab_size": len(by_id), "source_rows": select.rows,
                                                "old_ids": cut.keep_ids}) + "\n", encoding="utf-8")
     if counts:
@@ -402,6 +421,7 @@ class _Extras:
     counts: dict[str, np.ndarray]
     emitted: Emitted | None = None
     prompts: tuple[str, ...] = ()  # a sentence model's prompts ("query: ", "passage: ")
+    codes: CodePlan | None = None  # a translation model's language codes (the dropped ones go)
 
     def used(self) -> set[int]:
         """Ids some corpus uses."""
@@ -433,6 +453,7 @@ def _fixed_ids(tj: dict[str, Any], by_id: list[str | None], net: Any, keep_token
     emitted = extras.emitted.ids if extras.emitted is not None else set()
     fixed = ts.required_ids(tj) | named | users | emitted | extras.prompt_ids()
     dropped = unused_specials(tj, extras.source, extras.tok, named | users | emitted | extras.used()) if drop_unused else set()
+    dropped |= extras.codes.dropped_ids - users if extras.codes is not None else set()
     return fixed - dropped, dropped
 
 
@@ -491,12 +512,13 @@ def _notes(ranks: WordRanks | None, recipe: _Recipe, cut: _Cut) -> list[str]:
     return notes
 
 
-def _special_notes(select: _Selection, by_id: list[str | None]) -> list[str]:
-    """Say which unused placeholder specials the trim dropped, and how to keep them."""
-    if not select.dropped:
+def _special_notes(select: _Selection, by_id: list[str | None], codes: CodePlan) -> list[str]:
+    """Say which unused placeholder specials the trim dropped, and how to keep them (language codes: their own note)."""
+    placeholders = select.dropped - codes.dropped_ids
+    if not placeholders:
         return []
-    names = [str(by_id[i]) for i in sorted(select.dropped)[:3]]
-    return [f"dropped {len(select.dropped):,} unused special placeholder token(s) ({', '.join(names)}, ...): no config, "
+    names = [str(by_id[i]) for i in sorted(placeholders)[:3]]
+    return [f"dropped {len(placeholders):,} unused special placeholder token(s) ({', '.join(names)}, ...): no config, "
             "chat template or corpus uses them; --keep-unused-specials keeps them"]
 
 
