@@ -14,7 +14,7 @@ word lists, no vocabulary budget; export with the KV cache at 8-bit and 4-bit we
   agreement, and for the trim in fp32 the NLL difference and greedy 32-token identity.
 
     flock /tmp/cpu.lock .venv/bin/python bench/generative.py [--langs de,es,ja,ru] [--work out/bench-generative]
-        [--texts 24] [--rounds 3] [--runs 6] [--genai] [--reuse] [--timing-only]
+        [--texts 24] [--rounds 3] [--runs 6] [--genai [int4,int8]] [--reuse] [--timing-only]
 
 The eval sets chose nothing here (the trim recipe was chosen by bench/trim_generative.py, the quantisation on PAWS-X
 dev sentences), so the quality figures are blind except en+de's trim recipe.
@@ -63,7 +63,7 @@ def exported(model: Path, lang: str, quant: str, data: Path, work: Path, reuse: 
     return out
 
 
-def anchors(source_dir: Path, trim: Path, lang: str, work: Path, genai: bool, reuse: bool) -> dict[str, Any]:
+def anchors(source_dir: Path, trim: Path, lang: str, work: Path, genai: str | None, reuse: bool) -> dict[str, Any]:
     """The outside models that are installed: llama.cpp on the source GGUF, onnxruntime-genai's build of the trim."""
     out: dict[str, Any] = {}
     try:
@@ -78,10 +78,11 @@ def anchors(source_dir: Path, trim: Path, lang: str, work: Path, genai: bool, re
     if genai:
         import genai_producer
 
-        target = work / f"en-{lang}" / "genai-int4"
-        if not (reuse and target.is_dir() and any(target.glob("*.onnx"))):
-            genai_producer.build(trim, target, "int4")
-        out["ORT-GenAI int4 (trim)"] = genai_producer.GenAILM(target)
+        for precision in genai.split(","):
+            target = work / f"en-{lang}" / f"genai-{precision}"
+            if not (reuse and target.is_dir() and any(target.glob("*.onnx"))):
+                genai_producer.build(trim, target, precision)
+            out[f"ORT-GenAI {precision} (trim)"] = genai_producer.GenAILM(target)
     return out
 
 
@@ -208,7 +209,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--genai", action="store_true", help="also build and time onnxruntime-genai's int4 of the trim")
+    ap.add_argument("--genai", nargs="?", const="int4,int8", default=None,
+                    help="also build, time and score onnxruntime-genai's builds of the trim (precisions, default int4,int8)")
     ap.add_argument("--reuse", action="store_true", help="reuse trims, exports and builds already in --work")
     ap.add_argument("--skip-timing", action="store_true", help="quality scores only (time later with --timing-only)")
     ap.add_argument("--timing-only", action="store_true",
