@@ -116,6 +116,13 @@ def _read_old_ids(path: Path) -> list[int] | None:
     return [int(i) for i in ids] if isinstance(ids, list) else None
 
 
+def bundle_old_ids(path: Path, manifest: dict[str, Any]) -> list[int] | None:
+    """An export bundle's id map: id_map.json beside it, else beside the model it was exported from."""
+    own = _read_old_ids(path / "id_map.json")
+    source = (manifest.get("source") or {}).get("path")
+    return own if own is not None or not source else _read_old_ids(Path(source) / "id_map.json")
+
+
 def _batches(rows: list[list[int]], width: int) -> list[list[int]]:
     """Indices of ``rows`` in length order, grouped so that each batch's logits stay within LOGIT_BUDGET."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
@@ -291,9 +298,7 @@ class BundleLM(CausalLM):
 
     def old_ids(self) -> list[int] | None:
         """id_map.json beside the bundle, else beside the model it was exported from (checked by IdMap before use)."""
-        own = _read_old_ids(self.path / "id_map.json")
-        source = (self.manifest.get("source") or {}).get("path")
-        return own if own is not None or not source else _read_old_ids(Path(source) / "id_map.json")
+        return bundle_old_ids(self.path, self.manifest)
 
     def size(self) -> dict[str, Any]:
         """The loaded model file (and its external data) and the bundle's other files; other dtypes listed apart."""

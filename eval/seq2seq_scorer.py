@@ -231,11 +231,9 @@ class Seq2SeqBundleLM(Seq2SeqLM):
 
     def old_ids(self) -> list[int] | None:
         """id_map.json beside the bundle, else beside the model it was exported from (checked by IdMap before use)."""
-        from .lm_scorer import _read_old_ids
+        from .lm_scorer import bundle_old_ids
 
-        own = _read_old_ids(self.path / "id_map.json")
-        source = (self.manifest.get("source") or {}).get("path")
-        return own if own is not None or not source else _read_old_ids(Path(source) / "id_map.json")
+        return bundle_old_ids(self.path, self.manifest)
 
     def size(self) -> dict[str, Any]:
         """The loaded dtype's encoder and decoder files and the bundle's other files; other dtypes listed apart."""
