@@ -8,124 +8,92 @@ transformers.js layout, checked against PyTorch before anything is written.
 
 Steps: describe the family (`decoder_families`), export the fp32 graph (`decoder_graph`), check it (`decoder_parity`),
 quantise it (`decoder_quantize`) and check that too, then write the folder atomically (`writer`) with a manifest of
-sha256 per file (`decoder_bundle`, `bundle`), which `generate.load` / `runtime.load` verify.
+sha256 per file (`decoder_bundle`, `bundle`), which `generate.load` / `runtime.load` verify. This module is the
+family's `DecoderExporter`; the loop around it (load, scratch folder, record, write) is `generative_export`'s, shared
+with the encoder-decoders.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mlcompress.artifacts import check_output, scratch_dir, sha256_file
-from mlcompress.errors import InputError
-
 from .decoder_bundle import SUPPORT_FILES, manifest_fields, write_support_files
 from .decoder_families import DecoderSpec, describe
-from .decoder_quantize import DTYPE, FILE, quantize_decoder, session_config
+from .decoder_quantize import FILE, quantize_decoder, session_config
+from .generative_export import Layout, cpu_session, export_params, load_fp32, run_generative_export
 from .options import ChecksConfig, DecoderParityConfig, DecoderQuantConfig
 from .result import ExportResult
 from .step import step
-from .writer import Payload, measured_on, write
-
-# Default check text (used when none is given): short, several languages and scripts.
-DEFAULT_TEXTS = ("The weather in Berlin is mild today, and the trains run on time.",
-                 "Die Bundesregierung hat heute ein neues Gesetz beschlossen.",
-                 "La ville de Lyon est connue pour sa cuisine et ses traboules.",
-                 "Ο καιρός σήμερα είναι ζεστός και ηλιόλουστος.")
 
 
-def _load(source: Path) -> tuple[Any, DecoderSpec]:
-    """The model's export layout (unsupported families refused before the weights load) and its fp32 PyTorch model."""
-    import torch
-    from mlcompress.sources import load_config, load_weights
-    from transformers import AutoModelForCausalLM
+class DecoderExporter:
+    """The decoder-only family for `run_generative_export`: one graph per dtype (``onnx/model*.onnx``)."""
 
-    spec = describe(load_config(source))
-    model = load_weights(AutoModelForCausalLM, source, dtype=torch.float32).eval()
-    return model, spec
+    kind = "decoder"
+    scratch_name = "export-decoder"
+    task = "text-generation"
+
+    def load(self, path: Path) -> tuple[Any, DecoderSpec]:
+        """The model's export layout (unsupported families refused before the weights load) and its fp32 model."""
+        from transformers import AutoModelForCausalLM
+
+        return load_fp32(path, AutoModelForCausalLM, describe)
+
+    def support(self, scratch: Path, spec: DecoderSpec, dtype: str, source: Path) -> dict[str, Any]:
+        """The support files written into ``scratch``; the tokenizer's padding and stop ids."""
+        return write_support_files(source, scratch, dtype)
+
+    def export_graphs(self, model: Any, spec: DecoderSpec, scratch: Path) -> None:
+        """The fp32 graph with its KV cache, at ``onnx/model.onnx``."""
+        from .decoder_graph import export_graph
+
+        with step("exporting the decoder graph with its KV cache", "check the torch and transformers versions"):
+            export_graph(model, spec, scratch / FILE["fp32"])
+
+    def check(self, model: Any, spec: DecoderSpec, scratch: Path, quantization: DecoderQuantConfig,
+              rows: list[list[int]], prompts: list[list[int]], tokens: dict[str, Any], checks: ChecksConfig,
+              gate: DecoderParityConfig) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+        """Check the fp32 graph (gated), quantise and check the quantised one; return parity, quantisation, files."""
+        from .decoder_parity import gate_fp32, gate_quantized, greedy_parity, logits_parity, quality
+        from .decoding import DecoderSession
+
+        quantize, pad = quantization.quantize, tokens["pad_id"]
+        runner = DecoderSession(cpu_session(scratch / FILE["fp32"]), spec)
+        with step("comparing the fp32 graph with PyTorch", "report it with the model's config"):
+            logits = logits_parity(model, runner, rows, pad, gate.rtol)
+            greedy = greedy_parity(model, runner, prompts, pad, tokens["eos_ids"], gate.new_tokens, gate.atol)
+        parity = {"fp32": gate_fp32(logits, greedy, gate.atol, checks.force)}
+        files, qinfo = {"fp32": FILE["fp32"]}, {"name": quantize}
+        if quantize != "none":
+            dtype = quantization.dtype
+            with step(f"quantising the decoder ({quantize})", "try another quantisation"):
+                info = quantize_decoder(scratch / FILE["fp32"], scratch / FILE[dtype], quantize,
+                                        quantization.int8_method)
+            qinfo = {**qinfo, **info, "session_config": session_config(info)}
+            quantized = DecoderSession(cpu_session(scratch / FILE[dtype], qinfo["session_config"]), spec)
+            q = quality(model, quantized, rows, pad)
+            parity[dtype] = gate_quantized(q, quantize, checks.min_agreement, checks.force)
+            files[dtype] = FILE[dtype]
+        return parity, qinfo, files
+
+    def layout(self, spec: DecoderSpec, scratch: Path, files: dict[str, str], default: str, tokens: dict[str, Any],
+               sessions: dict[str, dict[str, str]]) -> Layout:
+        """The graphs and support files, each graph's size, the default graph and the decoder's manifest fields."""
+        sizes = {dtype: (scratch / f).stat().st_size for dtype, f in files.items()}
+        return Layout(names=[*files.values(), *SUPPORT_FILES], sizes=sizes, model_file=files[default],
+                      manifest=manifest_fields(spec, files, default, tokens, sessions, {}))
 
 
-def _texts(texts: Sequence[str] | None, tokenizer_file: Path, max_tokens: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Token ids of the check texts (up to ``max_tokens`` each) and the greedy prompts (their first tokens)."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer_file))
-    tok.no_padding()
-    tok.no_truncation()
-    lines = [t for t in (texts or DEFAULT_TEXTS) if t and t.strip()]
-    if not lines:
-        raise InputError("no check text: every given text is empty", "pass a few sentences, or omit texts")
-    rows = [ids[:max_tokens] for ids in (tok.encode(t).ids for t in lines) if ids]
-    return rows, [r[: max(2, min(12, len(r)))] for r in rows[:2]]
-
-
-def _session(path: Path, config: dict[str, str] | None = None) -> Any:
-    """A CPU onnxruntime session of the graph at ``path`` (ORT's log quiet below errors)."""
-    import onnxruntime as ort
-
-    from .runtime import session_options
-
-    with step(f"loading {path.name} in ONNX Runtime", "update onnxruntime"):
-        return ort.InferenceSession(str(path), session_options(config=config), providers=["CPUExecutionProvider"])
-
-
-def _check(model: Any, spec: DecoderSpec, scratch: Path, quantization: DecoderQuantConfig, rows: list[list[int]],
-           prompts: list[list[int]], tokens: dict[str, Any], checks: ChecksConfig, gate: DecoderParityConfig
-           ) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
-    """Check the fp32 graph (gated), quantise and check the quantised one; return parity, quantisation, dtype files."""
-    from .decoder_parity import gate_fp32, gate_quantized, greedy_parity, logits_parity, quality
-    from .decoding import DecoderSession
-
-    quantize = quantization.quantize
-    runner = DecoderSession(_session(scratch / FILE["fp32"]), spec)
-    with step("comparing the fp32 graph with PyTorch", "report it with the model's config"):
-        logits = logits_parity(model, runner, rows, tokens["pad_id"], gate.rtol)
-        greedy = greedy_parity(model, runner, prompts, tokens["pad_id"], tokens["eos_ids"], gate.new_tokens, gate.atol)
-    parity = {"fp32": gate_fp32(logits, greedy, gate.atol, checks.force)}
-    files, qinfo = {"fp32": FILE["fp32"]}, {"name": quantize}
-    if quantize != "none":
-        dtype = quantization.dtype
-        with step(f"quantising the decoder ({quantize})", "try another quantisation"):
-            info = quantize_decoder(scratch / FILE["fp32"], scratch / FILE[dtype], quantize, quantization.int8_method)
-        qinfo = {**qinfo, **info, "session_config": session_config(info)}
-        q = quality(model, DecoderSession(_session(scratch / FILE[dtype], qinfo["session_config"]), spec), rows, tokens["pad_id"])
-        parity[dtype] = gate_quantized(q, quantize, checks.min_agreement, checks.force)
-        files[dtype] = FILE[dtype]
-    return parity, qinfo, files
+DECODER = DecoderExporter()
 
 
 def _params(spec: DecoderSpec, quantization: DecoderQuantConfig, checks: ChecksConfig, gate: DecoderParityConfig
             ) -> dict[str, Any]:
-    """The export's parameters, as mlcompress.json records them."""
-    return {"format": "onnx", "kind": "decoder", "quantize": quantization.quantize, "family": spec.family,
-            "int8_method": quantization.int8_method, "new_tokens": gate.new_tokens, "atol": gate.atol, "rtol": gate.rtol,
-            "min_agreement": checks.min_agreement, "force": checks.force}
-
-
-def _payload(source: Any, spec: DecoderSpec, scratch: Path, quantize: str, tokens: dict[str, Any], parity: dict[str, Any],
-             qinfo: dict[str, Any], files: dict[str, str], params: dict[str, Any]) -> Payload:
-    """What the writer copies, records (``params``) and lists in the manifest."""
-    default = DTYPE[quantize]
-    names = [*files.values(), *SUPPORT_FILES]
-    weights = sorted(source.path.glob("*.safetensors"))
-    src_entry = {**source.describe(), "sha256": sha256_file(weights[0]) if weights else None}
-    sizes = {dtype: (scratch / f).stat().st_size for dtype, f in files.items()}
-    extra = {"source": src_entry, "quantization": qinfo, "parity": parity, "measured_on": measured_on()}
-    sessions = {default: qinfo["session_config"]} if qinfo.get("session_config") else {}
-    manifest = manifest_fields(spec, files, default, tokens, sessions, extra)
-
-    def save(target: Path) -> None:
-        for name in names:
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(scratch / name, target / name)
-
-    result = {"format": "onnx", "quantize": quantize, "task": "text-generation", "model_file": files[default],
-              "parity": parity, "latency_ms": None, "quantization": qinfo}
-    return Payload(save=save, params=params, inputs=[src_entry], metrics={"parity": parity, "model_bytes": sizes},
-                   result=result, manifest=manifest, files=[*names, "mlcompress.json"])
+    """The export's parameters, as mlcompress.json records them (`export_params` of the decoder kind)."""
+    return export_params(DECODER.kind, spec, quantization, checks, gate)
 
 
 def export_decoder(model_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str], *, quantize: str = "none",
@@ -153,25 +121,5 @@ def run_decoder_export(model_dir: str | os.PathLike[str], output_dir: str | os.P
                        ) -> ExportResult:
     """`export_decoder` with its options as configs (export() builds them from its own keywords): the scheme, the
     checks (``min_agreement``, ``force``) and the fp32 gate."""
-    output = Path(output_dir).expanduser().absolute()
-    archive = output.name.endswith((".tar.gz", ".tgz"))
-    check_output(output, overwrite)
-    from mlcompress.sources import resolve_model
-
-    from .decoder_graph import export_graph
-
-    source = resolve_model(model_dir, cache_dir)
-    model, spec = _load(source.path)
-    scratch = scratch_dir("export-decoder")
-    try:
-        (scratch / "onnx").mkdir()
-        tokens = write_support_files(source.path, scratch, quantization.dtype)
-        rows, prompts = _texts(texts, scratch / "tokenizer.json", 48)
-        with step("exporting the decoder graph with its KV cache", "check the torch and transformers versions"):
-            export_graph(model, spec, scratch / FILE["fp32"])
-        parity, qinfo, files = _check(model, spec, scratch, quantization, rows, prompts, tokens, checks, gate)
-        payload = _payload(source, spec, scratch, quantization.quantize, tokens, parity, qinfo, files,
-                           _params(spec, quantization, checks, gate))
-        return write(payload, output, overwrite=overwrite, archive=archive, scratch=scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    return run_generative_export(DECODER, model_dir, output_dir, quantization, checks, gate, texts=texts,
+                                 overwrite=overwrite, cache_dir=cache_dir)

@@ -10,7 +10,9 @@ transformers.js layout, checked against PyTorch before anything is written.
 Steps: describe the family (`seq2seq_families`), export the encoder and the with-past decoder, write the cross
 projections and merge the decoder (`seq2seq_graph`), check them (`seq2seq_parity`), quantise each part with the
 decoder passes (`decoder_quantize`: MatMulNBits, embeddings, untied heads) and merge the quantised parts (the weights
-stored once), check that too, then write the folder atomically (`writer`) with a manifest of sha256 per file.
+stored once), check that too, then write the folder atomically (`writer`) with a manifest of sha256 per file. This
+module is the family's `Seq2SeqExporter`; the loop around it (load, scratch folder, record, write) is
+`generative_export`'s, shared with the decoder-only LMs.
 """
 
 from __future__ import annotations
@@ -22,33 +24,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mlcompress.artifacts import check_output, scratch_dir, sha256_file
-
 from .decoder_bundle import SUPPORT_FILES, write_support_files
-from .decoder_export import _session, _texts
-from .decoder_quantize import DTYPE, quantize_decoder, session_config
+from .decoder_quantize import quantize_decoder, session_config
+from .generative_export import Layout, cpu_session, load_fp32, run_generative_export
 from .options import ChecksConfig, DecoderParityConfig, DecoderQuantConfig
 from .result import ExportResult
 from .seq2seq_families import Seq2SeqSpec, describe, language_codes
 from .seq2seq_generate import TASK
 from .step import step
-from .writer import Payload, copier, measured_on, write
 
 # transformers.js's file names per dtype: encoder, merged decoder
 FILES = {dtype: {"encoder": f"onnx/encoder_model{suffix}.onnx", "decoder": f"onnx/decoder_model_merged{suffix}.onnx"}
          for dtype, suffix in (("fp32", ""), ("q8", "_quantized"), ("q4", "_q4"))}
 PARTS = ("encoder", "with_past", "cross")  # cross (projections) after with_past: it takes its opset
-
-
-def _load(source: Path) -> tuple[Any, Seq2SeqSpec]:
-    """The model's export layout (unsupported families refused before the weights load) and its fp32 PyTorch model."""
-    import torch
-    from mlcompress.sources import load_config, load_weights
-    from transformers import AutoModelForSeq2SeqLM
-
-    spec = describe(load_config(source))
-    model = load_weights(AutoModelForSeq2SeqLM, source, dtype=torch.float32).eval()
-    return model, spec
 
 
 def _graphs(model: Any, spec: Seq2SeqSpec, scratch: Path, dtype: str, quantization: DecoderQuantConfig | None = None
@@ -84,75 +72,87 @@ def _graphs(model: Any, spec: Seq2SeqSpec, scratch: Path, dtype: str, quantizati
 
 def _sessions(scratch: Path, dtype: str, config: dict[str, str] | None = None) -> tuple[Any, Any]:
     """onnxruntime sessions of ``dtype``'s encoder and merged decoder."""
-    return tuple(_session(scratch / FILES[dtype][part], config) for part in ("encoder", "decoder"))  # type: ignore[return-value]
+    encoder, decoder = (cpu_session(scratch / FILES[dtype][part], config) for part in ("encoder", "decoder"))
+    return encoder, decoder
 
 
-def _check(model: Any, spec: Seq2SeqSpec, scratch: Path, quantization: DecoderQuantConfig, rows: list[list[int]],
-           tokens: dict[str, Any], checks: ChecksConfig, gate: DecoderParityConfig
-           ) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, str]]]:
-    """Check the fp32 graphs (gated), quantise and check the quantised ones; return parity, quantisation, files."""
-    from .decoder_parity import gate_fp32, gate_quantized
-    from .seq2seq_parity import check_batch, greedy_parity, logits_parity, quality
+class Seq2SeqExporter:
+    """The encoder-decoder family for `run_generative_export`: an encoder and a merged decoder per dtype."""
 
-    prefix = tokens["prefix"]
-    ids, mask, targets = check_batch(rows, prefix, tokens["pad_id"])
-    encoder, decoder = _sessions(scratch, "fp32")
-    with step("comparing the fp32 graphs with PyTorch", "report it with the model's config"):
-        logits = logits_parity(model, encoder, decoder, spec, ids, mask, targets, gate.rtol)
-        greedy = greedy_parity(model, encoder, decoder, spec, rows[:2], prefix, tokens["eos_ids"], tokens["pad_id"],
-                               gate.new_tokens, gate.atol)
-    parity = {"fp32": gate_fp32(logits, greedy, gate.atol, checks.force)}
-    files, qinfo = {"fp32": FILES["fp32"]}, {"name": quantization.quantize}
-    if quantization.quantize != "none":
-        dtype = quantization.dtype
-        parts = _graphs(model, spec, scratch, dtype, quantization)
-        qinfo = {**qinfo, "parts": parts, "session_config": session_config(parts["encoder"])}
-        encoder, decoder = _sessions(scratch, dtype, qinfo["session_config"])
-        q = quality(model, encoder, decoder, spec, ids, mask, targets)
-        parity[dtype] = gate_quantized(q, quantization.quantize, checks.min_agreement, checks.force)
-        files[dtype] = FILES[dtype]
-    return parity, qinfo, files
+    kind = "seq2seq"
+    scratch_name = "export-seq2seq"
+    task = TASK
+
+    def load(self, path: Path) -> tuple[Any, Seq2SeqSpec]:
+        """The model's export layout (unsupported families refused before the weights load) and its fp32 model."""
+        from transformers import AutoModelForSeq2SeqLM
+
+        return load_fp32(path, AutoModelForSeq2SeqLM, describe)
+
+    def support(self, scratch: Path, spec: Seq2SeqSpec, dtype: str, source: Path) -> dict[str, Any]:
+        """The support files (config, generation config, tokenizer) written into ``scratch``; the tokenizer's padding
+        and stop ids, the model's language codes and the decoder's first tokens (start, and the forced BOS when set)."""
+        tokens = write_support_files(source, scratch, dtype)
+        added = json.loads((scratch / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens") or []
+        tokens["languages"] = language_codes(spec.family, {t["content"]: int(t["id"]) for t in added})
+        generation = json.loads((scratch / "generation_config.json").read_text(encoding="utf-8"))
+        forced = generation.get("forced_bos_token_id")
+        tokens["forced_bos_token_id"] = forced if isinstance(forced, int) else None
+        tokens["prefix"] = [spec.decoder_start_token_id] + ([forced] if isinstance(forced, int) else [])
+        return tokens
+
+    def export_graphs(self, model: Any, spec: Seq2SeqSpec, scratch: Path) -> None:
+        """The fp32 encoder and merged decoder (see `_graphs`)."""
+        _graphs(model, spec, scratch, "fp32")
+
+    def check(self, model: Any, spec: Seq2SeqSpec, scratch: Path, quantization: DecoderQuantConfig,
+              rows: list[list[int]], prompts: list[list[int]], tokens: dict[str, Any], checks: ChecksConfig,
+              gate: DecoderParityConfig) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, str]]]:
+        """Check the fp32 graphs (gated), quantise and check the quantised ones; return parity, quantisation, files.
+        Greedy decoding starts from the first two check texts whole (``prompts`` are the decoder-only LMs')."""
+        from .decoder_parity import gate_fp32, gate_quantized
+        from .seq2seq_parity import check_batch, greedy_parity, logits_parity, quality
+
+        prefix = tokens["prefix"]
+        ids, mask, targets = check_batch(rows, prefix, tokens["pad_id"])
+        encoder, decoder = _sessions(scratch, "fp32")
+        with step("comparing the fp32 graphs with PyTorch", "report it with the model's config"):
+            logits = logits_parity(model, encoder, decoder, spec, ids, mask, targets, gate.rtol)
+            greedy = greedy_parity(model, encoder, decoder, spec, rows[:2], prefix, tokens["eos_ids"], tokens["pad_id"],
+                                   gate.new_tokens, gate.atol)
+        parity = {"fp32": gate_fp32(logits, greedy, gate.atol, checks.force)}
+        files, qinfo = {"fp32": FILES["fp32"]}, {"name": quantization.quantize}
+        if quantization.quantize != "none":
+            dtype = quantization.dtype
+            parts = _graphs(model, spec, scratch, dtype, quantization)
+            qinfo = {**qinfo, "parts": parts, "session_config": session_config(parts["encoder"])}
+            encoder, decoder = _sessions(scratch, dtype, qinfo["session_config"])
+            q = quality(model, encoder, decoder, spec, ids, mask, targets)
+            parity[dtype] = gate_quantized(q, quantization.quantize, checks.min_agreement, checks.force)
+            files[dtype] = FILES[dtype]
+        return parity, qinfo, files
+
+    def layout(self, spec: Seq2SeqSpec, scratch: Path, files: dict[str, dict[str, str]], default: str,
+               tokens: dict[str, Any], sessions: dict[str, dict[str, str]]) -> Layout:
+        """The graphs and support files, each part's size per dtype, the default decoder and the seq2seq manifest
+        fields."""
+        sizes = {dtype: {part: (scratch / f).stat().st_size for part, f in d.items()} for dtype, d in files.items()}
+        io = spec.io()
+        manifest = {
+            "model": files[default]["decoder"], "runtime": "onnxruntime", "head": {"task": TASK, "output": "logits"},
+            "inputs": io["decoder"][0], "outputs": io["decoder"][1],
+            "tokenizer": {"file": "tokenizer.json", "pad_id": tokens["pad_id"], "pad_token": tokens["pad_token"],
+                          "max_length": spec.max_length, "padding_side": "right"},
+            "seq2seq": {"spec": spec.as_dict(), "dtypes": files, "default_dtype": default,
+                        "eos_token_ids": tokens["eos_ids"], "forced_bos_token_id": tokens["forced_bos_token_id"],
+                        "languages": tokens["languages"], "session_config": sessions,
+                        "encoder": {"inputs": io["encoder"][0], "outputs": io["encoder"][1]},
+                        "layout": "optimum/transformers.js encoder-decoder (encoder_model + decoder_model_merged)"}}
+        return Layout(names=[*(f for dtype in files.values() for f in dtype.values()), *SUPPORT_FILES], sizes=sizes,
+                      model_file=files[default]["decoder"], manifest=manifest)
 
 
-def _tokens(scratch: Path, spec: Seq2SeqSpec, dtype: str, source: Path) -> dict[str, Any]:
-    """The support files (config, generation config, tokenizer) written into ``scratch``; the tokenizer's padding and
-    stop ids, the model's language codes and the decoder's first tokens (start, and the forced BOS when set)."""
-    tokens = write_support_files(source, scratch, dtype)
-    added = json.loads((scratch / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens") or []
-    tokens["languages"] = language_codes(spec.family, {t["content"]: int(t["id"]) for t in added})
-    generation = json.loads((scratch / "generation_config.json").read_text(encoding="utf-8"))
-    forced = generation.get("forced_bos_token_id")
-    tokens["forced_bos_token_id"] = forced if isinstance(forced, int) else None
-    tokens["prefix"] = [spec.decoder_start_token_id] + ([forced] if isinstance(forced, int) else [])
-    return tokens
-
-
-def _payload(source: Any, spec: Seq2SeqSpec, scratch: Path, quantize: str, tokens: dict[str, Any],
-             parity: dict[str, Any], qinfo: dict[str, Any], files: dict[str, dict[str, str]], params: dict[str, Any]
-             ) -> Payload:
-    """What the writer copies, records (``params``) and lists in the manifest."""
-    default = DTYPE[quantize]
-    names = [*(f for dtype in files.values() for f in dtype.values()), *SUPPORT_FILES]
-    weights = sorted(source.path.glob("*.safetensors"))
-    src_entry = {**source.describe(), "sha256": sha256_file(weights[0]) if weights else None}
-    sizes = {dtype: {part: (scratch / f).stat().st_size for part, f in d.items()} for dtype, d in files.items()}
-    io = spec.io()
-    sessions = {default: qinfo["session_config"]} if qinfo.get("session_config") else {}
-    manifest = {
-        "model": files[default]["decoder"], "runtime": "onnxruntime", "head": {"task": TASK, "output": "logits"},
-        "inputs": io["decoder"][0], "outputs": io["decoder"][1],
-        "tokenizer": {"file": "tokenizer.json", "pad_id": tokens["pad_id"], "pad_token": tokens["pad_token"],
-                      "max_length": spec.max_length, "padding_side": "right"},
-        "seq2seq": {"spec": spec.as_dict(), "dtypes": files, "default_dtype": default, "eos_token_ids": tokens["eos_ids"],
-                    "forced_bos_token_id": tokens["forced_bos_token_id"], "languages": tokens["languages"],
-                    "session_config": sessions, "encoder": {"inputs": io["encoder"][0], "outputs": io["encoder"][1]},
-                    "layout": "optimum/transformers.js encoder-decoder (encoder_model + decoder_model_merged)"},
-        "source": src_entry, "quantization": qinfo, "parity": parity, "measured_on": measured_on()}
-    result = {"format": "onnx", "quantize": quantize, "task": TASK, "model_file": files[default]["decoder"],
-              "parity": parity, "latency_ms": None, "quantization": qinfo}
-    return Payload(save=copier(scratch, names), params=params, inputs=[src_entry],
-                   metrics={"parity": parity, "model_bytes": sizes}, result=result, manifest=manifest,
-                   files=[*names, "mlcompress.json"])
+SEQ2SEQ = Seq2SeqExporter()
 
 
 def export_seq2seq(model_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str], *, quantize: str = "none",
@@ -179,24 +179,5 @@ def run_seq2seq_export(model_dir: str | os.PathLike[str], output_dir: str | os.P
                        texts: Sequence[str] | None, overwrite: bool, cache_dir: str | os.PathLike[str] | None
                        ) -> ExportResult:
     """`export_seq2seq` with its options as configs (export() builds them from its own keywords)."""
-    output = Path(output_dir).expanduser().absolute()
-    archive = output.name.endswith((".tar.gz", ".tgz"))
-    check_output(output, overwrite)
-    from mlcompress.sources import resolve_model
-
-    source = resolve_model(model_dir, cache_dir)
-    model, spec = _load(source.path)
-    scratch = scratch_dir("export-seq2seq")
-    try:
-        (scratch / "onnx").mkdir()
-        tokens = _tokens(scratch, spec, quantization.dtype, source.path)
-        rows, _ = _texts(texts, scratch / "tokenizer.json", 48)
-        _graphs(model, spec, scratch, "fp32")
-        parity, qinfo, files = _check(model, spec, scratch, quantization, rows, tokens, checks, gate)
-        params = {"format": "onnx", "kind": "seq2seq", "quantize": quantization.quantize, "family": spec.family,
-                  "int8_method": quantization.int8_method, "new_tokens": gate.new_tokens, "atol": gate.atol,
-                  "rtol": gate.rtol, "min_agreement": checks.min_agreement, "force": checks.force}
-        payload = _payload(source, spec, scratch, quantization.quantize, tokens, parity, qinfo, files, params)
-        return write(payload, output, overwrite=overwrite, archive=archive, scratch=scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    return run_generative_export(SEQ2SEQ, model_dir, output_dir, quantization, checks, gate, texts=texts,
+                                 overwrite=overwrite, cache_dir=cache_dir)
