@@ -157,13 +157,14 @@ def built(family: str, work: Path, tiny: bool, reuse: bool) -> Path:
 
 
 def trimmed(source: Path, data: Path, reuse: bool) -> Path:
-    """The en+de trim of ``source`` by the pipeline's seq2seq recipe (``trim``'s defaults on DATA/mono), beside it."""
+    """The en+de trim of ``source`` by the pipeline's seq2seq recipe (``trim``'s defaults on DATA/mono, no vocabulary
+    budget, as `orchestrate.stages.trim_stage` does for generative families), beside it."""
     from mlcompress.vocab_trim import trim
 
     out = source.parent / "trim-en-de"
     if not (reuse and (out / "mlcompress.json").is_file()):
         corpora = {code: [str(data / "mono" / f"{code}.txt.gz")] for code in LANGS}
-        result = trim(source, LANGS, corpora, out, overwrite=True)
+        result = trim(source, LANGS, corpora, out, max_vocab=None, overwrite=True)
         print(result.summary(), flush=True)
     return out
 
