@@ -54,7 +54,16 @@ def trim_command(record: dict[str, Any], name: str) -> str:
         parts.append(f"--max-vocab {params['max_vocab']}")
     parts += [f"--keep-token {shlex.quote(t)}" for t in params.get("keep_tokens") or []]
     parts += [f"--generated {params['generated']}"] if params.get("generated") else []
+    parts += _keep_language_codes(params)
     return " ".join(parts + [f"-o {shlex.quote(name)}"])
+
+
+def _keep_language_codes(params: dict[str, Any]) -> list[str]:
+    """``--keep-language-codes all`` or ``LANG,...`` when a translation model's trim kept more codes than its targets'."""
+    keep = params.get("keep_language_codes")
+    if isinstance(keep, list) and keep:
+        return [f"--keep-language-codes {shlex.quote(','.join(map(str, keep)))}"]
+    return [f"--keep-language-codes {shlex.quote(keep)}"] if isinstance(keep, str) and keep not in ("", "targets") else []
 
 
 def distill_command(record: dict[str, Any], name: str) -> str:

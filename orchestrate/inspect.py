@@ -47,14 +47,7 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
                     passed=report.get("passed"), gate=report.get("gate"), artifacts=report.get("artifacts"))
         return info
     if manifest is not None:
-        head = manifest.get("head") or {}
-        model = p / str(manifest.get("model") or "model.onnx")  # the model; other forms of it are listed apart
-        params = manifest.get("parameters") or (onnx_parameters(model) if model.is_file() else None)
-        info.update(kind="export bundle", model_type=head.get("architecture"), task=head.get("task"), parameters=params,
-                    weight_bytes=sum(f.stat().st_size for f in model.parent.glob(f"{model.name}*")), vocab_size=tokenizer_vocab_size(p),
-                    forms=_forms(p, manifest),
-                    languages=manifest.get("languages"), quantization=(manifest.get("quantization") or {}).get("name"),
-                    parity=manifest.get("parity"), latency_ms=manifest.get("latency_ms"), measured_on=manifest.get("measured_on"))
+        info.update(_bundle(p, manifest))
     elif config is not None:
         info.update(kind="model", model_type=config.get("model_type"), architectures=config.get("architectures"),
                     layers=config.get("num_hidden_layers") or config.get("num_layers"), hidden=config.get("hidden_size") or config.get("d_model"),
@@ -74,6 +67,41 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
         if held:  # a trim's estimate of how much unseen text keeps its tokens
             info["heldout_coverage"] = held
     return info
+
+
+def _bundle(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """An export bundle's fields: its model (an encoder-decoder's: both graphs of the default dtype) with parameters and
+    weight bytes, other forms, languages, quantisation and measured figures; an encoder-decoder's graphs per dtype."""
+    head = manifest.get("head") or {}
+    s2s = _seq2seq(directory, manifest["seq2seq"]) if isinstance(manifest.get("seq2seq"), dict) else None
+    default = s2s["graphs"].get(s2s["default_dtype"]) if s2s else None
+    # the model; other forms of it (other dtypes, --ort, --tokenizer-in-graph) are listed apart
+    models = [directory / g["file"] for g in default.values()] if default else [directory / str(manifest.get("model") or "model.onnx")]
+    counts = [onnx_parameters(m) if m.is_file() else None for m in models]
+    info = dict(kind="export bundle", model_type=head.get("architecture"), task=head.get("task"),
+                parameters=manifest.get("parameters") or (sum(counts) if None not in counts else None),  # type: ignore[arg-type]
+                weight_bytes=sum(_graph_bytes(m) for m in models), vocab_size=tokenizer_vocab_size(directory),
+                forms=_forms(directory, manifest), languages=manifest.get("languages"),
+                quantization=(manifest.get("quantization") or {}).get("name"), parity=manifest.get("parity"),
+                latency_ms=manifest.get("latency_ms"), measured_on=manifest.get("measured_on"))
+    return {**info, "seq2seq": s2s} if s2s else info
+
+
+def _graph_bytes(model: Path) -> int:
+    """An ONNX file's bytes with its external data (``NAME.onnx_data``, ``NAME.onnx.data``)."""
+    return sum(f.stat().st_size for f in model.parent.glob(f"{model.name}*"))
+
+
+def _seq2seq(directory: Path, block: dict[str, Any]) -> dict[str, Any]:
+    """An encoder-decoder bundle's manifest ``seq2seq`` facts: the default dtype, each dtype's encoder and decoder
+    files and bytes (None: missing), the target-language codes and the forced first token (with its code, if one)."""
+    graphs = {str(dtype): {str(part): {"file": name, "bytes": _graph_bytes(directory / name) if (directory / name).is_file() else None}
+                           for part, name in parts.items()}
+              for dtype, parts in (block.get("dtypes") or {}).items() if isinstance(parts, dict)}
+    codes = {str(lang): c for lang, c in (block.get("languages") or {}).items() if isinstance(c, dict)}
+    forced = block.get("forced_bos_token_id")
+    return {"default_dtype": block.get("default_dtype"), "graphs": graphs, "language_codes": codes,
+            "forced_bos_token_id": forced, "forced_bos_token": next((c.get("token") for c in codes.values() if c.get("id") == forced), None)}
 
 
 def _forms(directory: Path, manifest: dict[str, Any]) -> dict[str, int]:

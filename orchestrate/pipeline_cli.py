@@ -215,6 +215,8 @@ def _inspect_fields(info: dict[str, Any]) -> list[tuple[str, Any]]:
               ("source", info.get("source"))]
     if info.get("forms"):
         fields.append(("other forms", ", ".join(f"{name} ({num(size)} bytes)" for name, size in info["forms"].items())))
+    if info.get("seq2seq"):
+        fields += _seq2seq_fields(info["seq2seq"])
     if info.get("parity"):
         fields.append(("parity", ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in info["parity"].items()
                                            if isinstance(v, (int, float, str)))))
@@ -230,6 +232,21 @@ def _inspect_fields(info: dict[str, Any]) -> list[tuple[str, Any]]:
     if loaded_by:
         fields.append(("loaded by", ", ".join(loaded_by)))
     return fields
+
+
+def _seq2seq_fields(s2s: dict[str, Any]) -> list[tuple[str, Any]]:
+    """An encoder-decoder bundle's rows: each dtype's encoder and decoder (the default first), the target-language
+    codes and the forced first token."""
+    default = s2s.get("default_dtype")
+    rows = [(f"graphs {dtype}" + (" (default)" if dtype == default else ""),
+             ", ".join(f"{part} {g['file']} ({format_number(g['bytes'])} bytes)" for part, g in parts.items()))
+            for dtype, parts in sorted((s2s.get("graphs") or {}).items(), key=lambda kv: kv[0] != default)]
+    codes = s2s.get("language_codes") or {}
+    rows.append(("target languages", ", ".join(f"{lang} ({c.get('token')})" for lang, c in codes.items()) or
+                 "none (no language-code tokens: the task goes in the input text)"))
+    forced, token = s2s.get("forced_bos_token_id"), s2s.get("forced_bos_token")
+    rows.append(("forced BOS", "none" if forced is None else f"{forced} ({token})" if token else str(forced)))
+    return rows
 
 
 def _inspect_tables(info: dict[str, Any]) -> list[Any]:

@@ -166,6 +166,13 @@ def test_eval_table_marks_ungated_scores() -> None:
     ({"name": "MinCount", "n": 1}, {"word_variants": True, "frequent_words": DEFAULT_FREQUENT_WORDS}, "-l en -o out"),
     ({"name": "MinCount", "n": 3}, {"word_variants": False, "frequent_words": 0}, "--min-count 3 -o out"),
     ({"name": "Quotas", "quotas": {"en": 10}}, {"word_variants": True, "frequent_words": 0}, "--quota en=10 --word-variants -o out"),
+    # a translation model's codes: the default (targets) goes unsaid, more codes are named as trim records them
+    ({"name": "MinCount", "n": 1}, {"word_variants": True, "frequent_words": DEFAULT_FREQUENT_WORDS, "keep_language_codes": "targets"},
+     "-l en -o out"),
+    ({"name": "MinCount", "n": 1}, {"word_variants": True, "frequent_words": DEFAULT_FREQUENT_WORDS, "keep_language_codes": "all"},
+     "-l en --keep-language-codes all -o out"),
+    ({"name": "MinCount", "n": 1}, {"word_variants": False, "frequent_words": 0, "keep_language_codes": ["fr", "ro"]},
+     "--min-count 1 --keep-language-codes fr,ro -o out"),
 ])
 def test_trim_commands_name_only_what_differs_from_the_recipes_defaults(policy, params, expected) -> None:
     record = {"parameters": {"languages": ["en"], "policy": policy, "max_vocab": DEFAULT_MAX_VOCAB, **params},

@@ -273,6 +273,36 @@ def test_export_and_its_cli_dispatch_seq2seq(models, memo_export, tmp_path: Path
     assert "greedy 2/2 prompts identical" in cli.output and "q8 vs PyTorch: top-1 agreement" in cli.output
 
 
+def test_inspect_shows_both_graphs_per_dtype_the_languages_and_the_forced_bos(exported) -> None:
+    """`mlcompress inspect` on an int8 mBART bundle: the encoder and decoder of each dtype (the default's counted as the
+    model), the target-language codes and the forced first token (de_DE), as the manifest records them."""
+    from typer.testing import CliRunner
+
+    from mlcompress.orchestrate.cli import app
+    from mlcompress.orchestrate.inspect import inspect
+
+    bundle, _ = exported("mbart", "int8")
+    manifest = verify(bundle)
+    info = inspect(bundle)
+    s2s = info["seq2seq"]
+    assert s2s["default_dtype"] == "q8" and set(s2s["graphs"]) == {"fp32", "q8"}
+    for dtype, parts in manifest["seq2seq"]["dtypes"].items():
+        assert {part: g["file"] for part, g in s2s["graphs"][dtype].items()} == parts
+        assert all(s2s["graphs"][dtype][part]["bytes"] == manifest["files"][f]["bytes"] for part, f in parts.items())
+    default = s2s["graphs"]["q8"]
+    assert info["weight_bytes"] == default["encoder"]["bytes"] + default["decoder"]["bytes"]
+    codes = manifest["seq2seq"]["languages"]
+    assert s2s["language_codes"] == codes and codes["de"]["token"] == "de_DE"
+    assert s2s["forced_bos_token_id"] == codes["de"]["id"] and s2s["forced_bos_token"] == "de_DE"
+    cli = CliRunner().invoke(app, ["inspect", str(bundle)], env={"COLUMNS": "400"})  # one table row a line
+    assert cli.exit_code == 0, cli.output
+    row = lambda label: next(line for line in cli.output.splitlines() if label in line)  # noqa: E731
+    assert f"encoder onnx/encoder_model_quantized.onnx ({default['encoder']['bytes']:,} bytes), decoder " \
+           f"onnx/decoder_model_merged_quantized.onnx ({default['decoder']['bytes']:,} bytes)" in row("graphs q8 (default)")
+    assert "encoder onnx/encoder_model.onnx (" in row("graphs fp32") and "decoder onnx/decoder_model_merged.onnx (" in row("graphs fp32")
+    assert "de (de_DE)" in row("target languages") and f"{codes['de']['id']} (de_DE)" in row("forced BOS")
+
+
 def test_encoder_cache_is_reused_and_batch_rows_are_independent(exported) -> None:
     """A padded batch decodes as each text alone (the source padding masked in both attentions)."""
     gen = generate.load(exported("mbart", "none")[0])

@@ -118,6 +118,7 @@ def test_keep_language_codes_all_through_the_cli(setup: dict[str, Path], tmp_pat
     assert available_target_languages(out) == ["ar", "de", "en", "ro", "ru"]
     record = json.loads((out / "mlcompress.json").read_text(encoding="utf-8"))
     assert record["parameters"]["keep_language_codes"] == "all" and record["metrics"]["translation"]["dropped_codes"] == {}
+    assert "--frequent-words 0 --keep-language-codes all -o all" in (out / "README.md").read_text(encoding="utf-8")  # card
 
 
 def test_dropping_the_forced_and_the_appended_codes_keeps_the_files_consistent(setup: dict[str, Path], tmp_path: Path) -> None:
@@ -132,6 +133,8 @@ def test_dropping_the_forced_and_the_appended_codes_keeps_the_files_consistent(s
     assert tok.convert_ids_to_tokens(tok("Guten Morgen")["input_ids"])[-2:] == ["</s>", "de_DE"]
     assert any("it adds de_DE now" in note for note in de.notes)
     assert _codes(tmp_path / "de") == {"de_DE", "ro_RO"} and available_target_languages(tmp_path / "de") == ["de", "ro"]
+    assert "--keep-language-codes fr,ro -o de" in (tmp_path / "de" / "README.md").read_text(encoding="utf-8")  # the card's
+    assert "--keep-language-codes" not in (tmp_path / "en" / "README.md").read_text(encoding="utf-8")  # targets: unsaid
     model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "de")
     assert tok.convert_ids_to_tokens(model.generation_config.forced_bos_token_id) == "de_DE"
     with pytest.raises(LanguageError, match="removed its language code en_XX"):
