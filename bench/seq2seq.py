@@ -24,7 +24,7 @@ cache with the stop ids masked (a forced length); decoder tokens/s = new tokens 
 Bundle MiB per precision: that precision's encoder + merged decoder + the support files (tokenizer, configs).
 
     flock /tmp/cpu.lock .venv/bin/python bench/seq2seq.py [--models mt5,nllb] [--work out/bench-seq2seq]
-        [--rounds 3] [--runs 6] [--prompt 32] [--new-tokens 64] [--reuse] [--tiny]
+        [--rounds 3] [--runs 6] [--prompt 32] [--new-tokens 64] [--reuse] [--tiny] [--build-only]
 
 ``--tiny`` builds 1-layer, narrow models with the real vocabularies (a quick check of the code path).
 """
@@ -273,6 +273,8 @@ def run_model(family: str, args: argparse.Namespace) -> dict[str, Any]:
     for name, (quantize, _) in QUANTS.items():
         bundles[name] = exported(trim, f"onnx-trim-{name}", quantize, args.data, args.reuse)
     print(f"{family}: models, trim and exports ready in {time.time() - t:.0f} s", flush=True)
+    if args.build_only:
+        return {"family": family, "built": True}
     target = "de"
     torch_source, torch_trim = TorchTimed(source, target), TorchTimed(trim, target)
     models: dict[str, Any] = {"source, PyTorch fp32": torch_source, "trim, PyTorch fp32": torch_trim,
@@ -332,6 +334,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reuse", action="store_true", help="reuse the models, trims and exports already in --work")
     ap.add_argument("--tiny", action="store_true", help="1-layer narrow models, real vocabularies (checks the code path)")
+    ap.add_argument("--build-only", action="store_true",
+                    help="build, trim and export only (time later with --reuse, on a quiet CPU)")
     args = ap.parse_args()
     quiet_transformers()
     for name in ("onnx_ir", "onnxscript"):  # the exporter's per-initializer and per-node INFO lines
@@ -340,6 +344,8 @@ def main() -> None:
     results = []
     for family in [x.strip() for x in args.models.split(",") if x.strip()]:
         result = run_model(family, args)
+        if args.build_only:
+            continue
         result["ratios"] = ratios(result)
         results.append(result)
         print(table(result), flush=True)
