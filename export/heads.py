@@ -95,6 +95,10 @@ def load_for_export(model_dir: Path, spec: HeadSpec) -> Any:
     except Exception as exc:
         raise ModelSourceError(f"{model_dir}: could not load it as {cls_name} ({type(exc).__name__}: {exc})",
                                "the weights may be corrupt, or --task does not fit this model") from exc
+    if spec.task == "sentence-embedding" and getattr(model, "pooler", None) is not None:
+        # the graph pools last_hidden_state itself; BERT's pooler is unused, and randomly initialised on every load of a
+        # checkpoint without one (a masked LM's), which would make the same model a different graph-cache key each time
+        model.pooler = None
     return model.eval()
 
 
