@@ -9,6 +9,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist, give each worker its share of the CPU's cores for torch's OpenMP threads (set before torch
+    loads, inherited by the processes tests start): two workers of two threads each on a 2-core CI machine fight for
+    the cores while OpenMP threads spin between the tiny models' many small ops. ``OMP_NUM_THREADS`` set by the user
+    wins."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if workers > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+
+
+_share_the_cores()
 DATA = Path(os.environ.get("MLCOMPRESS_DATA", ROOT.parent / "shared" / "data"))
 
 
