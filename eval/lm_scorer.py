@@ -123,6 +123,23 @@ def bundle_old_ids(path: Path, manifest: dict[str, Any]) -> list[int] | None:
     return own if own is not None or not source else _read_old_ids(Path(source) / "id_map.json")
 
 
+def bundle_size(path: Path, manifest: dict[str, Any], own: list[str], forms: list[str]) -> dict[str, Any]:
+    """The size entry of an export bundle scored through ``own`` (the loaded dtype's graph files): their parameters and
+    bytes (external data included), and the bundle's bytes without the other dtypes' graphs (``forms``), listed apart."""
+    if not path.is_dir():  # a packed bundle: the archive is what ships
+        return {"parameters": manifest.get("parameters"), "weight_file_bytes": None, "bytes_on_disk": path.stat().st_size}
+
+    def nbytes(name: str) -> int:
+        return sum(p.stat().st_size for p in (path / name).parent.glob(f"{Path(name).name}*"))
+
+    others = {f: nbytes(f) for f in forms if f not in own and (path / f).is_file()}
+    counts = [onnx_parameters(path / f) if (path / f).is_file() else None for f in sorted(own)]
+    params = manifest.get("parameters") or (sum(counts) if counts and None not in counts else None)  # type: ignore[arg-type]
+    disk = dir_bytes(path)
+    return {"parameters": params, "weight_file_bytes": int(sum(nbytes(f) for f in own)),
+            "bytes_on_disk": disk - sum(others.values()), "other_forms": others, "bytes_on_disk_with_other_forms": disk}
+
+
 def _batches(rows: list[list[int]], width: int) -> list[list[int]]:
     """Indices of ``rows`` in length order, grouped so that each batch's logits stay within LOGIT_BUDGET."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
@@ -302,19 +319,8 @@ class BundleLM(CausalLM):
 
     def size(self) -> dict[str, Any]:
         """The loaded model file (and its external data) and the bundle's other files; other dtypes listed apart."""
-        if not self.path.is_dir():  # a packed bundle: the archive is what ships
-            return {"parameters": self.manifest.get("parameters"), "weight_file_bytes": None,
-                    "bytes_on_disk": self.path.stat().st_size}
-        entry = self.manifest.get("decoder") or {}
-        model = self.path / str(self.generator.model_file)
-        others = {f for d, f in (entry.get("dtypes") or {}).items() if f != self.generator.model_file}
-        other_bytes = {f: sum(p.stat().st_size for p in (self.path / f).parent.glob(f"{Path(f).name}*"))
-                       for f in others if (self.path / f).is_file()}
-        params = self.manifest.get("parameters") or (onnx_parameters(model) if model.is_file() else None)
-        disk = dir_bytes(self.path)
-        return {"parameters": params, "weight_file_bytes": int(sum(p.stat().st_size for p in model.parent.glob(f"{model.name}*"))),
-                "bytes_on_disk": disk - sum(other_bytes.values()), "other_forms": other_bytes,
-                "bytes_on_disk_with_other_forms": disk}
+        forms = list(((self.manifest.get("decoder") or {}).get("dtypes") or {}).values())
+        return bundle_size(self.path, self.manifest, [str(self.generator.model_file)], forms)
 
     def describe(self) -> dict[str, Any]:
         """The report's entry for this model."""

@@ -237,20 +237,11 @@ class Seq2SeqBundleLM(Seq2SeqLM):
 
     def size(self) -> dict[str, Any]:
         """The loaded dtype's encoder and decoder files and the bundle's other files; other dtypes listed apart."""
-        from mlcompress.artifacts import dir_bytes, onnx_parameters
+        from .lm_scorer import bundle_size
 
-        if not self.path.is_dir():  # a packed bundle: the archive is what ships
-            return {"parameters": self.manifest.get("parameters"), "weight_file_bytes": None,
-                    "bytes_on_disk": self.path.stat().st_size}
         dtypes = (self.manifest.get("seq2seq") or {}).get("dtypes") or {}
-        own = set((dtypes.get(self.generator.dtype) or {}).values())
-        nbytes = lambda f: sum(p.stat().st_size for p in (self.path / f).parent.glob(f"{Path(f).name}*"))  # noqa: E731
-        others = {f: nbytes(f) for d in dtypes.values() for f in d.values() if f not in own and (self.path / f).is_file()}
-        counts = [onnx_parameters(self.path / f) for f in sorted(own)]
-        params = self.manifest.get("parameters") or (sum(counts) if counts and None not in counts else None)  # type: ignore[arg-type]
-        disk = dir_bytes(self.path)
-        return {"parameters": params, "weight_file_bytes": int(sum(nbytes(f) for f in own)),
-                "bytes_on_disk": disk - sum(others.values()), "other_forms": others, "bytes_on_disk_with_other_forms": disk}
+        own = sorted(set((dtypes.get(self.generator.dtype) or {}).values()))
+        return bundle_size(self.path, self.manifest, own, [f for d in dtypes.values() for f in d.values()])
 
     def describe(self) -> dict[str, Any]:
         """The report's entry for this model."""

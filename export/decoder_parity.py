@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .decoding import DecoderSession, decode, left_pad, position_ids
-from .parity import settle
+from .parity import greedy_differences, settle
 
 
 def reference_logits(model: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -87,15 +87,8 @@ def greedy_parity(model: Any, runner: DecoderSession, rows: Sequence[Sequence[in
     """Greedy tokens of the torch-free decoding loop against transformers' generate, per prompt."""
     ref = _hf_greedy(model, rows, pad_id, stop_ids, n)
     got = decode(runner, rows, pad_id=pad_id, stop_ids=stop_ids, max_new_tokens=n, min_new_tokens=n)
-    identical, ties, mismatches = 0, [], []
-    for i, (a, b) in enumerate(zip(ref, got)):
-        if a == b:
-            identical += 1
-            continue
-        step = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        margin = _margin(model, rows[i], a[:step])
-        (ties if margin <= atol else mismatches).append({"prompt": i, "step": step, "top2_margin": margin})
-    return {"prompts": len(rows), "new_tokens": n, "identical": identical, "ties": ties, "mismatches": mismatches}
+    found = greedy_differences(ref, got, lambda i, before: _margin(model, rows[i], before), atol)
+    return {"prompts": len(rows), "new_tokens": n, **found}
 
 
 def quality(model: Any, runner: DecoderSession, rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, Any]:

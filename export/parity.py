@@ -120,3 +120,19 @@ def check(session: Any, module: Any, task: str, output_name: str, feeds: list[di
     with step("running the exported graph in ONNX Runtime", "update onnxruntime, or try another --quantize"):
         got = ort_outputs(session, output_name, feeds)
     return gate(compare(task, torch_outputs(module, feeds), got, feeds, cos_t, agr_t), quantize, force)
+
+
+def greedy_differences(ref: list[list[int]], got: list[list[int]], margin: Callable[[int, list[int]], float],
+                       atol: float) -> dict[str, Any]:
+    """Greedy tokens of a graph (``got``) against PyTorch's (``ref``), per prompt: how many are identical, and where
+    the others first differ; a divergence where PyTorch's two best logits lie within ``atol`` (``margin(prompt,
+    tokens before the step)``) is a tie, reported, not a failure."""
+    identical, ties, mismatches = 0, [], []
+    for i, (a, b) in enumerate(zip(ref, got)):
+        if a == b:
+            identical += 1
+            continue
+        step = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        gap = margin(i, a[:step])
+        (ties if gap <= atol else mismatches).append({"prompt": i, "step": step, "top2_margin": gap})
+    return {"identical": identical, "ties": ties, "mismatches": mismatches}

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .decoding import decode
+from .parity import greedy_differences
 from .seq2seq_families import Seq2SeqSpec
 from .seq2seq_generate import DecoderSteps, pad_right
 
@@ -121,18 +122,13 @@ def greedy_parity(model: Any, encoder: Any, decoder: Any, spec: Seq2SeqSpec, row
     hidden = encoder.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})[0]
     got = decode(DecoderSteps(decoder, spec, hidden, mask), [prefix] * len(rows), pad_id=pad_id,  # type: ignore[arg-type]
                  stop_ids=stop_ids, max_new_tokens=n, min_new_tokens=n)
-    identical, ties, mismatches = 0, [], []
-    for i, (a, b) in enumerate(zip(ref, got)):
-        if a == b:
-            identical += 1
-            continue
-        step = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        target = np.asarray([prefix + a[:step]], dtype=np.int64)
+
+    def margin(i: int, before: list[int]) -> float:
+        target = np.asarray([prefix + before], dtype=np.int64)
         last = np.sort(reference(model, ids[i:i + 1], mask[i:i + 1], target)[1][0, -1])
-        margin = float(last[-1] - last[-2])
-        (ties if margin <= atol else mismatches).append({"prompt": i, "step": step, "top2_margin": margin})
-    return {"prompts": len(rows), "new_tokens": n, "prefix": prefix, "identical": identical, "ties": ties,
-            "mismatches": mismatches}
+        return float(last[-1] - last[-2])
+
+    return {"prompts": len(rows), "new_tokens": n, "prefix": prefix, **greedy_differences(ref, got, margin, atol)}
 
 
 def quality(model: Any, encoder: Any, decoder: Any, spec: Seq2SeqSpec, ids: np.ndarray, mask: np.ndarray,
