@@ -11,7 +11,6 @@ keeps a full cache (a sliding layer's mask hides what lies outside its window), 
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +20,9 @@ from mlcompress.errors import UnsupportedModelError
 
 from .decoder_families import DecoderSpec
 from .graph_cache import cached_export, graph_key
-from .quiet import quiet
+from .onnx_export import trace_to_onnx
+
+VERSIONS_HINT = "check the torch, transformers and onnxscript versions (tested: torch 2.13, transformers 5.25)"
 
 
 class _PastCache:
@@ -124,7 +125,6 @@ def sample_inputs(spec: DecoderSpec, batch: int = 2, seq: int = 3, past: int = 4
 
 def export_graph(model: Any, spec: DecoderSpec, path: Path) -> Path:
     """Write the decoder's single-file fp32 ONNX graph to ``path`` (dynamic batch, sequence and past axes)."""
-    import torch
     from torch.export import Dim
 
     args = sample_inputs(spec)
@@ -133,19 +133,9 @@ def export_graph(model: Any, spec: DecoderSpec, path: Path) -> Path:
     shapes = (*[{0: dyn, 1: dyn}] * n_head, tuple({0: dyn, 2: dyn} for _ in args[n_head:]))
 
     def run(target: Path) -> None:
-        try:
-            with eager_attention(model), warnings.catch_warnings(), quiet("torch"):
-                warnings.simplefilter("ignore")
-                program = torch.onnx.export(_wrapper(model, spec), args, dynamo=True, input_names=spec.input_names(),
-                                            output_names=spec.output_names(), dynamic_shapes=shapes, optimize=True,
-                                            external_data=False, report=False, verbose=False)
-        except Exception as exc:
-            raise UnsupportedModelError(
-                f"torch's ONNX exporter could not export {type(model).__name__} with a KV cache: "
-                f"{type(exc).__name__}: {str(exc)[:400]}",
-                "check the torch, transformers and onnxscript versions (tested: torch 2.13, transformers 5.25)") from exc
-        with quiet("torch"):
-            program.save(str(target), external_data=False)
+        trace_to_onnx(_wrapper(model, spec), args, target, spec.input_names(), spec.output_names(), shapes,
+                      f"torch's ONNX exporter could not export {type(model).__name__} with a KV cache", VERSIONS_HINT,
+                      eager_attention(model))
 
     settings = {"exporter": "decoder", "spec": asdict(spec), "shapes": repr(shapes)}
     cached_export(path, lambda: graph_key(model, args, settings), run)

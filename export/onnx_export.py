@@ -1,7 +1,9 @@
-"""Export a wrapped encoder to ONNX with torch's (dynamo) exporter, with dynamic batch and sequence axes."""
+"""Export a wrapped encoder to ONNX with torch's (dynamo) exporter, with dynamic batch and sequence axes; and the one
+call of that exporter that every graph (encoder, decoder, encoder-decoder parts) goes through."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,21 +30,30 @@ def export_onnx(module: Any, output_name: str | list[str], path: Path, pad_id: i
     names = [output_name] if isinstance(output_name, str) else list(output_name)
 
     def run(target: Path) -> None:
-        try:
-            with warnings.catch_warnings(), quiet("torch"):
-                warnings.simplefilter("ignore")
-                program = torch.onnx.export(module, (ids, mask), dynamo=True, input_names=INPUT_NAMES,
-                                            output_names=names, dynamic_shapes=shapes, optimize=True,
-                                            external_data=False, report=False, verbose=False)
-        except Exception as exc:
-            raise UnsupportedModelError(
-                f"torch's ONNX exporter could not export {type(module.model).__name__}: {type(exc).__name__}: "
-                f"{str(exc)[:400]}",
-                "the model may use an operation the exporter does not support; check torch and onnxscript versions"
-            ) from exc
-        with quiet("torch"):
-            program.save(str(target), external_data=False)  # a failed write is a disk's error, not the exporter's
+        trace_to_onnx(module, (ids, mask), target, INPUT_NAMES, names, shapes,
+                      f"torch's ONNX exporter could not export {type(module.model).__name__}",
+                      "the model may use an operation the exporter does not support; "
+                      "check torch and onnxscript versions")
 
     settings = {"exporter": "encoder", "inputs": INPUT_NAMES, "outputs": names, "shapes": shapes}
     cached_export(path, lambda: graph_key(module, (ids, mask), settings), run)
     return path
+
+
+def trace_to_onnx(module: Any, args: tuple[Any, ...], target: Path, input_names: list[str], output_names: list[str],
+                  shapes: Any, failure: str, hint: str, context: Any = None) -> None:
+    """Trace ``module`` on ``args`` with torch's dynamo exporter (optimised, one self-contained file) into ``target``;
+    an exporter failure is an UnsupportedModelError (``failure``: what could not be exported, ``hint``), a failed
+    write the disk's error. ``context``: entered around the trace (e.g. eager attention)."""
+    import torch
+
+    try:
+        with context or contextlib.nullcontext(), warnings.catch_warnings(), quiet("torch"):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, args, dynamo=True, input_names=input_names, output_names=output_names,
+                                        dynamic_shapes=shapes, optimize=True, external_data=False, report=False,
+                                        verbose=False)
+    except Exception as exc:
+        raise UnsupportedModelError(f"{failure}: {type(exc).__name__}: {str(exc)[:400]}", hint) from exc
+    with quiet("torch"):
+        program.save(str(target), external_data=False)

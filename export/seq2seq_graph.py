@@ -16,15 +16,12 @@ Weights are stored once, in the outer graph, however many branches read them.
 from __future__ import annotations
 
 import hashlib
-import warnings
 from pathlib import Path
 from typing import Any
 
-from mlcompress.errors import UnsupportedModelError
-
-from .decoder_graph import eager_attention, name_axes
+from .decoder_graph import VERSIONS_HINT, eager_attention, name_axes
 from .graph_cache import cached_export, graph_key
-from .quiet import quiet
+from .onnx_export import trace_to_onnx
 from .seq2seq_families import FAMILIES, Seq2SeqSpec
 
 ENCODER, WITH_PAST, CROSS = "encoder", "with_past", "cross"
@@ -103,7 +100,6 @@ def sample_inputs(spec: Seq2SeqSpec, kind: str, batch: int = 2, source: int = 5,
 
 def export_graph(model: Any, spec: Seq2SeqSpec, kind: str, path: Path) -> Path:
     """Write one single-file fp32 graph (``kind``: encoder or with_past) with dynamic batch and lengths."""
-    import torch
     from torch.export import Dim
 
     args = sample_inputs(spec, kind)
@@ -115,19 +111,10 @@ def export_graph(model: Any, spec: Seq2SeqSpec, kind: str, path: Path) -> Path:
     module = _wrapper(model, spec, kind)
 
     def run(target: Path) -> None:
-        try:
-            with eager_attention(model), warnings.catch_warnings(), quiet("torch"):
-                warnings.simplefilter("ignore")
-                program = torch.onnx.export(module, args, dynamo=True, input_names=[d["name"] for d in io.ins],
-                                            output_names=[d["name"] for d in io.outs], dynamic_shapes=shapes,
-                                            optimize=True, external_data=False, report=False, verbose=False)
-        except Exception as exc:
-            raise UnsupportedModelError(
-                f"torch's ONNX exporter could not export the {kind.replace('_', '-')} graph of {type(model).__name__}: "
-                f"{type(exc).__name__}: {str(exc)[:400]}",
-                "check the torch, transformers and onnxscript versions (tested: torch 2.13, transformers 5.25)") from exc
-        with quiet("torch"):
-            program.save(str(target), external_data=False)
+        trace_to_onnx(module, args, target, [d["name"] for d in io.ins], [d["name"] for d in io.outs], shapes,
+                      f"torch's ONNX exporter could not export the {kind.replace('_', '-')} graph of "
+                      f"{type(model).__name__}",
+                      VERSIONS_HINT, eager_attention(model))
 
     settings = {"exporter": f"seq2seq-{kind}", "spec": spec.as_dict(), "shapes": repr(shapes)}
     cached_export(path, lambda: graph_key(module, args, settings), run)  # MLCOMPRESS_GRAPH_CACHE, when set
