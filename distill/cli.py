@@ -39,7 +39,8 @@ def _report(result) -> None:
 
 
 def _phase1_losses(objective: str, teacher: str, cache_dir, hidden: float, attention: float | None,
-                   pooled: float | None, relational: float | None, kind: str, logits: float, mlm: float):
+                   pooled: float | None, relational: float | None, kind: str, logits: float, mlm: float,
+                   contrastive: float | None = None, crosslingual: float | None = None, temperature: float = 0.05):
     """The objective's preset weights, with the ones given on the command line in their place."""
     from mlcompress.embedding_profile import embedding_profile
     from mlcompress.sources import resolve_model
@@ -52,7 +53,10 @@ def _phase1_losses(objective: str, teacher: str, cache_dir, hidden: float, atten
     return Phase1Losses(hidden=hidden, attention=preset.attention if attention is None else attention,
                         attention_kind=kind, logits=logits, mlm=mlm,
                         pooled=preset.pooled if pooled is None else pooled,
-                        relational=preset.relational if relational is None else relational)
+                        relational=preset.relational if relational is None else relational,
+                        contrastive=preset.contrastive if contrastive is None else contrastive,
+                        crosslingual=preset.crosslingual if crosslingual is None else crosslingual,
+                        contrast_temperature=temperature)
 
 
 @distill_app.command("general")
@@ -73,6 +77,12 @@ def general(
     attention_weight: Annotated[Optional[float], typer.Option(help="Weight of the attention-distribution loss (default: 1 for bistil, 0 for embedding).")] = None,
     pooled_weight: Annotated[Optional[float], typer.Option(help="Weight of 1 - cosine of pooled embeddings (default: 10 for embedding, 0 for bistil).")] = None,
     relational_weight: Annotated[Optional[float], typer.Option(help="Weight of the in-batch similarity MSE (default: 10 for embedding, 0 for bistil).")] = None,
+    contrastive_weight: Annotated[Optional[float], typer.Option(help="Weight of the in-batch contrastive term: each student embedding picks its teacher embedding out of the batch (default: the embedding objective's preset, 0 for bistil).")] = None,
+    crosslingual_weight: Annotated[Optional[float], typer.Option(help="Weight of the cross-lingual ranking term: each sentence ranks the batch's other-language sentences (its teacher-nearest one among them) as the teacher does; needs the teacher cache (default: the embedding objective's preset, 0 for bistil).")] = None,
+    contrast_temperature: Annotated[float, typer.Option(help="Temperature of the contrastive and cross-lingual terms.")] = 0.05,
+    teacher_cache: Annotated[bool, typer.Option(help="Run the teacher once over the sentences and train the student alone on its stored targets (embedding objective without an attention term).")] = True,
+    targets_dir: Annotated[Optional[Path], typer.Option(help="Where the teacher targets live (default: in the run's work dir, removed with it); runs on the same teacher and text share them.")] = None,
+    max_sentences: Annotated[Optional[int], typer.Option(help="At most N sentences per language (embedding objective; default: what the budget's teacher pass gets through, or about two passes of --steps).")] = None,
     attention_loss: Annotated[str, typer.Option(help="mse or kl.")] = "mse",
     logit_weight: Annotated[float, typer.Option(help="Weight of MLM-logit KD (needs an MLM head).")] = 0.0,
     mlm_weight: Annotated[float, typer.Option(help="Weight of plain MLM (needs an MLM head).")] = 0.0,
@@ -86,13 +96,16 @@ def general(
     from .general import distill_general
 
     losses = _phase1_losses(objective, teacher, cache_dir, hidden_weight, attention_weight, pooled_weight,
-                            relational_weight, attention_loss, logit_weight, mlm_weight)
+                            relational_weight, attention_loss, logit_weight, mlm_weight, contrastive_weight,
+                            crosslingual_weight, contrast_temperature)
     result = distill_general(teacher, languages, corpus, output, every_k=every_k, layers=layers, objective=objective,
                              prefix=prefix, max_length=max_length, hidden_size=hidden_size, block_size=block_size,
                              max_blocks_per_language=max_blocks, losses=losses,
                              train_config=_config(steps, batch_size, grad_accum, lr, device, precision, checkpoint_every,
                                                   seed, time_budget),
-                             trim_vocabulary=trim_vocab, overwrite=overwrite, restart=restart, cache_dir=cache_dir)
+                             trim_vocabulary=trim_vocab, overwrite=overwrite, restart=restart, cache_dir=cache_dir,
+                             teacher_cache=teacher_cache, targets_dir=targets_dir,
+                             max_sentences_per_language=max_sentences)
     _report(result)
 
 

@@ -33,7 +33,8 @@ from .workdir import close_work_dir, discard_if_unused, open_work_dir, release_w
 class Phase1Losses:
     """Weights of the phase-1 objective; BiStil uses hidden-state and attention losses.
 
-    ``pooled`` and ``relational`` weigh the sentence-embedding terms of the ``embedding`` objective.
+    ``pooled``, ``relational``, ``contrastive`` and ``crosslingual`` weigh the sentence-embedding terms of the
+    ``embedding`` objective.
     """
 
     hidden: float = 1.0
@@ -44,12 +45,15 @@ class Phase1Losses:
     temperature: float = 2.0
     pooled: float = 0.0  # 1 - cosine of pooled sentence embeddings (embedding objective)
     relational: float = 0.0  # MSE of in-batch similarity matrices (embedding objective)
+    contrastive: float = 0.0  # in-batch InfoNCE, student embedding -> its teacher embedding (embedding objective)
+    crosslingual: float = 0.0  # KL of cross-lingual in-batch rankings, teacher-nearest partners in the batch
+    contrast_temperature: float = 0.05  # of the contrastive and cross-lingual terms
 
     @classmethod
     def preset(cls, objective: str) -> Phase1Losses:
         """The default weights of an objective: ``bistil`` (hidden + attention) or ``embedding``."""
         if objective == "embedding":
-            return cls(hidden=1.0, attention=0.0, pooled=10.0, relational=10.0)
+            return cls(hidden=1.0, attention=0.0, pooled=10.0, relational=10.0, contrastive=1.0, crosslingual=1.0)
         return cls()
 
 
@@ -71,6 +75,7 @@ class DistillResult:
     params_student: int = 0
     objective: str = "bistil"
     tokens: int = 0  # real (unpadded) tokens seen over the whole run
+    teacher_pass: dict[str, Any] = field(default_factory=dict)  # teacher targets computed once: sentences, seconds
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (paths as strings)."""
@@ -85,11 +90,15 @@ class DistillResult:
         resumed = f" (resumed from step {self.resumed_from})" if self.resumed_from else ""
         losses = ", ".join(f"{k} {v:.4g}" for k, v in self.final.items() if isinstance(v, (int, float)))
         title = f"distill ({self.objective})" if self.layer_map else "fine-tune"  # finetune_teacher keeps every layer
-        return render(f"{title} -> {self.output}", [
-            ("parameters", change(self.params_teacher, self.params_student) if self.params_teacher else count(self.params_student)),
-            ("teacher layers", ", ".join(map(str, self.layer_map))),
-            ("steps", f"{self.steps}{resumed} in {self.seconds:,.0f} s, {count(self.tokens_per_second)} tokens/s"),
-            ("final", losses)])
+        rows = [("parameters", change(self.params_teacher, self.params_student) if self.params_teacher else count(self.params_student)),
+                ("teacher layers", ", ".join(map(str, self.layer_map)))]
+        if self.teacher_pass:
+            p = self.teacher_pass
+            rows.append(("teacher targets", f"{sum(p['sentences'].values()):,} sentences "
+                         f"({sum(p['computed'].values()):,} computed now, in {p['seconds']:,.0f} s; the rest reused)"))
+        rows += [("steps", f"{self.steps}{resumed} in {self.seconds:,.0f} s, {count(self.tokens_per_second)} tokens/s"),
+                 ("final", losses)]
+        return render(f"{title} -> {self.output}", rows)
 
     def __str__(self) -> str:
         return self.summary()
@@ -171,18 +180,23 @@ def distill_general(
     cache_dir: str | os.PathLike[str] | None = None,
     snapshots: tuple[float, ...] = (),
     stop_after: int | None = None,
+    teacher_cache: bool = True,
+    targets_dir: str | os.PathLike[str] | None = None,
 ) -> DistillResult:
     """Phase 1: copy every k-th teacher layer (or ``layers``) into a student and distil it on the languages' text.
 
     ``objective``: ``bistil`` matches hidden states and attention on packed MLM blocks; ``embedding`` trains on
-    single sentences with the model's prefix and adds pooled-embedding and relational terms; ``auto`` picks
+    single sentences with the model's prefix and adds pooled-embedding, relational, contrastive and cross-lingual
+    ranking terms; ``auto`` picks
     ``embedding`` for sentence-embedding teachers (known from their configuration or provenance).
     Resumes an interrupted run to the same output (checkpoints live in a hidden sibling of it). A
     ``train_config.time_budget`` sizes the run to end inside it. ``trim_vocabulary`` first trims the
     teacher to the tokens the corpora use. ``hidden_size`` makes a narrower student, initialised by
     projection onto the principal subspace of the teacher's hidden states (saved as
     ``hidden_projection.safetensors``). ``snapshots`` (shares of the run, e.g. ``(0.25, 0.5)``) also save
-    the student part-way, under ``OUTPUT/snapshots/``.
+    the student part-way, under ``OUTPUT/snapshots/``. ``teacher_cache`` (embedding objective without an
+    attention term): the teacher runs once over the sentence pool and training reads its targets from disk
+    (under the work dir, or ``targets_dir``, where runs on the same teacher and text share them).
     """
     started = time.perf_counter()
     config = train_config or TrainConfig()
@@ -192,12 +206,13 @@ def distill_general(
     check_supported(model_family(source.path), "distill", str(teacher))
     objective, profile = _objective(objective, source.path, str(teacher), prefix)
     losses = _checked_losses(losses, objective)
+    cached = _uses_teacher_cache(objective, losses, teacher_cache)
     data = _data_settings(objective, profile, block_size, max_blocks_per_language, max_length, short_span_share,
                           max_sentences_per_language)
     settings = {"teacher": str(source.path), "languages": langs, "corpora": {k: [c.fingerprint() for c in v] for k, v in texts.items()},
                 "every_k": every_k, "layers": layers, "objective": objective, "data": data, "hidden_size": hidden_size,
                 "losses": asdict(losses), "train": {k: v for k, v in asdict(config).items() if k != "progress"},
-                "trim_vocabulary": trim_vocabulary}
+                "trim_vocabulary": trim_vocabulary, "teacher_cache": cached}
     narrow = _check_width(source.path, hidden_size)
     accelerator = make_accelerator(config)  # device errors before anything is written
     fresh = not work_dir_for(out).exists()
@@ -208,20 +223,30 @@ def distill_general(
         if narrow:
             run.narrow(work, hidden_size, accelerator.is_main_process)
         run.teacher.eval().requires_grad_(False).to(accelerator.device)
+        if cached:
+            run.use_targets(work, targets_dir, settings, started, accelerator)
         layout = _student_layout(source.path, str(teacher), profile, objective, prefix)
         on_step = _snapshotter(run, out, snapshots, accelerator, layout) if snapshots else None
         state = train(run.student, run.loss_fn(), run.batches(), config, work, accelerator, stop_after=stop_after,
                       started_at=started, on_step=on_step)
+    return _finish(run, state, out, objective, overwrite, layout, {**settings, "layer_map": run.mapping},
+                   [source.describe(), *_corpus_inputs(texts)], work, accelerator)
+
+
+def _finish(run: _Phase1Run, state: Any, out: Path, objective: str, overwrite: bool, layout: Any,
+            parameters: dict[str, Any], inputs: list[dict[str, Any]], work: Path, accelerator: Any) -> DistillResult:
+    """What the run measured; a finished run's student is written and its work dir closed, a run stopped early
+    (tests) keeps its checkpoints for a resume."""
     result = DistillResult(out, run.mapping, state.step, state.resumed_from, state.seconds,
                            state.run_tokens / state.seconds if state.seconds else 0.0, state.last,
-                           run.teacher.num_parameters(), run.student.num_parameters(), objective, state.tokens)
-    if state.step < state.planned:  # stopped early (tests): leave the checkpoints for a resume
+                           run.teacher.num_parameters(), run.student.num_parameters(), objective, state.tokens,
+                           run.teacher_pass)
+    if state.step < state.planned:
         if accelerator.is_main_process:
             release_work_dir(work)
         return result
     if accelerator.is_main_process:
-        _write_student(run, out, overwrite, layout, {**settings, "layer_map": run.mapping},
-                       [source.describe(), *_corpus_inputs(texts)], result, accelerator)
+        _write_student(run, out, overwrite, layout, parameters, inputs, result, accelerator)
         close_work_dir(work, out)
     accelerator.wait_for_everyone()
     return result
@@ -233,6 +258,19 @@ def _checked_losses(losses: Phase1Losses | None, objective: str) -> Phase1Losses
     if losses.attention_kind not in ("mse", "kl"):
         raise InputError(f"unknown attention loss {losses.attention_kind!r}", "use mse or kl")
     return losses
+
+
+def _uses_teacher_cache(objective: str, losses: Phase1Losses, wanted: bool) -> bool:
+    """Whether the run reads teacher targets computed once: the embedding objective without an attention term (whose
+    queries and keys are not cached); the cross-lingual term needs them (its pairs come from the cached embeddings)."""
+    cached = wanted and objective == "embedding" and not losses.attention
+    if losses.crosslingual and not cached:
+        raise InputError("the cross-lingual ranking term pairs sentences by the teacher's cached embeddings, which "
+                         + ("the bistil objective does not use" if objective != "embedding" else
+                            "an attention term or --no-teacher-cache turns off"),
+                         "set its weight to 0 (--crosslingual-weight 0), or use the embedding objective with the "
+                         "teacher cache and no attention term")
+    return cached
 
 
 def _data_settings(objective: str, profile: Any, block_size: int, max_blocks: int | None, max_length: int,
@@ -365,6 +403,7 @@ class _Phase1Run:
         from mlcompress.sources import load_tokenizer, load_weights
 
         self.objective, self.losses, self.data, self.config = objective, losses, data, config
+        self.teacher_dir = teacher_dir
         self.tok = load_tokenizer(teacher_dir)
         model_cls = AutoModelForMaskedLM if (losses.logits or losses.mlm) else AutoModel
         self.teacher = load_weights(model_cls, teacher_dir, dtype=torch.float32)
@@ -380,6 +419,7 @@ class _Phase1Run:
             self.sizes = self.pool.sizes()
         self.sizes_key = "blocks_per_language" if objective == "bistil" else "sentences_per_language"
         self.basis: torch.Tensor | None = None
+        self.targets, self.teacher_pass = None, {}
         self._prepare_student()
 
     def _prepare_student(self) -> None:
@@ -405,10 +445,39 @@ class _Phase1Run:
         self.student, self.basis = narrow_student(self.student, hidden_size, basis)
         self._prepare_student()
 
+    def use_targets(self, work: Path, targets_dir: str | os.PathLike[str] | None, settings: dict[str, Any],
+                    started: float, accelerator: Any) -> None:
+        """Compute the teacher's targets once (or reuse them) and train on the sentences they cover: the cap's, a
+        time budget's teacher share's, or, for a number of steps, about two passes' worth; pair the sentences by the
+        teacher for the cross-lingual term."""
+        from mlcompress.artifacts import json_digest
+
+        from .teacher_targets import PASSES, TEACHER_SHARE, pair_by_teacher, prepare_targets, teacher_fingerprint
+
+        c, sizes = self.config, self.pool.sizes()
+        layers = [t for _, t in hidden_pairs(self.mapping)] if self.losses.hidden else []
+        autocast = "bf16" if accelerator.mixed_precision == "bf16" else None
+        key = json_digest({"teacher": teacher_fingerprint(self.teacher_dir), "corpora": settings["corpora"],
+                           "data": {k: v for k, v in self.data.items() if k != "max_sentences"}, "seed": c.seed,
+                           "layers": layers, "autocast": autocast})[:16]
+        root = Path(targets_dir).expanduser() if targets_dir is not None else work / "teacher-targets"
+        wanted = None if c.time_budget is not None else {lang: -(-c.steps * c.batch_size // (len(sizes) * PASSES))
+                                                          for lang in sizes}
+        if self.data["max_sentences"] is not None:
+            wanted = dict(sizes)
+        deadline = started + TEACHER_SHARE * c.time_budget if c.time_budget is not None else None
+        self.pool, self.targets, self.teacher_pass = prepare_targets(
+            self.teacher, self.pool, layers, self.data["pooling"], root / key, work, wanted, deadline, autocast,
+            accelerator.is_main_process, accelerator.wait_for_everyone)
+        self.sizes = self.pool.sizes()
+        if self.losses.crosslingual:
+            pair_by_teacher(self.pool, self.targets)
+
     def loss_fn(self):
         if self.objective == "bistil":
             return phase1_loss(self.teacher, self.mapping, self.losses, self.basis)
-        return sentence_loss(self.teacher, self.mapping, self.losses, self.data["pooling"], self.basis)
+        return sentence_loss(self.teacher, self.mapping, self.losses, self.data["pooling"], self.basis, self.targets,
+                             list(self.pool.ids))
 
     def batches(self):
         if self.objective == "bistil":

@@ -72,3 +72,34 @@ def relational_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tenso
     s = F.normalize(student.float(), dim=-1)
     t = F.normalize(teacher.float(), dim=-1)
     return (s @ s.T - t @ t.T).pow(2).mean()
+
+
+def contrastive_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """In-batch InfoNCE: each student embedding must pick its own teacher embedding out of the batch's (and each
+    teacher embedding its student's), on cosine similarities divided by ``temperature``."""
+    s = F.normalize(student.float(), dim=-1)
+    t = F.normalize(teacher.float(), dim=-1)
+    logits = s @ t.T / temperature
+    gold = torch.arange(len(s), device=s.device)
+    return (F.cross_entropy(logits, gold) + F.cross_entropy(logits.T, gold)) / 2
+
+
+def crosslingual_ranking_loss(student: torch.Tensor, teacher: torch.Tensor, language: torch.Tensor,
+                              temperature: float = 0.05) -> torch.Tensor:
+    """Keep the teacher's cross-lingual ranking: for each sentence, the softmax over its cosine similarities to the
+    batch's sentences in the other languages, student against teacher (KL), at ``temperature``.
+
+    Batches that hold each sentence's nearest other-language sentence under the teacher make this a nearest-neighbour
+    term: the student has to rank that pair first, as retrieval does.
+    """
+    s = F.normalize(student.float(), dim=-1)
+    t = F.normalize(teacher.float(), dim=-1)
+    other = language[:, None] != language[None, :]
+    if not bool(other.any()):
+        return s.new_zeros(())
+    fill = torch.finfo(torch.float32).min
+    s_log = F.log_softmax((s @ s.T / temperature).masked_fill(~other, fill), -1)
+    t_log = F.log_softmax((t @ t.T / temperature).masked_fill(~other, fill), -1)
+    rows = other.any(1)
+    kl = (t_log.exp() * (t_log - s_log)).masked_fill(~other, 0.0).sum(-1)
+    return kl[rows].mean()
