@@ -17,39 +17,57 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 import tempfile
 import time
 from pathlib import Path
 
 import transformers
 
-from mlcompress.distill import TrainConfig, distill_general
+from mlcompress.distill import Phase1Losses, TrainConfig, distill_general
 from mlcompress.distill.loop import parse_duration
 from mlcompress.eval import Limits, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 # per objective: sequences per step and peak learning rate (sentences are ~30 tokens, blocks 256)
 RECIPES = {"embedding": {"batch_size": 64, "lr": 5e-4}, "bistil": {"batch_size": 16, "lr": 3e-4}}  # lr: bench/distill_ablation.py
-BARS = {("retrieval", "el"): 0.95, ("pos", "el"): 0.95, ("sts", "en"): 0.97}
+BARS = {"retrieval": 0.95, "pos": 0.95, "sts": 0.97}  # task -> retention bar (issue 11)
 
 
-def distil(args, objective: str, teacher: str, trim_here: bool, out: Path) -> tuple[Path, dict]:
-    """One phase-1 run; returns the student's folder and what the run measured."""
+def variant_losses(objective: str, spec: str | None) -> Phase1Losses:
+    """The objective's preset loss weights with a variant's ``key=value,...`` changes (e.g. ``contrastive=0``)."""
+    losses = Phase1Losses.preset(objective)
+    for item in (spec or "").split(","):
+        if item:
+            key, value = item.split("=", 1)
+            setattr(losses, key.strip(), float(value))
+    return losses
+
+
+def distil(args, name: str, teacher: str, trim_here: bool, out: Path) -> tuple[Path, dict]:
+    """One phase-1 run (an objective, or a variant ``label:key=value,...`` of the embedding objective's weights);
+    returns the student's folder and what the run measured."""
+    label, _, spec = name.partition(":")
+    objective = label if label in RECIPES and not spec else "embedding"
     recipe = RECIPES[objective]
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size or recipe["batch_size"], lr=args.lr or recipe["lr"],
                          device=args.device, time_budget=parse_duration(args.time_budget), checkpoint_every=10**6,
                          log_every=10, progress=False)
-    target = out / f"student-{objective}"
+    target = out / f"student-{label}"
     t0 = time.perf_counter()
-    result = distill_general(teacher, "en,el", {"en": str(args.data / "mono/en.txt.gz"), "el": str(args.data / "mono/el.txt.gz")},
+    pair = f"en,{args.lang}"
+    result = distill_general(teacher, pair, {lang: str(args.data / f"mono/{lang}.txt.gz") for lang in pair.split(",")},
                              target, objective=objective, layers=args.layers, trim_vocabulary=trim_here, overwrite=True,
-                             restart=True, train_config=config, snapshots=(0.25, 0.5),
-                             max_blocks_per_language=args.max_blocks)
+                             restart=True, train_config=config, snapshots=tuple(float(x) for x in args.snapshots.split(",") if x),
+                             max_blocks_per_language=args.max_blocks, losses=variant_losses(objective, spec),
+                             max_sentences_per_language=args.max_sentences, targets_dir=args.targets_dir,
+                             teacher_cache=not args.no_teacher_cache)
     wall = time.perf_counter() - t0
-    print(f"[{objective}] {result.steps} steps in {result.seconds:.0f} s (whole call {wall:.0f} s), "
+    print(f"[{label}] {result.steps} steps in {result.seconds:.0f} s (whole call {wall:.0f} s), "
           f"{result.tokens:,} tokens, {result.tokens_per_second:,.0f} tokens/s; final {result.final}", flush=True)
     return target, {"steps": result.steps, "tokens": result.tokens, "seconds": result.seconds, "wall_s": wall,
-                    "tokens_per_second": result.tokens_per_second, "layer_map": result.layer_map}
+                    "tokens_per_second": result.tokens_per_second, "layer_map": result.layer_map,
+                    "teacher_pass": result.teacher_pass, "losses": asdict(variant_losses(objective, spec))}
 
 
 def points(student: Path, run: dict) -> list[tuple[str, Path, int]]:
@@ -58,7 +76,7 @@ def points(student: Path, run: dict) -> list[tuple[str, Path, int]]:
     for snap in sorted((student / "snapshots").glob("at-*")):
         meta = json.loads((snap / "snapshot.json").read_text())
         step = int(snap.name.rsplit("-", 1)[1])
-        found.append((f"{meta['share']:.0%}", snap, round(run["tokens"] * step / max(run["steps"], 1))))
+        found.append((f"{meta['share'] * 100:g}%", snap, round(run["tokens"] * step / max(run["steps"], 1))))
     return found + [("100%", student, run["tokens"])]
 
 
@@ -68,6 +86,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "mlcompress-bench-bistil")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--objective", default="both", choices=["both", "embedding", "bistil"])
+    ap.add_argument("--variants", nargs="*", default=None,
+                    help="instead of --objective: runs of the embedding objective, each LABEL:key=value,... on its "
+                         "preset weights, e.g. base:contrastive=0,crosslingual=0 both:")
+    ap.add_argument("--max-sentences", type=int, default=None, help="sentences per language (the same pool for every run)")
+    ap.add_argument("--targets-dir", type=Path, default=None, help="teacher targets shared by the runs")
+    ap.add_argument("--no-teacher-cache", action="store_true")
+    ap.add_argument("--no-efficiency", action="store_true", help="skip the latency measurement (ablations)")
     ap.add_argument("--time-budget", default="30m", help="per objective; 'none' runs --steps steps")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--layers", default=None, help="teacher layers to copy (default: every second, 1,3,...,11)")
@@ -76,6 +101,9 @@ def main() -> None:
     ap.add_argument("--max-blocks", type=int, default=None)
     ap.add_argument("--teacher", type=Path, default=None,
                     help="an en+el teacher packed by bench/device_kit.py (default: bundled e5-small, trimmed here)")
+    ap.add_argument("--lang", default="el", help="the target language (source: en); Tatoeba X-eng, POS X, STS en")
+    ap.add_argument("--snapshots", default="0.25,0.5", help="shares of the planned steps at which the student is saved "
+                    "and evaluated too (0.125,0.25,0.5 of a 40-minute run: 5, 10 and 20 minutes)")
     ap.add_argument("--max-examples", type=int, default=None, help="cap eval examples per task (smoke runs)")
     ap.add_argument("--eval-only", action="store_true", help="evaluate the students a previous run left in --out")
     args = ap.parse_args()
@@ -90,8 +118,9 @@ def main() -> None:
 
         teacher, trim_here = str(unpack(args.teacher, out / "teacher-en-el-fp32")), False
     objectives = ["embedding", "bistil"] if args.objective == "both" else [args.objective]
+    objectives = args.variants or objectives
     if args.eval_only:
-        runs = {obj: finished_run(out / f"student-{obj}") for obj in objectives}
+        runs = {obj: finished_run(out / f"student-{obj.partition(':')[0]}") for obj in objectives}
     else:
         runs = {obj: distil(args, obj, teacher, trim_here, out) for obj in objectives}
     evaluate_runs(args, teacher, runs, out)
@@ -110,42 +139,48 @@ def evaluate_runs(args, teacher: str, runs: dict[str, tuple[Path, dict]], out: P
     limits = Limits().capped(args.max_examples) if args.max_examples else Limits()
     source = load_encoder(teacher)
     rows, summary = [], {}
+    bars = {("retrieval", args.lang): BARS["retrieval"], ("pos", args.lang): BARS["pos"], ("sts", "en"): BARS["sts"]}
     for objective, (student, run) in runs.items():
+        objective = objective.partition(":")[0]
         for share, folder, tokens in points(student, run):
             final = share == "100%"
-            tasks = ["retrieval", "pos", "sts"] + (["efficiency"] if final else [])
-            report = evaluate(teacher, folder, "el,en", tasks=tasks, data_dir=args.data, limits=limits,
-                              task_languages={"retrieval": "el", "pos": "el", "sts": "en", "efficiency": "el,en"},
+            tasks = ["retrieval", "pos", "sts"] + (["efficiency"] if final and not args.no_efficiency else [])
+            report = evaluate(teacher, folder, f"{args.lang},en", tasks=tasks, data_dir=args.data, limits=limits,
+                              task_languages={"retrieval": args.lang, "pos": args.lang, "sts": "en",
+                                              "efficiency": f"{args.lang},en"},
                               encoders=(source, load_encoder(folder)),
                               output=out / f"report-{objective}-{share[:-1]}", overwrite=True)
             scores = {(s.task, s.language.split("-")[0]): s for s in report.scores}
-            row = {"objective": objective, "share": share, "tokens": tokens}
-            for key, bar in BARS.items():
+            row = {"objective": objective, "share": share, "tokens": tokens,
+                   "minutes": round((run.get("wall_s", run["seconds"]) - run["seconds"]
+                                     + run["seconds"] * float(share[:-1]) / 100) / 60, 1)}  # setup + share of training
+            for key, bar in bars.items():
                 s = scores.get(key)
                 row[f"{key[0]} {key[1]}"] = None if s is None else {"source": s.source, "student": s.candidate,
                                                                       "retention": s.retention, "bar": bar}
             if final:
                 row["efficiency"] = report.efficiency
             rows.append(row)
-            print(_line(row), flush=True)
+            print(_line(row, bars), flush=True)
         summary[objective] = run
     (out / "summary.json").write_text(json.dumps({"runs": summary, "rows": rows}, indent=2, default=str) + "\n")
     print("\nretention against training tokens (teacher = untrimmed bundled e5-small)")
     for row in rows:
-        print(_line(row))
+        print(_line(row, bars))
     for row in rows:
         if "efficiency" in row:
             print(f"[{row['objective']}] efficiency: {json.dumps(row['efficiency'], default=str)[:1500]}")
     print(f"summary: {out / 'summary.json'}")
 
 
-def _line(row: dict) -> str:
+def _line(row: dict, bars: dict) -> str:
     cells = []
-    for key, bar in BARS.items():
+    for key, bar in bars.items():
         v = row.get(f"{key[0]} {key[1]}")
         cells.append(f"{key[0]} {key[1]} " + ("-" if v is None else
                      f"{v['student']:.4f}/{v['source']:.4f} = {v['retention']:.3f} ({'ok' if v['retention'] >= bar else 'below'} {bar})"))
-    return f"{row['objective']:9s} {row['share']:>4s} {row['tokens']:>10,} tokens | " + " | ".join(cells)
+    return (f"{row['objective']:9s} {row['share']:>4s} ~{row['minutes']:5.1f} min {row['tokens']:>10,} tokens | "
+            + " | ".join(cells))
 
 
 if __name__ == "__main__":
