@@ -33,9 +33,40 @@ def _checksummed(folder: Path) -> bool:
     return isinstance(manifest, dict) and CARD_FILE in (manifest.get("files") or {})
 
 
+def student_section(cmp: dict[str, Any]) -> str:
+    """The card's "student against the trimmed model" section: per eval score, both against the source."""
+    def num(v: Any, fmt: str = "{:.3f}") -> str:
+        return fmt.format(v) if isinstance(v, (int, float)) else "—"
+
+    rows = ["## Student against the trimmed model",
+            "This model is a distilled student. Each score beside the trimmed (not distilled) model's on the same data, "
+            "both against the source: what the student's speed costs.", "",
+            "| task | language | metric | source | trimmed | retention | student | retention | change |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in cmp["rows"]:
+        rows.append(f"| {r['task']} | {r['language']} | {r['metric']} | {num(r['source'], '{:.4f}')} | {num(r['trim'], '{:.4f}')} | "
+                    f"{num(r['trim_retention'])} | {num(r['student'], '{:.4f}')} | {num(r['student_retention'])} | "
+                    f"{num(r['retention_change'], '{:+.3f}')} |")
+    ms, params = cmp.get("latency_ms_p50") or {}, cmp.get("parameters") or {}
+    if cmp.get("student_speedup"):
+        rows.append(f"\nBatch-1 latency in PyTorch: the distilled model {ms['distilled'] or ms['student']:.2f} ms, the trimmed "
+                    f"model {ms['trim']:.2f} ms ({cmp['student_speedup']:.2f}x faster).")
+    if isinstance(params.get("trim"), int) and isinstance(params.get("student"), int):
+        rows.append(f"\nParameters: {params['student']:,} against the trimmed model's {params['trim']:,}.")
+    return rows[0] + "\n\n" + "\n".join(rows[1:])
+
+
+def _with_section(text: str, section: str) -> str:
+    """The card's text with ``section`` before its usage part (at the end when it has none)."""
+    marker = "\n## How to use it"
+    at = text.find(marker)
+    return text.rstrip("\n") + "\n\n" + section + "\n" if at < 0 else text[:at] + "\n" + section + "\n" + text[at:]
+
+
 def write_pipeline_card(out: Path, cfg: dict[str, Any], artifacts: list[dict[str, Any]],
-                        evaluations: dict[str, Any]) -> Path | None:
-    """Write the card of the run's final model (None when the run made no model), with eval's scores for it."""
+                        evaluations: dict[str, Any], student: dict[str, Any] | None = None) -> Path | None:
+    """Write the card of the run's final model (None when the run made no model), with eval's scores for it and, for a
+    distilled student (``student``: the report's ``student_vs_trim``), its scores beside the trimmed model's."""
     if len(artifacts) < 2:
         return None
     final = artifacts[-1]
@@ -43,10 +74,12 @@ def write_pipeline_card(out: Path, cfg: dict[str, Any], artifacts: list[dict[str
     evaluation = evaluations.get(final["name"])
     evaluation = {"scores": evaluation.get("scores"), "gate": evaluation.get("gate")} if evaluation else None
     command = pipeline_command(cfg, out)
-    if not _checksummed(folder):
+    checksummed = _checksummed(folder)
+    if not checksummed and not student:
         return write_model_card(folder, evaluation=evaluation, command=command)
-    target = out / CARD_FILE
+    text = render_card(folder, folder.name, evaluation, command)
+    target = out / CARD_FILE if checksummed else folder / CARD_FILE
     partial = target.with_name(CARD_FILE + ".partial")
-    partial.write_text(render_card(folder, folder.name, evaluation, command), encoding="utf-8")
+    partial.write_text(_with_section(text, student_section(student)) if student else text, encoding="utf-8")
     os.replace(partial, target)
     return target

@@ -256,6 +256,42 @@ def validate_config(raw: dict[str, Any], base_dir: Path | None = None) -> dict[s
     return cfg
 
 
+def with_distillation(cfg: dict[str, Any], distill: bool | None = None,
+                      budget: str | float | int | None = None) -> dict[str, Any]:
+    """A checked copy of ``cfg`` with distillation asked for (``distill`` true, or a ``budget`` such as "30m": it runs
+    on a CPU too, within that time) or turned off (``distill`` false); both None leave the config as it is."""
+    if distill is None and budget is None:
+        return cfg
+    if distill is False and budget is not None:
+        raise InputError(f"a distillation budget ({budget!r}) was given, but distillation is turned off",
+                         "drop --no-distill (distill=False) to distil within the budget, or drop the budget")
+    if budget is not None:
+        _check_budget(budget)
+    stages = {name: dict(opts) for name, opts in cfg["stages"].items()}
+    if distill is False:
+        if "distill" in stages:
+            stages["distill"]["enabled"] = False
+    else:
+        stages["distill"] = {**stages.get("distill", {}), "enabled": True}
+        if budget is not None:
+            stages["distill"]["time_budget"] = budget
+    return validate_config({**cfg, "stages": {name: stages[name] for name in STAGES if name in stages}})
+
+
+def _check_budget(budget: Any) -> None:
+    """Refuse a distillation budget that is not a positive duration (``30m``, ``1h30m``, ``900``)."""
+    from mlcompress.distill import parse_duration
+
+    if isinstance(budget, bool) or not isinstance(budget, (str, int, float)):
+        raise InputError(f"distillation budget {budget!r} is not a duration", "write it as 30m, 1h, 1h30m or 900 (seconds)")
+    try:
+        parse_duration(budget)
+    except InputError as exc:
+        raise InputError(f"distillation budget: {exc.message}", exc.hint) from exc
+    if isinstance(budget, (int, float)) and budget <= 0:
+        raise InputError(f"distillation budget {budget!r} is not positive", "e.g. 30m")
+
+
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML (or JSON) pipeline config file; relative paths in it are relative to the file."""
     import yaml

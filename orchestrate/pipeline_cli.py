@@ -18,8 +18,10 @@ def _retentions(r: dict[str, Any]) -> str:
 # ---- pipeline ---------------------------------------------------------------------------------------------------------
 
 
-def _pipeline_of(config: Path | None, languages: str | None, data: Path | None, model: str | None, max_drop: float | None) -> Any:
-    """The Pipeline the command line asks for: the config file (with -l, --data, --model over it) or the built-in job."""
+def _pipeline_of(config: Path | None, languages: str | None, data: Path | None, model: str | None, max_drop: float | None,
+                 distill: bool | None = None, distill_budget: str | None = None) -> Any:
+    """The Pipeline the command line asks for: the config file (with -l, --data, --model, --distill over it) or the
+    built-in job."""
     from mlcompress.errors import InputError
     from mlcompress.sources import DEFAULT_MODEL
 
@@ -29,7 +31,7 @@ def _pipeline_of(config: Path | None, languages: str | None, data: Path | None, 
     if config is None:
         if not languages:
             raise InputError("no config and no languages", "run `mlcompress pipeline -l en,de -o OUT` (the built-in job), or pass a CONFIG.yaml")
-        pipe = Pipeline(default_config(languages, data, model or DEFAULT_MODEL))
+        pipe = Pipeline(default_config(languages, data, model or DEFAULT_MODEL), distill=distill, distill_budget=distill_budget)
     else:
         cfg = load_config(config)
         if languages:
@@ -41,7 +43,7 @@ def _pipeline_of(config: Path | None, languages: str | None, data: Path | None, 
         if languages or data is not None or model:
             stages = {k: v for k, v in cfg["stages"].items()}
             cfg = validate_config({**cfg, "stages": stages})
-        pipe = Pipeline(cfg)
+        pipe = Pipeline(cfg, distill=distill, distill_budget=distill_budget)
     if max_drop is not None:
         if "export" not in pipe.config["stages"]:
             raise InputError("--max-drop needs an export stage", "add export to the config's stages, or drop --max-drop")
@@ -154,13 +156,41 @@ def _retention_table(rows: dict[str, dict[str, Any]]) -> Any:
     return table
 
 
+def _student_table(cmp: dict[str, Any] | None) -> Any:
+    """Per eval score the student gives, its score and retention beside the trimmed model's (None: no student); the
+    scores only the trimmed model gives (an MLM head's, say) are counted in the caption and listed in report.json."""
+    from rich.table import Table
+
+    if not cmp:
+        return None
+    shown = [r for r in cmp["rows"] if r["student"] is not None]
+    pairs = [(r["task"], r["language"]) for r in shown]
+    speed = f"; batch-1 (PyTorch): {cmp['student_speedup']:.2f}x the trim's speed" if cmp.get("student_speedup") else ""
+    trim_only = len(cmp["rows"]) - len(shown)
+    extra = f"; {trim_only} more score(s) of the trim alone in report.json" if trim_only else ""
+    table = Table(title=f"student ({cmp['student']}) vs trim",
+                  caption=f"ret: score / source's; Δ: student - trim; *: not gated{speed}{extra}")
+    for col in ("task", "language", "source", "trim", "ret", "student", "ret", "Δ"):
+        table.add_column(col, justify="left" if col in ("task", "language") else "right", no_wrap=True)
+    for r in shown:
+        task = str(r["task"]) + (f" {r['metric']}" if pairs.count((r["task"], r["language"])) > 1 else "")
+        table.add_row(task, str(r["language"]) + ("" if r["gated"] else "*"),
+                      *(format_number(r[k], "{:.3f}") for k in ("source", "trim", "trim_retention", "student",
+                                                                 "student_retention", "retention_change")))
+    gates = {True: "passed", False: "failed", None: "—"}
+    table.add_row("gate", "", "", "", gates[cmp["gate"]["trim"]], "", gates[cmp["gate"]["student"]], "")
+    return table
+
+
 def _print_pipeline_result(result: Any, console: Any = None) -> None:
     """Per stage: what was done, its time and size; speed and retention per model; the gate; the reports (80 columns)."""
     from rich.console import Console
 
     out = console or Console()
     rows = {r["stage"]: r for r in result.report.get("artifacts", [])}
-    for table in (_stage_table(result, rows), _speed_table(_efficiencies(result)), _retention_table(rows)):
+    tables = (_stage_table(result, rows), _speed_table(_efficiencies(result)), _retention_table(rows),
+              _student_table(result.report.get("student_vs_trim")))
+    for table in tables:
         if table is not None:
             out.print(table)
     for s in result.stages:
@@ -180,6 +210,8 @@ def pipeline_command(
     data: Annotated[Optional[Path], typer.Option("--data", help="A folder laid out like ../shared/data (default: $MLCOMPRESS_DATA, or ../shared/data when present; with neither, the built-in job trims on wordfreq's word lists and evaluates on the Tatoeba sample in the package: retrieval, fidelity, efficiency).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Source model (default job only; default bundled:multilingual-e5-small).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rerun every stage even if its inputs and options are unchanged.")] = False,
+    distill: Annotated[Optional[bool], typer.Option("--distill/--no-distill", help="Distil a student from the trimmed model (stages.distill.enabled), on a CPU too; --no-distill never distils. Default: the config's (the built-in job distils when a CUDA GPU is present).")] = None,
+    distill_budget: Annotated[Optional[str], typer.Option("--distill-budget", help="Distil within this time, e.g. 30m, 1h30m, 900s (stages.distill.time_budget; implies --distill).")] = None,
     max_drop: Annotated[Optional[float], typer.Option(help="Export with accuracy-aware quantisation (stages.export.max_drop): keep the most sensitive operators float until 1 - mean cosine against the float graph is at most this.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -191,7 +223,7 @@ def pipeline_command(
 
     err = Console(stderr=True, soft_wrap=True)
     quiet_transformers()
-    pipe = _pipeline_of(config, languages, data, model, max_drop)
+    pipe = _pipeline_of(config, languages, data, model, max_drop, distill, distill_budget)
     result = pipe.run(output, force=force, progress=lambda m: err.print(f"[dim]pipeline[/] {m}", highlight=False))
     if as_json:
         Console().print_json(json.dumps(result.as_dict(), default=str))

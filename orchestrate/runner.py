@@ -27,7 +27,7 @@ from mlcompress.errors import InputError, OutputExistsError
 from mlcompress.sources import DEFAULT_MODEL
 
 from . import stages
-from .config import default_config, load_config, validate_config
+from .config import default_config, load_config, validate_config, with_distillation
 from .card import write_pipeline_card
 from .no_data import export_texts, sample_announcement, word_list_only
 from .report import write_pipeline_report
@@ -244,7 +244,8 @@ class PipelineResult:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (what `mlcompress pipeline --json` prints)."""
         return {"output": str(self.output), "passed": self.passed, "gate": self.gate, "stages": self.stages,
-                "seconds": self.seconds, "report_json": str(self.output / "report.json"),
+                "seconds": self.seconds, "student_vs_trim": self.report.get("student_vs_trim"),
+                "report_json": str(self.output / "report.json"),
                 "report_html": str(self.output / "report.html")}
 
     def summary(self) -> str:
@@ -260,16 +261,21 @@ class PipelineResult:
 class Pipeline:
     """A validated pipeline config and the code that runs it; see the module docstring."""
 
-    def __init__(self, config: dict[str, Any] | str | os.PathLike[str], *, base_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, config: dict[str, Any] | str | os.PathLike[str], *, base_dir: str | os.PathLike[str] | None = None,
+                 distill: bool | None = None, distill_budget: str | float | None = None) -> None:
+        """``distill``: True distils (on a CPU too), False never; ``distill_budget`` ("30m", seconds) distils within that
+        time (``stages.distill.enabled`` / ``time_budget``; ``mlcompress pipeline --distill --distill-budget 30m``)."""
         if isinstance(config, (str, os.PathLike)):
             self.config = load_config(config)
         else:
             self.config = validate_config(config, Path(base_dir) if base_dir else None)
+        self.config = with_distillation(self.config, distill, distill_budget)
 
     @classmethod
-    def default(cls, languages: str | list[str], data: str | os.PathLike[str] | None = None, source: str = DEFAULT_MODEL) -> Pipeline:
-        """The built-in job (see ``default_config``)."""
-        return cls(default_config(languages, data, source))
+    def default(cls, languages: str | list[str], data: str | os.PathLike[str] | None = None, source: str = DEFAULT_MODEL, *,
+                distill: bool | None = None, distill_budget: str | float | None = None) -> Pipeline:
+        """The built-in job (see ``default_config``), with distillation asked for or turned off as in ``__init__``."""
+        return cls(default_config(languages, data, source), distill=distill, distill_budget=distill_budget)
 
     # ---- planning -------------------------------------------------------------------------------------------------
 
@@ -289,6 +295,7 @@ class Pipeline:
         return corpora, missing
 
     def _distill_decision(self) -> tuple[bool, str]:
+        """Whether to distil, and why: asked for (``enabled: true`` or a time budget), or ``auto`` and a GPU is here."""
         opts = self.config["stages"].get("distill")
         if opts is None:
             return False, "not in the config"
@@ -302,6 +309,8 @@ class Pipeline:
                              "run on a machine with an NVIDIA GPU, or set stages.distill.enabled: false (or device: cpu with enabled: true)")
         if opts["enabled"] is True:
             return True, "enabled in the config"
+        if opts["time_budget"] is not None:  # a budget asks for a student within that time, on whatever device is here
+            return True, f"a time budget is set ({opts['time_budget']})"
         if opts["device"] == "cuda" or (has_gpu and opts["device"] != "cpu"):
             return True, "a CUDA GPU is present"
         return False, "no CUDA GPU on this machine: distillation (BiStil phase 1) needs one for useful speed; " \
@@ -346,7 +355,7 @@ class Pipeline:
         gate, evaluations = self._eval(run, source.path)
         result = PipelineResult(run.out, run.records, gate.get("passed"), gate, seconds=round(time.perf_counter() - t_start, 2))
         result.report = write_pipeline_report(run.out, cfg, run.records, run.artifacts, evaluations, gate, missing)
-        card = write_pipeline_card(run.out, cfg, run.artifacts, evaluations)
+        card = write_pipeline_card(run.out, cfg, run.artifacts, evaluations, result.report.get("student_vs_trim"))
         if card is not None:
             say(f"model card: {card}")
         say(f"report: {run.out / 'report.json'}, {run.out / 'report.html'}")
@@ -431,7 +440,7 @@ class Pipeline:
         from mlcompress.eval import is_sample_data, sample_note
 
         opts = cfg["stages"]["eval"]
-        cands = [a for a in run.artifacts[1:]] if opts["candidates"] == "all" else run.artifacts[-1:]
+        cands = eval_candidates(run.artifacts, opts["candidates"])
         cand_inputs = {a["name"]: run.digest(Path(a["path"])) for a in cands}
         rec = run.stage("eval", {**opts, "languages": cfg["languages"], "data": cfg["data"]},
                         {"source": run.artifacts[0]["path"], "source_digest": run.digest(source_path), "candidates": cand_inputs},
@@ -448,6 +457,17 @@ class Pipeline:
             rec["note"] = "; ".join(notes)
         final = next((v for v in evaluations.values() if v.get("final")), None)
         return (final["gate"] if final else dict(_NO_GATE, failures=[])), evaluations
+
+
+def eval_candidates(artifacts: list[dict[str, Any]], which: str) -> list[dict[str, Any]]:
+    """The artifacts eval scores (the last one is final and decides the gate): every one made, or the final alone; when
+    a student was distilled, the trimmed model too, so the report can show what the student's speed costs."""
+    made = artifacts[1:]
+    cands = list(made) if which == "all" else made[-1:]
+    names = [a["name"] for a in made]
+    if "distill" in names and "trim" in names and not any(a["name"] == "trim" for a in cands):
+        cands.insert(0, next(a for a in made if a["name"] == "trim"))
+    return cands
 
 
 def run_pipeline(config: dict[str, Any] | str | os.PathLike[str], output: str | os.PathLike[str], **kwargs: Any) -> PipelineResult:
