@@ -8,8 +8,9 @@ from typing import Any
 
 from .api import export
 from .bundle import BundleError, verify
-from .options import Fp16Config, Int4Config, Int8DynamicConfig, Int8StaticConfig, Int8WeightsConfig, NoQuantConfig
-from .quantize import QUANTIZE_CHOICES
+from .options import (Fp16Config, Int4Config, Int4WeightsConfig, Int8DynamicConfig, Int8StaticConfig, Int8WeightsConfig,
+                      NoQuantConfig)
+from .quantize import AUTO, QUANTIZE_CHOICES
 from .result import ExportResult
 from .web_demo import write_demo
 
@@ -26,6 +27,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["QUANTIZE_CHOICES", "BundleError", "ExportResult", "Fp16Config", "Int4Config", "Int8DynamicConfig",
+__all__ = ["AUTO", "QUANTIZE_CHOICES", "BundleError", "ExportResult", "Fp16Config", "Int4Config", "Int4WeightsConfig",
+           "Int8DynamicConfig",
            "Int8StaticConfig", "Int8WeightsConfig", "NoQuantConfig", "export", "export_decoder", "export_seq2seq",
            "verify", "write_demo"]

@@ -18,8 +18,8 @@ import numpy as np
 
 # the operators each scheme quantises (their constant weight is input 1)
 QUANTISED_OPS = {"int8-dynamic": ("MatMul", "Attention"), "int8-static": ("MatMul",), "int8-weights": ("MatMul", "Attention"),
-                 "int4": ("MatMul",)}
-WEIGHT_ONLY = ("int8-weights", "int4")  # activations stay float
+                 "int4": ("MatMul",), "int4-weights": ("MatMul", "Attention")}
+WEIGHT_ONLY = ("int8-weights", "int4", "int4-weights")  # activations stay float
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def _fake_activation(x: np.ndarray) -> np.ndarray:
 
 def _fake_weight(w: np.ndarray, quantize: str, reduce_range: bool, block_size: int) -> np.ndarray:
     """Quantise-dequantise a [K, N] weight as the scheme stores it: int8 per output channel, or int4 in K-blocks."""
-    if quantize == "int4":
+    if quantize in ("int4", "int4-weights"):
         k, n = w.shape
         pad = (-k) % block_size
         blocks = np.pad(w, ((0, pad), (0, 0))).reshape(-1, block_size, n)

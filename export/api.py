@@ -15,7 +15,8 @@ from mlcompress.languages import parse_languages
 
 from .generative_api import export_generative
 from .options import (ChecksConfig, EmbeddingConfig, EncoderOptions, OutputsConfig, QuantConfig,
-                      quantization_config)
+                      embedding_block, quantization_config, resolve_auto)
+from .quantize import AUTO
 from .result import ExportResult
 from .writer import write
 
@@ -51,7 +52,7 @@ def export(
     output: str | os.PathLike[str],
     *,
     format: str = "onnx",
-    quantize: str | QuantConfig = "int8-weights",
+    quantize: str | QuantConfig = AUTO,
     bundle: bool = False,
     ort: bool = False,
     tokenizer_in_graph: bool = False,
@@ -65,8 +66,8 @@ def export(
     per_channel: bool = True,
     reduce_range: bool | None = None,
     quantize_embeddings: bool | None = None,
-    embedding_block_size: int = 32,
-    int4_block_size: int = 128,
+    embedding_block_size: int | None = None,
+    int4_block_size: int | None = None,
     calibration: str = "minmax",
     optimize: bool = True,
     parity_texts: int = 32,
@@ -89,14 +90,20 @@ def export(
     ``tokenizer_in_graph`` (bundles, onnx) also writes model_with_tokenizer.onnx: strings in, the model's output out
     (onnxruntime-extensions' SentencePiece tokenizer), checked against tokenizer.json + the ONNX graph.
     ``quantize`` names a scheme, or is its config ready-made (``Int4Config(block_size=32)``), which then stands for
-    the scheme keywords (per_channel, reduce_range, calibration, int4_block_size). The keywords are built once, here,
-    into typed configs (`options`), which refuse what they cannot mean before any work.
+    the scheme keywords (per_channel, reduce_range, calibration, int4_block_size: None is the scheme's default, 128 for
+    int4, 32 for int4-weights). ``auto`` (the default): a distilled student's ONNX export (mlcompress.json: distill-*)
+    gets int4-weights and 64-wide embedding blocks, any other int8-weights and 32 (``embedding_block_size`` None); both
+    compute in float, so a sentence gets the same embedding in any batch. The keywords are built once, here, into
+    typed configs (`options`), which refuse what they cannot mean before any work.
     """
     output = Path(output).expanduser().absolute()
     langs = parse_languages(languages) if languages and (not isinstance(languages, str) or languages.strip()) else []
     checks = ChecksConfig(parity_texts=parity_texts, calibration_texts=calibration_texts, accuracy_texts=accuracy_texts,
                           min_cosine=min_cosine, min_agreement=min_agreement, max_drop=max_drop, force=force)
     family, model_dir = _family(model, cache_dir)
+    student_dir = model_dir if family == "encoder" and format == "onnx" else None
+    block = embedding_block(quantize, student_dir, embedding_block_size)
+    quantize = resolve_auto(quantize, student_dir)
     if family != "encoder":  # generative families have their own exporter, behind the same parameters
         return export_generative(family, model_dir, output, quantize=quantize, checks=checks, format=format, ort=ort,
                                  tokenizer_in_graph=tokenizer_in_graph, texts=texts, languages=langs,
@@ -105,7 +112,7 @@ def export(
                             optimize=optimize, measure_latency=measure_latency)
     scheme = quantization_config(quantize, per_channel=per_channel, reduce_range=reduce_range, calibration=calibration,
                                  int4_block_size=int4_block_size)
-    options = EncoderOptions(scheme, EmbeddingConfig(quantize_embeddings, embedding_block_size), checks, outputs)
+    options = EncoderOptions(scheme, EmbeddingConfig(quantize_embeddings, block), checks, outputs)
     if outputs.format == "tensorrt":
         from .tensorrt import require_tensorrt
         require_tensorrt(scheme.name)

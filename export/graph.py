@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .options import EmbeddingConfig, EncoderOptions, Int4Config, Int8DynamicConfig, Int8StaticConfig, QuantConfig
+from .options import (EmbeddingConfig, EncoderOptions, Int4Config, Int4WeightsConfig, Int8DynamicConfig, Int8StaticConfig,
+                      QuantConfig)
 from .step import step
 from .texts import batches, common_length, languages_in, sentences, take
 
@@ -16,7 +17,7 @@ from .texts import batches, common_length, languages_in, sentences, take
 # (QAttention); static int8 and int4 quantise MatMuls only, so they keep the projections apart; fp16 graphs
 # are checked on CPU, whose fused attention kernels are fp32-only.
 ATTENTION_FUSION = {"none": "fused", "int8-dynamic": "fused", "int8-weights": "fused", "int8-static": "mha", "int4": "mha",
-                    "fp16": "none"}
+                    "int4-weights": "fused", "fp16": "none"}
 MODEL_FILE = "model.onnx"
 RERANK_TOP = 12  # operators re-ranked by a measured drop (a quantise-and-validate round each) before the search
 
@@ -94,6 +95,8 @@ def _quantise_once(current: Path, dst: Path, scheme: QuantConfig, embeddings: Em
             qinfo = q.quantize_int8_weights(current, weights, exclude=exclude)
         elif isinstance(scheme, Int4Config):
             qinfo = q.quantize_int4(current, weights, block_size=scheme.block_size, exclude=exclude)
+        elif isinstance(scheme, Int4WeightsConfig):
+            qinfo = q.quantize_int4_weights(current, weights, block_size=scheme.block_size, exclude=exclude)
         elif quantize == "fp16":
             qinfo = q.convert_fp16(current, weights)
         current = weights if quantize != "none" else current
@@ -117,7 +120,7 @@ def _ranking_settings(scheme: QuantConfig) -> tuple[bool, int]:
     from .quantize import default_reduce_range
 
     reduce_range = scheme.reduce_range if isinstance(scheme, (Int8DynamicConfig, Int8StaticConfig)) else None
-    block_size = scheme.block_size if isinstance(scheme, Int4Config) else Int4Config().block_size
+    block_size = scheme.block_size if isinstance(scheme, (Int4Config, Int4WeightsConfig)) else Int4Config().block_size
     return default_reduce_range() if reduce_range is None else reduce_range, block_size
 
 
@@ -162,7 +165,7 @@ def _accuracy_aware(current: Path, scratch: Path, options: EncoderOptions, tok: 
     path, result = search(ranked, build, measure, checks.max_drop, f"{metric} vs the float graph on held-out target text",
                           rerank_top=RERANK_TOP)
     qinfo = infos[len(result.kept)]
-    qinfo["accuracy_control"] = {**result.as_dict(0.5 if quantize == "int4" else 1.0, 2.0),
+    qinfo["accuracy_control"] = {**result.as_dict(0.5 if quantize.startswith("int4") else 1.0, 2.0),
                                  "held_out_texts": sum(len(f["input_ids"]) for f in held_out),
                                  "ranking": f"the {RERANK_TOP} operators with the largest local output error (each quantised "
                                             "alone) by the measured drop with each kept float alone, then the rest by "

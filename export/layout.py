@@ -14,7 +14,8 @@ from mlcompress.errors import ModelSourceError
 from .decoder_quantize import FILE
 
 # encoder quantisation -> transformers.js dtype (its file: FILE, else onnx/model_<dtype>.onnx as transformers.js names it)
-DTYPE = {"none": "fp32", "fp16": "fp16", "int8-dynamic": "q8", "int8-static": "q8", "int8-weights": "q8", "int4": "q4"}
+DTYPE = {"none": "fp32", "fp16": "fp16", "int8-dynamic": "q8", "int8-static": "q8", "int8-weights": "q8", "int4": "q4",
+         "int4-weights": "q4"}
 CLIENT_FILES = ["config.json", "tokenizer_config.json", "special_tokens_map.json"]
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 _DROPPED = ("is_local", "local_files_only", "name_or_path", "auto_map")  # machine-local or code-loading entries

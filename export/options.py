@@ -2,8 +2,10 @@
 down in place of a dict of options (onnxruntime.quantization's style: one config per quantisation scheme).
 
 - The quantisation, one config per scheme: `NoQuantConfig`, `Fp16Config`, `Int8DynamicConfig`, `Int8StaticConfig`,
-  `Int8WeightsConfig`, `Int4Config` (``export(model, out, quantize=Int4Config(block_size=32))`` takes one ready-made);
-  `EmbeddingConfig` for the 4-bit embedding tables beside any of them.
+  `Int8WeightsConfig`, `Int4Config`, `Int4WeightsConfig` (``export(model, out, quantize=Int4Config(block_size=32))``
+  takes one ready-made); `EmbeddingConfig` for the 4-bit embedding tables beside any of them. ``quantize="auto"``
+  (the default) names no scheme: `resolve_auto` picks one by the model (int4-weights for a distilled student, else
+  int8-weights), and `embedding_block` the tables' block size (64 for that student, else 32).
 - `ChecksConfig`: the target-language text an export is checked on, and its gates (parity thresholds, --max-drop,
   --force).
 - `OutputsConfig`: what is written (format, bundle and its other forms) and the work on the way (optimisation, timing).
@@ -17,17 +19,18 @@ Each config refuses what it cannot mean when it is built (`InputError`, with the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Union
 
 from mlcompress.errors import InputError
 
 from .accuracy_control import QUANTISED_OPS
 from .decoder_quantize import DECODER_QUANTIZE, DTYPE, INT8_METHODS
-from .quantize import QUANTIZE_CHOICES
+from .quantize import AUTO, QUANTIZE_CHOICES
 
 FORMATS = ("onnx", "tensorrt", "bnb")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # static int8 activation ranges
-EMBEDDING_SCHEMES = ("int8-dynamic", "int8-static", "int8-weights", "int4")  # embedding tables 4-bit by default
+EMBEDDING_SCHEMES = ("int8-dynamic", "int8-static", "int8-weights", "int4", "int4-weights")  # embedding tables 4-bit by default
 
 
 def check_calibration(method: str) -> None:
@@ -89,9 +92,28 @@ class Int4Config:
     name: ClassVar[str] = "int4"
 
 
-QuantConfig = Union[NoQuantConfig, Fp16Config, Int8DynamicConfig, Int8StaticConfig, Int8WeightsConfig, Int4Config]
+@dataclass(frozen=True)
+class Int4WeightsConfig:
+    """--quantize int4-weights: 4-bit weights in symmetric blocks of ``block_size`` along the input dimension, fp16
+    scales, restored by standard operators that every session folds at load: float compute, as int8-weights, so each
+    sentence gets the same vector in any batch and any client. The default for distilled students (``auto``)."""
+
+    block_size: int = 32
+    name: ClassVar[str] = "int4-weights"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.block_size, int) or self.block_size < 2 or self.block_size % 2:
+            raise InputError(f"int4-weights block size {self.block_size!r}", "use an even block size, e.g. 32, 64 or 128")
+
+
+QuantConfig = Union[NoQuantConfig, Fp16Config, Int8DynamicConfig, Int8StaticConfig, Int8WeightsConfig, Int4Config,
+                    Int4WeightsConfig]
 SCHEMES: dict[str, type] = {c.name: c for c in (NoQuantConfig, Fp16Config, Int8DynamicConfig, Int8StaticConfig,
-                                                Int8WeightsConfig, Int4Config)}  # in QUANTIZE_CHOICES' order
+                                                Int8WeightsConfig, Int4Config, Int4WeightsConfig)}  # QUANTIZE_CHOICES' order
+STUDENT_STAGES = ("distill-general", "distill-task")  # provenance stages of a distilled student
+STUDENT_DEFAULT = "int4-weights"  # what ``auto`` gives a student (bench/student_bundle.py measured the choice)
+DEFAULT = "int8-weights"  # what ``auto`` gives any other model
+EMBEDDING_BLOCK, STUDENT_EMBEDDING_BLOCK = 32, 64  # the 4-bit embedding tables' block size: any model, a student's auto
 SCHEME_TYPES = tuple(SCHEMES.values())
 
 
@@ -102,9 +124,35 @@ def scheme_name(quantize: str | QuantConfig) -> str:
     return quantize if isinstance(quantize, str) else repr(quantize)
 
 
+def is_student(model_dir: Path | None) -> bool:
+    """Whether the model folder is a distilled student: its mlcompress.json names a distill stage."""
+    from mlcompress.artifacts import read_provenance
+
+    record = read_provenance(model_dir) if model_dir is not None else None
+    return bool(record) and record.get("stage") in STUDENT_STAGES
+
+
+def resolve_auto(quantize: str | QuantConfig, model_dir: Path | None) -> str | QuantConfig:
+    """``auto`` as the scheme the model gets by default: int4-weights for a distilled student (a small model whose
+    int8 layers would be most of its bundle), int8-weights for any other; any other value is returned as given."""
+    if not (isinstance(quantize, str) and quantize == AUTO):
+        return quantize
+    return STUDENT_DEFAULT if is_student(model_dir) else DEFAULT
+
+
+def embedding_block(quantize: str | QuantConfig, model_dir: Path | None, block_size: int | None) -> int:
+    """The embedding tables' block size: as given; else 64 for a student's ``auto`` export (half the scales' bytes,
+    0.4 MiB of a 37k-token student's 15, the margin under its 15 MiB bar), else 32."""
+    if block_size is not None:
+        return block_size
+    student = isinstance(quantize, str) and quantize == AUTO and is_student(model_dir)
+    return STUDENT_EMBEDDING_BLOCK if student else EMBEDDING_BLOCK
+
+
 def quantization_config(quantize: str | QuantConfig, *, per_channel: bool = True, reduce_range: bool | None = None,
-                        calibration: str = "minmax", int4_block_size: int = 128) -> QuantConfig:
-    """export()'s ``quantize`` and its scheme keywords as that scheme's config (a ready-made config is kept as given).
+                        calibration: str = "minmax", int4_block_size: int | None = None) -> QuantConfig:
+    """export()'s ``quantize`` and its scheme keywords as that scheme's config (a ready-made config is kept as given);
+    ``int4_block_size`` None is the scheme's own default (int4: 128, int4-weights: 32).
 
     An unknown scheme is refused, and so is an unknown ``calibration`` whatever the scheme (as export() always did)."""
     if isinstance(quantize, SCHEME_TYPES):
@@ -117,8 +165,8 @@ def quantization_config(quantize: str | QuantConfig, *, per_channel: bool = True
         return Int8DynamicConfig(per_channel=per_channel, reduce_range=reduce_range)
     if quantize == "int8-static":
         return Int8StaticConfig(per_channel=per_channel, reduce_range=reduce_range, calibration=calibration)
-    if quantize == "int4":
-        return Int4Config(block_size=int4_block_size)
+    if quantize in ("int4", "int4-weights"):
+        return SCHEMES[quantize]() if int4_block_size is None else SCHEMES[quantize](block_size=int4_block_size)
     return SCHEMES[quantize]()
 
 
@@ -161,7 +209,7 @@ class ChecksConfig:
                                           or not 0 < self.max_drop < 1):
             raise InputError(f"--max-drop {self.max_drop} with --format {format} --quantize {scheme.name}",
                              "use --max-drop between 0 and 1 (e.g. 0.005) with --format onnx and int8-dynamic, "
-                             "int8-static, int8-weights or int4")
+                             "int8-static, int8-weights, int4 or int4-weights")
 
 
 @dataclass(frozen=True)

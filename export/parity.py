@@ -15,9 +15,9 @@ from .step import step
 
 # Minimum mean cosine and label agreement per quantisation; an export below either is refused unless forced.
 COSINE_THRESHOLDS = {"none": 0.9999, "fp16": 0.999, "int8-dynamic": 0.99, "int8-static": 0.98, "int8-weights": 0.99,
-                     "int4": 0.98}
+                     "int4": 0.98, "int4-weights": 0.98}
 AGREEMENT_THRESHOLDS = {"none": 0.99, "fp16": 0.98, "int8-dynamic": 0.9, "int8-static": 0.85, "int8-weights": 0.9,
-                        "int4": 0.85}
+                        "int4": 0.85, "int4-weights": 0.85}
 
 
 @dataclass(frozen=True)

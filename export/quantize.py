@@ -1,5 +1,5 @@
 """Quantisation of an exported ONNX graph: dynamic and static int8, int8 weight-only (Cast and Mul), int4 weight-only
-(MatMulNBits), fp16."""
+(MatMulNBits, or standard operators folded at load), fp16."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from .quiet import quiet
 
 T = TypeVar("T")
 
-QUANTIZE_CHOICES = ("none", "fp16", "int8-dynamic", "int8-static", "int8-weights", "int4")
+QUANTIZE_CHOICES = ("none", "fp16", "int8-dynamic", "int8-static", "int8-weights", "int4", "int4-weights")
+AUTO = "auto"  # export()'s default: the scheme is chosen by the model (`options.resolve_auto`)
 
 
 def cpu_flags() -> set[str]:
@@ -271,3 +272,94 @@ def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
                                      op_block_list=["ReduceL2", "LayerNormalization", "Softmax", "Range", "Clip"])
     onnx.save(model, str(dst))
     return {"method": "fp16", "io": "float32"}
+
+
+def pack_int4_blocks(w: Any, block_size: int) -> tuple[Any, Any]:
+    """Symmetric 4-bit blocks of ``block_size`` rows along the input dimension of a (K, N) weight, as ORT's MatMulNBits
+    (the signed peak of each block maps to -8): two rows a byte in uint8 (Kp/2, N), fp16 scales (Kp/block, 1, N)."""
+    import numpy as np
+
+    k, n = w.shape
+    kp = -(-k // block_size) * block_size
+    padded = np.zeros((kp, n), np.float32)
+    padded[:k] = w
+    blocks = padded.reshape(kp // block_size, block_size, n)
+    peak = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=1)[:, None, :], axis=1)
+    scale = (peak / -8).astype(np.float16)
+    scale[scale == 0] = 1.0  # an all-zero block (or one too small for fp16) stores zeros
+    q = (np.clip(np.round(blocks / scale.astype(np.float32)), -8, 7) + 8).astype(np.uint8).reshape(kp, n)
+    return q[: kp // 2] | (q[kp // 2:] << 4), scale
+
+
+def _int4_restore_nodes(name: str, k: int, n: int, kp: int, block_size: int) -> tuple[list[Any], list[Any]]:
+    """Standard operators that restore weight ``name`` (K, N) from its packed nibbles and fp16 scales; every input is a
+    constant, so any ONNX Runtime session folds them into one float tensor when it loads."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    p = f"{name}_q4"
+    consts = [numpy_helper.from_array(np.array([kp // block_size, block_size, n], np.int64), f"{p}_blocks_shape"),
+              numpy_helper.from_array(np.array([kp, n], np.int64), f"{p}_shape")]
+    nodes = [helper.make_node("Cast", [f"{p}_packed"], [f"{p}_f"], to=TensorProto.FLOAT, name=f"{p}_cast"),
+             helper.make_node("Mul", [f"{p}_f", "int4w_sixteenth"], [f"{p}_f16"], name=f"{p}_shift"),
+             helper.make_node("Floor", [f"{p}_f16"], [f"{p}_hi"], name=f"{p}_floor"),
+             helper.make_node("Mul", [f"{p}_hi", "int4w_sixteen"], [f"{p}_hi16"], name=f"{p}_hi16"),
+             helper.make_node("Sub", [f"{p}_f", f"{p}_hi16"], [f"{p}_lo"], name=f"{p}_lo"),
+             helper.make_node("Concat", [f"{p}_lo", f"{p}_hi"], [f"{p}_u"], axis=0, name=f"{p}_concat"),
+             helper.make_node("Sub", [f"{p}_u", "int4w_eight"], [f"{p}_s"], name=f"{p}_center"),
+             helper.make_node("Reshape", [f"{p}_s", f"{p}_blocks_shape"], [f"{p}_sb"], name=f"{p}_blocks"),
+             helper.make_node("Cast", [f"{p}_scale"], [f"{p}_scale_f"], to=TensorProto.FLOAT, name=f"{p}_scale_cast"),
+             helper.make_node("Mul", [f"{p}_sb", f"{p}_scale_f"], [f"{p}_wb"], name=f"{p}_dequantize"),
+             helper.make_node("Reshape", [f"{p}_wb", f"{p}_shape"], [f"{p}_w" if kp != k else f"{name}_dequantized"],
+                              name=f"{p}_rows")]
+    if kp != k:  # padded rows of the last block are dropped
+        consts += [numpy_helper.from_array(np.array([0], np.int64), f"{p}_start"),
+                   numpy_helper.from_array(np.array([k], np.int64), f"{p}_end")]
+        nodes.append(helper.make_node("Slice", [f"{p}_w", f"{p}_start", f"{p}_end"], [f"{name}_dequantized"],
+                                      name=f"{p}_slice"))
+    return nodes, consts
+
+
+def quantize_int4_weights(src: Path, dst: Path, block_size: int = 32, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """Weight-only int4 in standard operators: each constant weight of a MatMul or fused Attention as symmetric 4-bit
+    blocks of ``block_size`` along its input dimension (fp16 scales), restored by Cast, Floor, Mul, Concat and Reshape.
+
+    Like int8-weights, every ONNX Runtime session folds them into float weights when it loads (default options), so it
+    computes in float: each sentence gets the same embedding in any batch, in any client. MatMulNBits (--quantize
+    int4) quantises activations per batch at its default accuracy level, which moves a sentence's vector with its
+    batch mates. Nodes named in ``exclude`` stay float."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    if block_size < 2 or block_size % 2:
+        from mlcompress.errors import InputError
+
+        raise InputError(f"int4-weights block size {block_size}", "use an even block size, e.g. 32, 64 or 128")
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    nodes, count = [], 0
+    for node in graph.node:
+        weight = inits.get(node.input[1]) if node.op_type in ("MatMul", "Attention") and len(node.input) > 1 else None
+        if weight is not None and weight.data_type == TensorProto.FLOAT and len(weight.dims) == 2 and node.name not in exclude:
+            w = numpy_helper.to_array(weight)
+            packed, scale = pack_int4_blocks(w, block_size)
+            name = weight.name
+            graph.initializer.remove(weight)
+            graph.initializer.extend([numpy_helper.from_array(packed, f"{name}_q4_packed"),
+                                      numpy_helper.from_array(scale, f"{name}_q4_scale")])
+            restore, consts = _int4_restore_nodes(name, w.shape[0], w.shape[1], 2 * packed.shape[0], block_size)
+            graph.initializer.extend(consts)
+            nodes.extend(restore)
+            node.input[1] = f"{name}_dequantized"
+            count += 1
+        nodes.append(node)
+    graph.initializer.extend([numpy_helper.from_array(np.array(v, np.float32), n) for n, v in
+                              (("int4w_sixteenth", 0.0625), ("int4w_sixteen", 16.0), ("int4w_eight", 8.0))])
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(dst))
+    return {"method": "weight-only", "op": "Cast+Floor+Mul (folded at load)", "weights": "int4", "bits": 4,
+            "block_size": block_size, "scales": "fp16", "symmetric": True, "ops": ["MatMul", "Attention"],
+            "operators": count}

@@ -47,7 +47,7 @@ _STAGE_OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "restart": ((bool,), False),  # discard an interrupted distillation's checkpoints (kept otherwise, even with --force)
     },
     "export": {
-        "format": ((str,), "onnx"), "quantize": ((str,), "int8-weights"), "bundle": ((bool,), True),
+        "format": ((str,), "onnx"), "quantize": ((str,), "auto"), "bundle": ((bool,), True),
         "task": ((str, _NONE), None), "quantize_embeddings": ((bool, _NONE), None), "max_length": ((int, _NONE), None),
         "min_cosine": ((float, int, _NONE), None), "force": ((bool,), False), "measure_latency": ((bool,), True),
         "max_drop": ((float, _NONE), None), "ort": ((bool,), False),
@@ -222,10 +222,11 @@ def _check_distill(di: dict[str, Any]) -> None:
 
 
 def _check_export(ex: dict[str, Any]) -> None:
-    from mlcompress.export import QUANTIZE_CHOICES
+    from mlcompress.export import AUTO, QUANTIZE_CHOICES
 
-    if ex["quantize"] not in QUANTIZE_CHOICES:
-        raise InputError(f"config: stages.export.quantize is {ex['quantize']!r}", "choose one of " + ", ".join(QUANTIZE_CHOICES))
+    if ex["quantize"] not in (AUTO, *QUANTIZE_CHOICES):
+        raise InputError(f"config: stages.export.quantize is {ex['quantize']!r}",
+                         "choose one of " + ", ".join((AUTO, *QUANTIZE_CHOICES)))
 
 
 _STAGE_CHECKS = {"eval": _check_eval, "distill": _check_distill, "export": _check_export}

@@ -39,6 +39,40 @@ def read_lines(path: Path, n: int | None = None, skip: int = 0) -> list[str]:
     return out
 
 
+
+def write_gz(path: Path, lines: list[str]) -> None:
+    """A gzip text file of the lines (corpora and eval sets laid out like ../shared/data)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def tiny_pipeline_data(base: Path, data_dir: Path) -> Path:
+    """A data folder laid out like ../shared/data with a little of it: mono/en, mono/de, Tatoeba deu-eng."""
+    data = base / "data"
+    for lang in ("en", "de"):
+        write_gz(data / f"mono/{lang}.txt.gz", read_lines(data_dir / f"mono/{lang}.txt.gz", 200, skip=1000))
+    for side in ("deu", "eng"):
+        name = f"tatoeba/tatoeba.deu-eng.{side}.gz"
+        write_gz(data / name, read_lines(data_dir / name, 80))
+    return data
+
+
+def pipeline_app():
+    """A root typer app with only the pipeline commands mounted (pipeline, inspect)."""
+    import typer
+
+    from mlcompress.orchestrate.pipeline_cli import register
+
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        pass
+
+    register(app)
+    return app
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """../shared/data; tests that need it fail loudly if it is missing (CI always has it)."""

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from mlcompress.errors import InputError
-from mlcompress.export import (QUANTIZE_CHOICES, Fp16Config, Int4Config, Int8DynamicConfig, Int8StaticConfig,
-                               Int8WeightsConfig, NoQuantConfig, export)
+from mlcompress.export import (QUANTIZE_CHOICES, Fp16Config, Int4Config, Int4WeightsConfig, Int8DynamicConfig,
+                               Int8StaticConfig, Int8WeightsConfig, NoQuantConfig, export)
 from mlcompress.export.options import (SCHEMES, ChecksConfig, DecoderParityConfig, DecoderQuantConfig, EmbeddingConfig,
                                        EncoderOptions, OutputsConfig, quantization_config)
 
@@ -56,7 +56,7 @@ def test_export_defaults_and_each_scheme_from_its_name(built: dict[str, Any]) ->
     assert options.outputs == OutputsConfig() and options.embeddings == EmbeddingConfig()
     expected = {"none": NoQuantConfig(), "fp16": Fp16Config(), "int8-dynamic": Int8DynamicConfig(per_channel=False),
                 "int8-static": Int8StaticConfig(per_channel=False), "int8-weights": Int8WeightsConfig(),
-                "int4": Int4Config(block_size=32)}
+                "int4": Int4Config(block_size=32), "int4-weights": Int4WeightsConfig(block_size=32)}
     assert tuple(SCHEMES) == QUANTIZE_CHOICES == tuple(expected)
     for name, config in expected.items():
         assert quantization_config(name, per_channel=False, int4_block_size=32) == config
@@ -110,9 +110,9 @@ def test_configs_refuse_what_they_cannot_mean_when_built() -> None:
 
 def test_embedding_tables_are_quantised_by_default_with_int8_and_int4_only() -> None:
     default, off, on = EmbeddingConfig(), EmbeddingConfig(quantize=False), EmbeddingConfig(quantize=True)
-    assert [default.enabled(quantization_config(n)) for n in QUANTIZE_CHOICES] == [False, False, True, True, True, True]
+    assert [default.enabled(quantization_config(n)) for n in QUANTIZE_CHOICES] == [False, False, True, True, True, True, True]
     assert not any(off.enabled(quantization_config(n)) for n in QUANTIZE_CHOICES)
-    assert [on.enabled(quantization_config(n)) for n in QUANTIZE_CHOICES] == [True, False, True, True, True, True]
+    assert [on.enabled(quantization_config(n)) for n in QUANTIZE_CHOICES] == [True, False, True, True, True, True, True]
 
 
 def test_decoders_map_exports_schemes_and_record_the_same_parameters() -> None:

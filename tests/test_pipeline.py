@@ -22,10 +22,6 @@ from mlcompress.orchestrate.config import default_config, load_config, validate_
 from mlcompress.orchestrate.runner import Pipeline
 
 
-def _write_gz(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(path, "wt", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +29,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, 
     """A tiny XLM-R MLM and a data folder laid out like ../shared/data (mono/en, mono/de, Tatoeba deu-eng)."""
     base = tmp_path_factory.mktemp("pipe")
     src = build_xlmr(base / "src", training_lines(data_dir)).path
-    data = base / "data"
-    for lang in ("en", "de"):
-        _write_gz(data / f"mono/{lang}.txt.gz", read_lines(data_dir / f"mono/{lang}.txt.gz", 200, skip=1000))
-    for side in ("deu", "eng"):
-        name = f"tatoeba/tatoeba.deu-eng.{side}.gz"
-        _write_gz(data / name, read_lines(data_dir / name, 80))
+    data = tiny_pipeline_data(base, data_dir)
     return {"src": src, "data": data}
 
 
@@ -93,7 +84,7 @@ def test_config_file_errors_and_defaults(tiny: dict[str, Path], tmp_path: Path, 
     good.write_text("languages: en,de\ndata: ../data\nstages: [trim, export]\n", encoding="utf-8")
     cfg = load_config(good)
     assert cfg["data"] == str(tmp_path / "data")  # relative to the file
-    assert list(cfg["stages"]) == ["trim", "export"] and cfg["stages"]["export"]["quantize"] == "int8-weights"
+    assert list(cfg["stages"]) == ["trim", "export"] and cfg["stages"]["export"]["quantize"] == "auto"
     assert cfg["source"] == "bundled:multilingual-e5-small"
     full = validate_config({"languages": ["EN", "deu"]})
     assert full["languages"] == ["en", "de"] and list(full["stages"]) == ["trim", "distill", "export", "eval"]
@@ -277,17 +268,6 @@ def test_failed_gate_is_reported_and_raised(tiny: dict[str, Path], chain: dict, 
 # ---- CLI and inspect -------------------------------------------------------------------------------------------------
 
 
-def _app() -> typer.Typer:
-    from mlcompress.orchestrate.pipeline_cli import register
-
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        pass
-
-    register(app)
-    return app
 
 
 def test_cli_pipeline_with_a_config_file(chain: dict, tiny: dict[str, Path], tmp_path: Path) -> None:
@@ -297,12 +277,12 @@ def test_cli_pipeline_with_a_config_file(chain: dict, tiny: dict[str, Path], tmp
     cfg["stages"]["eval"]["min_retention"] = 0.01  # only eval's options change: it alone reruns
     path = tmp_path / "pipe.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    res = CliRunner().invoke(_app(), ["pipeline", str(path), "-o", str(chain["out"]), "--json"])
+    res = CliRunner().invoke(pipeline_app(), ["pipeline", str(path), "-o", str(chain["out"]), "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout[res.stdout.index("{"):])
     assert data["passed"] is True
     assert {s["name"]: s["action"] for s in data["stages"]} == {"trim": "reused", "distill": "skipped", "export": "reused", "eval": "ran"}
-    res = CliRunner().invoke(_app(), ["pipeline", "-o", str(tmp_path / "x")])
+    res = CliRunner().invoke(pipeline_app(), ["pipeline", "-o", str(tmp_path / "x")])
     assert isinstance(res.exception, InputError) and "no config and no languages" in res.exception.message
 
 
@@ -323,13 +303,13 @@ def test_inspect_bundle_model_and_pipeline(chain: dict, tiny: dict[str, Path]) -
     p = inspect(out)
     assert p["kind"] == "pipeline" and p["stages"]["trim"]["status"] == "done" and p["passed"] is not None
 
-    res = CliRunner().invoke(_app(), ["inspect", str(out / "03-export")])
+    res = CliRunner().invoke(pipeline_app(), ["inspect", str(out / "03-export")])
     assert res.exit_code == 0, res.output
     for word in ("export bundle", "vocabulary", "parameters", "int8-dynamic", "provenance", "trim"):
         assert word in res.stdout
-    res = CliRunner().invoke(_app(), ["inspect", str(out), "--json"])
+    res = CliRunner().invoke(pipeline_app(), ["inspect", str(out), "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["kind"] == "pipeline"
-    res = CliRunner().invoke(_app(), ["inspect", str(tiny["data"])])
+    res = CliRunner().invoke(pipeline_app(), ["inspect", str(tiny["data"])])
     assert isinstance(res.exception, InputError) and "not an mlcompress artifact" in res.exception.message
 
 

@@ -49,17 +49,6 @@ def encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_encoder(tmp_path_factory.mktemp("no-data") / "e5", lines, e5_prompts=True)
 
 
-def _app() -> typer.Typer:
-    from mlcompress.orchestrate.pipeline_cli import register
-
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        pass
-
-    register(app)
-    return app
 
 
 def test_the_built_in_job_runs_without_a_data_folder(no_data: None, encoder: Path, tmp_path: Path) -> None:
@@ -67,7 +56,7 @@ def test_the_built_in_job_runs_without_a_data_folder(no_data: None, encoder: Pat
     tasks, and says so in its output and its report."""
     cfg = default_config("en,de", source=str(encoder))
     assert cfg["data"] == str(sample_data_dir()) and cfg["stages"]["eval"]["tasks"] == ",".join(SAMPLE_TASKS)
-    res = CliRunner().invoke(_app(), ["pipeline", "-l", "en,de", "--model", str(encoder), "-o", str(tmp_path / "out")])
+    res = CliRunner().invoke(pipeline_app(), ["pipeline", "-l", "en,de", "--model", str(encoder), "-o", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output
     out = " ".join(res.output.split())
     assert "no data folder: trim on wordfreq's word lists of en, de" in out
@@ -101,12 +90,12 @@ def _check_inspect_names_the_clients(out: Path) -> None:
     assert loading(out / "03-export") == ["mlcompress runtime", "FastEmbed", "transformers.js"]
     staged = inspect(out)["clients"]
     assert {c["stage"] for c in staged} == {"trim", "export"}
-    res = CliRunner().invoke(_app(), ["inspect", str(out / "03-export")])
+    res = CliRunner().invoke(pipeline_app(), ["inspect", str(out / "03-export")])
     assert res.exit_code == 0, res.output
     for words in ("loaded by", "clients (DIR: this folder)", "mlcompress runtime", "FastEmbed", "transformers.js",
                   "sentence-transformers"):
         assert words in res.stdout, words
-    res = CliRunner().invoke(_app(), ["inspect", str(out)])
+    res = CliRunner().invoke(pipeline_app(), ["inspect", str(out)])
     assert res.exit_code == 0 and "sentence-transformers, transformers" in res.stdout
 
 

@@ -21,10 +21,6 @@ from mlcompress.orchestrate.config import validate_config, with_distillation
 from mlcompress.orchestrate.runner import Pipeline, eval_candidates
 
 
-def _write_gz(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(path, "wt", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +28,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, 
     """A tiny XLM-R MLM and a data folder laid out like ../shared/data (mono/en, mono/de, Tatoeba deu-eng)."""
     base = tmp_path_factory.mktemp("student")
     src = build_xlmr(base / "src", training_lines(data_dir)).path
-    data = base / "data"
-    for lang in ("en", "de"):
-        _write_gz(data / f"mono/{lang}.txt.gz", read_lines(data_dir / f"mono/{lang}.txt.gz", 200, skip=1000))
-    for side in ("deu", "eng"):
-        name = f"tatoeba/tatoeba.deu-eng.{side}.gz"
-        _write_gz(data / name, read_lines(data_dir / name, 80))
+    data = tiny_pipeline_data(base, data_dir)
     return {"src": src, "data": data, "base": base}
 
 
@@ -96,17 +87,6 @@ def test_trim_is_evaluated_beside_a_student() -> None:
     assert [a["name"] for a in eval_candidates(no_student, "final")] == ["export"]
 
 
-def _app() -> typer.Typer:
-    from mlcompress.orchestrate.pipeline_cli import register
-
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        pass
-
-    register(app)
-    return app
 
 
 def test_cli_flags_reach_the_config(tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,9 +107,9 @@ def test_cli_flags_reach_the_config(tiny: dict[str, Path], tmp_path: Path, monke
         raise RuntimeError("stubbed run")
 
     monkeypatch.setattr(Pipeline, "run", stub)
-    res = CliRunner().invoke(_app(), ["pipeline", str(path), "-o", str(tmp_path / "o"), "--distill"])
+    res = CliRunner().invoke(pipeline_app(), ["pipeline", str(path), "-o", str(tmp_path / "o"), "--distill"])
     assert isinstance(res.exception, RuntimeError) and seen[0]["stages"]["distill"]["enabled"] is True, res.output
-    res = CliRunner().invoke(_app(), ["pipeline", str(path), "-o", str(tmp_path / "o"), "--distill-budget", "soon"])
+    res = CliRunner().invoke(pipeline_app(), ["pipeline", str(path), "-o", str(tmp_path / "o"), "--distill-budget", "soon"])
     assert isinstance(res.exception, InputError) and "cannot read the duration" in res.exception.message
 
 
