@@ -150,6 +150,34 @@ def quantize_int8_dynamic(src: Path, dst: Path, per_channel: bool = True, reduce
             "ops": ["MatMul", "Attention"]}
 
 
+def _restore_weights(src: Path, dst: Path, exclude: Sequence[str], restore: Any, shared: Sequence[Any] = ()) -> int:
+    """Replace each constant 2-D float weight of a MatMul or fused Attention (not named in ``exclude``) by what
+    ``restore(weight, name)`` gives: nodes ending in ``NAME_dequantized`` and their constants; ``shared`` constants are
+    added once. Writes ``dst`` and returns how many weights were replaced."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    nodes, count = [], 0
+    for node in graph.node:
+        weight = inits.get(node.input[1]) if node.op_type in ("MatMul", "Attention") and len(node.input) > 1 else None
+        if weight is not None and weight.data_type == TensorProto.FLOAT and len(weight.dims) == 2 and node.name not in exclude:
+            restored, consts = restore(numpy_helper.to_array(weight), weight.name)
+            graph.initializer.remove(weight)
+            graph.initializer.extend(consts)
+            nodes.extend(restored)
+            node.input[1] = f"{weight.name}_dequantized"
+            count += 1
+        nodes.append(node)
+    graph.initializer.extend(shared)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(dst))
+    return count
+
+
 def quantize_int8_weights(src: Path, dst: Path, exclude: Sequence[str] = ()) -> dict[str, Any]:
     """Weight-only int8: each constant weight of a MatMul or fused Attention is stored as int8 per output channel
     (symmetric) and restored as ``Cast(int8 -> float) * scale``, computed in float. ONNX Runtime has no pass for int8
@@ -161,34 +189,20 @@ def quantize_int8_weights(src: Path, dst: Path, exclude: Sequence[str] = ()) -> 
     platform int8 kernels that quantise the activations too (cosine 0.99993 instead of 1 on the built-in E5), unless
     each client sets ``session.disable_quant_qdq``. Nodes named in ``exclude`` stay float."""
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    model = onnx.load(str(src))
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    nodes, count = [], 0
-    for node in graph.node:
-        weight = inits.get(node.input[1]) if node.op_type in ("MatMul", "Attention") and len(node.input) > 1 else None
-        if weight is not None and weight.data_type == TensorProto.FLOAT and len(weight.dims) == 2 and node.name not in exclude:
-            w = numpy_helper.to_array(weight)
-            scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
-            scale[scale == 0] = 1.0
-            q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
-            name = weight.name
-            graph.initializer.remove(weight)
-            graph.initializer.extend([numpy_helper.from_array(q, f"{name}_int8"),
-                                      numpy_helper.from_array(scale, f"{name}_scale")])
-            nodes.append(helper.make_node("Cast", [f"{name}_int8"], [f"{name}_int8_float"], name=f"{name}_cast",
-                                          to=TensorProto.FLOAT))
-            nodes.append(helper.make_node("Mul", [f"{name}_int8_float", f"{name}_scale"], [f"{name}_dequantized"],
-                                          name=f"{name}_dequantize"))
-            node.input[1] = f"{name}_dequantized"
-            count += 1
-        nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    onnx.save(model, str(dst))
+    def restore(w: Any, name: str) -> tuple[list[Any], list[Any]]:
+        scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+        scale[scale == 0] = 1.0
+        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+        consts = [numpy_helper.from_array(q, f"{name}_int8"), numpy_helper.from_array(scale, f"{name}_scale")]
+        nodes = [helper.make_node("Cast", [f"{name}_int8"], [f"{name}_int8_float"], name=f"{name}_cast",
+                                  to=TensorProto.FLOAT),
+                 helper.make_node("Mul", [f"{name}_int8_float", f"{name}_scale"], [f"{name}_dequantized"],
+                                  name=f"{name}_dequantize")]
+        return nodes, consts
+
+    count = _restore_weights(src, dst, exclude, restore)
     return {"method": "weight-only", "op": "Cast+Mul", "weights": "int8", "per_channel": True, "symmetric": True,
             "ops": ["MatMul", "Attention"], "operators": count}
 
@@ -329,37 +343,22 @@ def quantize_int4_weights(src: Path, dst: Path, block_size: int = 32, exclude: S
     int4) quantises activations per batch at its default accuracy level, which moves a sentence's vector with its
     batch mates. Nodes named in ``exclude`` stay float."""
     import numpy as np
-    import onnx
-    from onnx import TensorProto, numpy_helper
+    from onnx import numpy_helper
 
     if block_size < 2 or block_size % 2:
         from mlcompress.errors import InputError
 
         raise InputError(f"int4-weights block size {block_size}", "use an even block size, e.g. 32, 64 or 128")
-    model = onnx.load(str(src))
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    nodes, count = [], 0
-    for node in graph.node:
-        weight = inits.get(node.input[1]) if node.op_type in ("MatMul", "Attention") and len(node.input) > 1 else None
-        if weight is not None and weight.data_type == TensorProto.FLOAT and len(weight.dims) == 2 and node.name not in exclude:
-            w = numpy_helper.to_array(weight)
-            packed, scale = pack_int4_blocks(w, block_size)
-            name = weight.name
-            graph.initializer.remove(weight)
-            graph.initializer.extend([numpy_helper.from_array(packed, f"{name}_q4_packed"),
-                                      numpy_helper.from_array(scale, f"{name}_q4_scale")])
-            restore, consts = _int4_restore_nodes(name, w.shape[0], w.shape[1], 2 * packed.shape[0], block_size)
-            graph.initializer.extend(consts)
-            nodes.extend(restore)
-            node.input[1] = f"{name}_dequantized"
-            count += 1
-        nodes.append(node)
-    graph.initializer.extend([numpy_helper.from_array(np.array(v, np.float32), n) for n, v in
-                              (("int4w_sixteenth", 0.0625), ("int4w_sixteen", 16.0), ("int4w_eight", 8.0))])
-    del graph.node[:]
-    graph.node.extend(nodes)
-    onnx.save(model, str(dst))
+
+    def restore(w: Any, name: str) -> tuple[list[Any], list[Any]]:
+        packed, scale = pack_int4_blocks(w, block_size)
+        nodes, consts = _int4_restore_nodes(name, w.shape[0], w.shape[1], 2 * packed.shape[0], block_size)
+        return nodes, [numpy_helper.from_array(packed, f"{name}_q4_packed"),
+                       numpy_helper.from_array(scale, f"{name}_q4_scale"), *consts]
+
+    shared = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in
+              (("int4w_sixteenth", 0.0625), ("int4w_sixteen", 16.0), ("int4w_eight", 8.0))]
+    count = _restore_weights(src, dst, exclude, restore, shared)
     return {"method": "weight-only", "op": "Cast+Floor+Mul (folded at load)", "weights": "int4", "bits": 4,
             "block_size": block_size, "scales": "fp16", "symmetric": True, "ops": ["MatMul", "Attention"],
             "operators": count}
