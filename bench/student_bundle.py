@@ -83,7 +83,9 @@ def export_choices(student: Path, out: Path, texts: dict[str, str], names: list[
             done[name] = {"path": target, "quantize": manifest["quantization"]["name"], "parity_cosine": None}
             print(f"reused {name}: {done[name]['quantize']}, {dir_bytes(target) / MIB:.2f} MiB", flush=True)
             continue
-        r = export(student, target, bundle=True, texts=texts, overwrite=True, measure_latency=False, **CHOICES[name])
+        # force: a choice that fails the export's parity gate is still written, to measure how far it falls
+        r = export(student, target, bundle=True, texts=texts, overwrite=True, measure_latency=False, force=True,
+                   **CHOICES[name])
         done[name] = {"path": target, "quantize": r.quantize, "parity_cosine": r.parity.get("mean_cosine")}
         print(f"exported {name}: {r.quantize}, {dir_bytes(target) / MIB:.2f} MiB, parity mean cosine "
               f"{r.parity.get('mean_cosine'):.5f}", flush=True)
