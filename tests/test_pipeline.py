@@ -4,17 +4,15 @@ touch, the pipeline report and gate, and what inspect shows."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from conftest import read_lines
+from conftest import pipeline_app, tiny_pipeline_data
 from tiny_models import build_xlmr, training_lines
 
 from mlcompress.errors import GateError, InputError, LanguageError, OutputExistsError

@@ -12,10 +12,9 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from conftest import DATA, ROOT
+from conftest import DATA, ROOT, pipeline_app
 from mlcompress.errors import InputError
 from mlcompress.eval import SAMPLE_LANGUAGES, SAMPLE_PAIRS, SAMPLE_TASKS, sample_data_dir
 from mlcompress.languages import tatoeba_code

@@ -4,16 +4,14 @@ summary and the card show the student's score beside the trimmed model's on ever
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from conftest import read_lines
+from conftest import pipeline_app, tiny_pipeline_data
 from tiny_models import build_xlmr, training_lines
 
 from mlcompress.errors import InputError
