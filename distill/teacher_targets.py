@@ -68,11 +68,21 @@ class TeacherTargets:
             for lang in ids:
                 end = min(wanted[lang], len(ids[lang]))
                 if done[lang] < end:
-                    chunk = done[lang] // CHUNK
-                    rows = ids[lang][chunk * CHUNK:(chunk + 1) * CHUNK]
-                    self._write_chunk(lang, chunk, *self._forward(teacher, rows, pad_id, device, autocast))
-                    done[lang] = chunk * CHUNK + len(rows)
+                    chunk, kept = divmod(done[lang], CHUNK)  # kept: rows of a short chunk, stored as they were
+                    rows = ids[lang][chunk * CHUNK + kept:(chunk + 1) * CHUNK]
+                    computed = self._forward(teacher, rows, pad_id, device, autocast)
+                    self._write_chunk(lang, chunk, *(self._extend(lang, chunk, *computed) if kept else computed))
+                    done[lang] = chunk * CHUNK + kept + len(rows)
         return done
+
+    def _extend(self, lang: str, chunk: int, pooled: np.ndarray, hidden: np.ndarray | None,
+                offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """A short chunk's stored rows followed by new ones: what was stored is kept bit for bit (recomputing it in
+        other batches would change it in the last bits on CPUs whose kernels depend on the batch's shape)."""
+        old = self._array(lang, chunk, "offsets")
+        both = np.concatenate([old, offsets[1:] + old[-1]])
+        merged = np.concatenate([self._array(lang, chunk, "hidden"), hidden]) if hidden is not None else None
+        return np.concatenate([self._array(lang, chunk, "pooled"), pooled]), merged, both
 
     def _forward(self, teacher: torch.nn.Module, rows: list[list[int]], pad_id: int, device: torch.device,
                  autocast: str | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -115,6 +125,7 @@ class TeacherTargets:
             with partial.open("wb") as f:
                 np.save(f, array)
             os.replace(partial, target)
+            self._open.pop((lang, chunk, kind), None)  # a map of the file it replaced would read stale rows
 
     def _file(self, lang: str, chunk: int, kind: str) -> Path:
         return self.root / lang / f"{kind}-{chunk:06d}.npy"
@@ -132,22 +143,33 @@ class TeacherTargets:
 
     def lookup(self, langs: Sequence[str], language: torch.Tensor, position: torch.Tensor,
                length: int) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Targets of a batch: pooled [B, H] and, per stored layer, hidden states [B, length, H] (zeros on padding)."""
-        pooled, hidden = [], []
-        for lang_index, pos in zip(language.tolist(), position.tolist()):
-            lang, chunk, row = langs[lang_index], pos // CHUNK, pos % CHUNK
-            pooled.append(self._array(lang, chunk, "pooled")[row])
+        """Targets of a batch: pooled [B, H] and, per stored layer, hidden states [B, length, H] (zeros on padding).
+
+        Rows are gathered per chunk file with one fancy index each (not row by row), since this runs every step."""
+        lang_index, pos = language.numpy(), position.numpy()
+        pooled: np.ndarray | None = None
+        padded: np.ndarray | None = None
+        for li, chunk in sorted({(int(a), int(b)) for a, b in zip(lang_index, pos // CHUNK)}):
+            where = np.nonzero((lang_index == li) & (pos // CHUNK == chunk))[0]
+            lang, rows = langs[li], pos[where] % CHUNK
+            emb = np.asarray(self._array(lang, chunk, "pooled")[rows], dtype=np.float32)
+            if pooled is None:
+                pooled = np.zeros((len(pos), emb.shape[-1]), dtype=np.float32)
+            pooled[where] = emb
             if self.layers:
-                lo, hi = self._array(lang, chunk, "offsets")[row:row + 2]
-                hidden.append(self._array(lang, chunk, "hidden")[lo:hi])
-        emb = torch.from_numpy(np.stack(pooled).astype(np.float32))  # numpy: no autocast rules apply
-        if not self.layers:
-            return emb, {}
-        padded = np.zeros((len(hidden), length, len(self.layers), emb.shape[-1]), dtype=np.float32)
-        for i, h in enumerate(hidden):
-            padded[i, :len(h)] = h
+                if padded is None:
+                    padded = np.zeros((len(pos), length, len(self.layers), emb.shape[-1]), dtype=np.float32)
+                offsets = self._array(lang, chunk, "offsets")
+                starts, sizes = offsets[rows], offsets[rows + 1] - offsets[rows]
+                before = np.repeat(np.cumsum(sizes) - sizes, sizes)  # tokens of the earlier rows, per token
+                token = np.arange(int(sizes.sum())) - before  # each token's place in its sentence
+                stored = self._array(lang, chunk, "hidden")[np.repeat(starts, sizes) + token]
+                padded[np.repeat(where, sizes), token] = stored
+        emb_t = torch.from_numpy(pooled)  # numpy: no autocast rules apply
+        if padded is None:
+            return emb_t, {}
         states = torch.from_numpy(padded)
-        return emb, {t: states[:, :, k] for k, t in enumerate(self.layers)}
+        return emb_t, {t: states[:, :, k] for k, t in enumerate(self.layers)}
 
 
 def nearest(queries: torch.Tensor, keys: torch.Tensor, query_lengths: torch.Tensor | None = None,

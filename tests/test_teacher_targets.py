@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -76,12 +77,26 @@ def test_an_interrupted_cache_resumes_and_a_larger_run_extends_it(teacher_dir: P
     short = {lang: rows[:300] for lang, rows in ids.items()}  # a smaller pool: a full chunk and a short one
     targets.build(teacher, short, {"en": 300, "de": 300}, pool.pad_id)
     assert targets.done("en") == 300 and (tmp_path / "t" / "en" / "offsets-000001.npy").is_file()
+    short_chunk = tmp_path / "t" / "en" / "pooled-000001.npy"
+    marked = np.load(short_chunk)
+    marked[:, 0] = 7.0  # a mark no teacher writes: extending must keep the stored rows, not recompute them
+    np.save(short_chunk, marked)
     first = targets.pooled("en", 300)
     (tmp_path / "t" / "de" / "offsets-000001.npy").unlink()  # killed while writing de's second chunk
     again = TeacherTargets(tmp_path / "t", [0, 2])
     assert again.done("de") == CHUNK
     assert again.build(teacher, ids, {"en": 500, "de": 500}, pool.pad_id) == {"en": 512, "de": 512}  # whole chunks
-    assert torch.equal(again.pooled("en", 300), first)  # what was kept is not recomputed differently
+    assert torch.equal(again.pooled("en", 300), first)  # what was kept is kept bit for bit
+    assert not (again.pooled("en", 512)[300:, 0] == 7.0).any()  # the rows after it are the teacher's
+    position = torch.tensor([10, 299, 300, 511, 40])  # after the extension, the same object reads the new chunk
+    language = torch.tensor([0, 0, 0, 0, 1])
+    emb, hidden = again.lookup(["en", "de"], language, position, 64)
+    fresh = TeacherTargets(tmp_path / "t", [0, 2])
+    assert torch.equal(emb, torch.cat([fresh.pooled("en", 512)[[10, 299, 300, 511]], fresh.pooled("de", 41)[40:]]))
+    for k, row in enumerate([10, 299, 300, 511]):
+        lo, hi = fresh._array("en", row // CHUNK, "offsets")[row % CHUNK:row % CHUNK + 2]
+        stored = torch.from_numpy(np.asarray(fresh._array("en", row // CHUNK, "hidden")[lo:hi], dtype=np.float32))
+        assert torch.equal(hidden[2][k, :hi - lo], stored[:, 1]) and not hidden[2][k, hi - lo:].any()
     with pytest.raises(ValueError, match="other settings"):
         TeacherTargets(tmp_path / "t", [0, 1, 2])
 
