@@ -44,10 +44,25 @@ def variant_losses(objective: str, spec: str | None) -> Phase1Losses:
     return losses
 
 
+def quantization_aware(args, spec: str) -> tuple[str, bool | None]:
+    """A variant's ``qat=0|1`` (training through the bundle's 4-bit grid) apart from its loss weights; else the
+    --quantization-aware choice (auto: distill's default, on for the embedding objective)."""
+    choice = {"auto": None, "on": True, "off": False}[args.quantization_aware]
+    kept = []
+    for item in (spec or "").split(","):
+        key, _, value = item.partition("=")
+        if key.strip() == "qat":
+            choice = bool(int(value))
+        elif item:
+            kept.append(item)
+    return ",".join(kept), choice
+
+
 def distil(args, name: str, teacher: str, trim_here: bool, out: Path) -> tuple[Path, dict]:
-    """One phase-1 run (an objective, or a variant ``label:key=value,...`` of the embedding objective's weights);
-    returns the student's folder and what the run measured."""
+    """One phase-1 run (an objective, or a variant ``label:key=value,...`` of the embedding objective's weights and
+    ``qat``); returns the student's folder and what the run measured."""
     label, _, spec = name.partition(":")
+    spec, qat = quantization_aware(args, spec)
     objective = label if label in RECIPES and not spec else "embedding"
     recipe = RECIPES[objective]
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size or recipe["batch_size"], lr=args.lr or recipe["lr"],
@@ -61,13 +76,14 @@ def distil(args, name: str, teacher: str, trim_here: bool, out: Path) -> tuple[P
                              restart=True, train_config=config, snapshots=tuple(float(x) for x in args.snapshots.split(",") if x),
                              max_blocks_per_language=args.max_blocks, losses=variant_losses(objective, spec),
                              max_sentences_per_language=args.max_sentences, targets_dir=args.targets_dir,
-                             teacher_cache=not args.no_teacher_cache)
+                             teacher_cache=not args.no_teacher_cache, quantization_aware=qat)
     wall = time.perf_counter() - t0
     print(f"[{label}] {result.steps} steps in {result.seconds:.0f} s (whole call {wall:.0f} s), "
           f"{result.tokens:,} tokens, {result.tokens_per_second:,.0f} tokens/s; final {result.final}", flush=True)
     return target, {"steps": result.steps, "tokens": result.tokens, "seconds": result.seconds, "wall_s": wall,
                     "tokens_per_second": result.tokens_per_second, "layer_map": result.layer_map,
-                    "teacher_pass": result.teacher_pass, "losses": asdict(variant_losses(objective, spec))}
+                    "teacher_pass": result.teacher_pass, "losses": asdict(variant_losses(objective, spec)),
+                    "quantization_aware": qat}
 
 
 def points(student: Path, run: dict) -> list[tuple[str, Path, int]]:
@@ -88,7 +104,9 @@ def main() -> None:
     ap.add_argument("--objective", default="both", choices=["both", "embedding", "bistil"])
     ap.add_argument("--variants", nargs="*", default=None,
                     help="instead of --objective: runs of the embedding objective, each LABEL:key=value,... on its "
-                         "preset weights, e.g. base:contrastive=0,crosslingual=0 both:")
+                         "preset weights (and qat=0|1), e.g. base:contrastive=0,crosslingual=0 both: both-off-grid:qat=0")
+    ap.add_argument("--quantization-aware", default="auto", choices=["auto", "on", "off"],
+                    help="train through the bundle's 4-bit grid (auto: distill's default, on for the embedding objective)")
     ap.add_argument("--max-sentences", type=int, default=None, help="sentences per language (the same pool for every run)")
     ap.add_argument("--targets-dir", type=Path, default=None, help="teacher targets shared by the runs")
     ap.add_argument("--no-teacher-cache", action="store_true")

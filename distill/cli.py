@@ -83,6 +83,7 @@ def general(
     teacher_cache: Annotated[bool, typer.Option(help="Run the teacher once over the sentences and train the student alone on its stored targets (embedding objective without an attention term).")] = True,
     targets_dir: Annotated[Optional[Path], typer.Option(help="Where the teacher targets live (default: in the run's work dir, removed with it); runs on the same teacher and text share them.")] = None,
     max_sentences: Annotated[Optional[int], typer.Option(help="At most N sentences per language (embedding objective; default: what the budget's teacher pass gets through, or about two passes of --steps).")] = None,
+    quantization_aware: Annotated[Optional[bool], typer.Option("--quantization-aware/--no-quantization-aware", help="Train the student through the 4-bit grid of its edge bundle and save it on that grid, so that export's default bundle of it (int4-weights, about 25% smaller than int8) is exact (default: on for the embedding objective).")] = None,
     attention_loss: Annotated[str, typer.Option(help="mse or kl.")] = "mse",
     logit_weight: Annotated[float, typer.Option(help="Weight of MLM-logit KD (needs an MLM head).")] = 0.0,
     mlm_weight: Annotated[float, typer.Option(help="Weight of plain MLM (needs an MLM head).")] = 0.0,
@@ -105,7 +106,7 @@ def general(
                                                   seed, time_budget),
                              trim_vocabulary=trim_vocab, overwrite=overwrite, restart=restart, cache_dir=cache_dir,
                              teacher_cache=teacher_cache, targets_dir=targets_dir,
-                             max_sentences_per_language=max_sentences)
+                             max_sentences_per_language=max_sentences, quantization_aware=quantization_aware)
     _report(result)
 
 

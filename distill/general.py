@@ -24,6 +24,7 @@ from .data import mixed_blocks, mlm_mask, step_rows
 from .losses import soft_cross_entropy
 from .loop import TrainConfig, make_accelerator, train
 from .objective import add_representation_terms, paired_forward
+from .on_grid import INT4_GRID, GridSpec, on_grid_loss, snapped_copy
 from .sentence_objective import sentence_loss, sentence_pool
 from .student import PROJECTION_FILE, check_hidden_size, hidden_pairs, make_student, narrow_student, principal_basis
 from .workdir import close_work_dir, discard_if_unused, open_work_dir, release_work_dir, work_dir_for
@@ -182,6 +183,7 @@ def distill_general(
     stop_after: int | None = None,
     teacher_cache: bool = True,
     targets_dir: str | os.PathLike[str] | None = None,
+    quantization_aware: bool | None = None,
 ) -> DistillResult:
     """Phase 1: copy every k-th teacher layer (or ``layers``) into a student and distil it on the languages' text.
 
@@ -197,6 +199,8 @@ def distill_general(
     the student part-way, under ``OUTPUT/snapshots/``. ``teacher_cache`` (embedding objective without an
     attention term): the teacher runs once over the sentence pool and training reads its targets from disk
     (under the work dir, or ``targets_dir``, where runs on the same teacher and text share them).
+    ``quantization_aware`` (None: on for the embedding objective) trains the student through the 4-bit grid of its
+    edge bundle and saves it on that grid, so that export's default for it (int4-weights) is exact.
     """
     started = time.perf_counter()
     config = train_config or TrainConfig()
@@ -207,19 +211,20 @@ def distill_general(
     objective, profile = _objective(objective, source.path, str(teacher), prefix)
     losses = _checked_losses(losses, objective)
     cached = _uses_teacher_cache(objective, losses, teacher_cache)
+    grid = INT4_GRID if (objective == "embedding" if quantization_aware is None else quantization_aware) else None
     data = _data_settings(objective, profile, block_size, max_blocks_per_language, max_length, short_span_share,
                           max_sentences_per_language)
     settings = {"teacher": str(source.path), "languages": langs, "corpora": {k: [c.fingerprint() for c in v] for k, v in texts.items()},
                 "every_k": every_k, "layers": layers, "objective": objective, "data": data, "hidden_size": hidden_size,
                 "losses": asdict(losses), "train": {k: v for k, v in asdict(config).items() if k != "progress"},
-                "trim_vocabulary": trim_vocabulary, "teacher_cache": cached}
+                "trim_vocabulary": trim_vocabulary, "teacher_cache": cached, "on_grid": grid and grid.as_dict()}
     narrow = _check_width(source.path, hidden_size)
     accelerator = make_accelerator(config)  # device errors before anything is written
     fresh = not work_dir_for(out).exists()
     work = open_work_dir(out, settings, overwrite, restart, accelerator)
     with discard_if_unused(work, fresh, accelerator):  # a run that fails before its first checkpoint leaves nothing
         teacher_dir = _teacher_dir(source.path, langs, texts, work, trim_vocabulary, cache_dir, accelerator)
-        run = _Phase1Run(teacher_dir, langs, texts, objective, losses, data, config, every_k, layers)
+        run = _Phase1Run(teacher_dir, langs, texts, objective, losses, data, config, every_k, layers, grid)
         if narrow:
             run.narrow(work, hidden_size, accelerator.is_main_process)
         run.teacher.eval().requires_grad_(False).to(accelerator.device)
@@ -397,12 +402,12 @@ class _Phase1Run:
 
     def __init__(self, teacher_dir: Path, langs: list[str], texts: dict[str, Any], objective: str,
                  losses: Phase1Losses, data: dict[str, Any], config: TrainConfig, every_k: int,
-                 layers: str | list[int] | None) -> None:
+                 layers: str | list[int] | None, grid: GridSpec | None = None) -> None:
         from transformers import AutoModel, AutoModelForMaskedLM
 
         from mlcompress.sources import load_tokenizer, load_weights
 
-        self.objective, self.losses, self.data, self.config = objective, losses, data, config
+        self.objective, self.losses, self.data, self.config, self.grid = objective, losses, data, config, grid
         self.teacher_dir = teacher_dir
         self.tok = load_tokenizer(teacher_dir)
         model_cls = AutoModelForMaskedLM if (losses.logits or losses.mlm) else AutoModel
@@ -475,9 +480,11 @@ class _Phase1Run:
 
     def loss_fn(self):
         if self.objective == "bistil":
-            return phase1_loss(self.teacher, self.mapping, self.losses, self.basis)
-        return sentence_loss(self.teacher, self.mapping, self.losses, self.data["pooling"], self.basis, self.targets,
-                             list(self.pool.ids))
+            loss = phase1_loss(self.teacher, self.mapping, self.losses, self.basis)
+        else:
+            loss = sentence_loss(self.teacher, self.mapping, self.losses, self.data["pooling"], self.basis,
+                                 self.targets, list(self.pool.ids))
+        return on_grid_loss(loss, self.grid) if self.grid is not None else loss
 
     def batches(self):
         if self.objective == "bistil":
@@ -493,6 +500,8 @@ class _Phase1Run:
         from mlcompress.st_layout import write_layout
 
         directory.mkdir(parents=True, exist_ok=True)
+        if self.grid is not None:  # saved on the grid it trained through
+            model = snapped_copy(model, self.grid)
         model.config.mlcompress_layer_map = self.mapping
         model.save_pretrained(directory)
         self.tok.save_pretrained(directory)

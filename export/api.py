@@ -91,9 +91,9 @@ def export(
     (onnxruntime-extensions' SentencePiece tokenizer), checked against tokenizer.json + the ONNX graph.
     ``quantize`` names a scheme, or is its config ready-made (``Int4Config(block_size=32)``), which then stands for
     the scheme keywords (per_channel, reduce_range, calibration, int4_block_size: None is the scheme's default, 128 for
-    int4, 32 for int4-weights). ``auto`` (the default): int8-weights with 32-wide embedding blocks (a distilled
-    student's default is kept apart in options.STUDENT_DEFAULT; int4-weights failed a trained student's parity); it
-    computes in float, so a sentence gets the same embedding in any batch. The keywords are built once, here, into
+    int4, 32 for int4-weights). ``auto`` (the default): int8-weights with 32-wide embedding blocks, or for a student
+    that trained on the int4-weights grid (`distill general`'s default) int4-weights on that grid, which is exact;
+    both compute in float, so a sentence gets the same embedding in any batch. The keywords are built once, here, into
     typed configs (`options`), which refuse what they cannot mean before any work.
     """
     output = Path(output).expanduser().absolute()

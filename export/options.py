@@ -4,8 +4,8 @@ down in place of a dict of options (onnxruntime.quantization's style: one config
 - The quantisation, one config per scheme: `NoQuantConfig`, `Fp16Config`, `Int8DynamicConfig`, `Int8StaticConfig`,
   `Int8WeightsConfig`, `Int4Config`, `Int4WeightsConfig` (``export(model, out, quantize=Int4Config(block_size=32))``
   takes one ready-made); `EmbeddingConfig` for the 4-bit embedding tables beside any of them. ``quantize="auto"``
-  (the default) names no scheme: `resolve_auto` picks one by the model (a distilled student's own default, else
-  int8-weights; both int8-weights today), and `embedding_block` the tables' block size (32).
+  (the default) names no scheme: `resolve_auto` picks one by the model (int4-weights on its grid for a student that
+  trained on it, else int8-weights), and `embedding_block` the tables' block size (the grid's, else 32).
 - `ChecksConfig`: the target-language text an export is checked on, and its gates (parity thresholds, --max-drop,
   --force).
 - `OutputsConfig`: what is written (format, bundle and its other forms) and the work on the way (optimisation, timing).
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Union
+from typing import Any, ClassVar, Union
 
 from mlcompress.errors import InputError
 
@@ -96,7 +96,7 @@ class Int4Config:
 class Int4WeightsConfig:
     """--quantize int4-weights: 4-bit weights in symmetric blocks of ``block_size`` along the input dimension, fp16
     scales, restored by standard operators that every session folds at load: float compute, as int8-weights, so each
-    sentence gets the same vector in any batch and any client. The default for distilled students (``auto``)."""
+    sentence gets the same vector in any batch and any client. ``auto`` for a student that trained on its grid."""
 
     block_size: int = 32
     name: ClassVar[str] = "int4-weights"
@@ -111,12 +111,12 @@ QuantConfig = Union[NoQuantConfig, Fp16Config, Int8DynamicConfig, Int8StaticConf
 SCHEMES: dict[str, type] = {c.name: c for c in (NoQuantConfig, Fp16Config, Int8DynamicConfig, Int8StaticConfig,
                                                 Int8WeightsConfig, Int4Config, Int4WeightsConfig)}  # QUANTIZE_CHOICES' order
 STUDENT_STAGES = ("distill-general", "distill-task")  # provenance stages of a distilled student
-# What ``auto`` gives a student: int8-weights, as any model. int4-weights (15.1 MiB instead of 19.6 for a 6-layer en+el
-# student) is lossless only on weights that still sit on the bundled E5's own 4-bit grid; a student trained for 5
-# minutes already fails the parity check with it (mean cosine 0.934 < 0.98), so it stays an explicit choice.
-STUDENT_DEFAULT = "int8-weights"
-DEFAULT = "int8-weights"  # what ``auto`` gives any other model
-EMBEDDING_BLOCK, STUDENT_EMBEDDING_BLOCK = 32, 32  # the 4-bit embedding tables' block size: any model, a student's auto
+# What ``auto`` gives a model: int8-weights, unless it is a student that trained on the int4-weights grid (its
+# provenance's ``on_grid``, `distill general --quantization-aware`, the default of the embedding objective): then
+# int4-weights with the grid's blocks, which holds exactly the weights it was evaluated with. int4-weights on a student
+# trained off the grid failed the parity check (mean cosine 0.934 < 0.98 after 5 minutes of training).
+DEFAULT = "int8-weights"
+EMBEDDING_BLOCK = 32  # the 4-bit embedding tables' block size, unless the model trained on a grid of its own
 SCHEME_TYPES = tuple(SCHEMES.values())
 
 
@@ -127,29 +127,33 @@ def scheme_name(quantize: str | QuantConfig) -> str:
     return quantize if isinstance(quantize, str) else repr(quantize)
 
 
-def is_student(model_dir: Path | None) -> bool:
-    """Whether the model folder is a distilled student: its mlcompress.json names a distill stage."""
+def student_grid(model_dir: Path | None) -> dict[str, Any] | None:
+    """The 4-bit grid a distilled student was saved on (its mlcompress.json's ``on_grid``), else None."""
     from mlcompress.artifacts import read_provenance
 
     record = read_provenance(model_dir) if model_dir is not None else None
-    return bool(record) and record.get("stage") in STUDENT_STAGES
+    if not record or record.get("stage") not in STUDENT_STAGES:
+        return None
+    grid = (record.get("parameters") or {}).get("on_grid")
+    known = isinstance(grid, dict) and grid.get("scheme") == Int4WeightsConfig.name
+    return grid if known and all(isinstance(grid.get(k), int) for k in ("block_size", "embedding_block_size")) else None
 
 
 def resolve_auto(quantize: str | QuantConfig, model_dir: Path | None) -> str | QuantConfig:
-    """``auto`` as the scheme the model gets by default: a distilled student's (STUDENT_DEFAULT), int8-weights for any
-    other; any other value is returned as given."""
+    """``auto`` as the scheme the model gets by default: int4-weights on its grid for a student saved on one,
+    int8-weights for any other; any other value is returned as given."""
     if not (isinstance(quantize, str) and quantize == AUTO):
         return quantize
-    return STUDENT_DEFAULT if is_student(model_dir) else DEFAULT
+    grid = student_grid(model_dir)
+    return Int4WeightsConfig(block_size=grid["block_size"]) if grid else DEFAULT
 
 
 def embedding_block(quantize: str | QuantConfig, model_dir: Path | None, block_size: int | None) -> int:
-    """The embedding tables' block size: as given; else 64 for a student's ``auto`` export (half the scales' bytes,
-    0.4 MiB of a 37k-token student's 15, the margin under its 15 MiB bar), else 32."""
+    """The embedding tables' block size: as given; else a grid student's own (its tables sit on it), else 32."""
     if block_size is not None:
         return block_size
-    student = isinstance(quantize, str) and quantize == AUTO and is_student(model_dir)
-    return STUDENT_EMBEDDING_BLOCK if student else EMBEDDING_BLOCK
+    grid = student_grid(model_dir)
+    return grid["embedding_block_size"] if grid else EMBEDDING_BLOCK
 
 
 def quantization_config(quantize: str | QuantConfig, *, per_channel: bool = True, reduce_range: bool | None = None,

@@ -45,6 +45,7 @@ _STAGE_OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "checkpoint_every": ((int,), 200), "seed": ((int,), 0), "time_budget": ((str, int, float, _NONE), None),
         "objective": ((str,), "auto"), "layers": ((str, list, _NONE), None), "max_length": ((int,), 128),
         "restart": ((bool,), False),  # discard an interrupted distillation's checkpoints (kept otherwise, even with --force)
+        "quantization_aware": ((bool, _NONE), None),  # train on the bundle's 4-bit grid (None: on for the embedding objective)
     },
     "export": {
         "format": ((str,), "onnx"), "quantize": ((str,), "auto"), "bundle": ((bool,), True),

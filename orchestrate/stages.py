@@ -52,7 +52,8 @@ def distill_stage(model: Path, target: Path, cfg: dict[str, Any], corpora: dict[
     r = distill_general(model, cfg["languages"], corpora, target, every_k=opts["every_k"],
                         layers=opts["layers"], objective=opts["objective"], max_length=opts["max_length"],
                         block_size=opts["block_size"], max_blocks_per_language=opts["max_blocks_per_language"],
-                        train_config=tc, overwrite=True, restart=opts["restart"], cache_dir=cfg["cache_dir"])
+                        train_config=tc, overwrite=True, restart=opts["restart"], cache_dir=cfg["cache_dir"],
+                        quantization_aware=opts["quantization_aware"])
     return r.as_dict() if hasattr(r, "as_dict") else {}
 
 

@@ -1,6 +1,8 @@
-"""A distilled student's default bundle: `quantize="auto"` resolves to int4-weights (4-bit weights restored by standard
-operators that ONNX Runtime folds at load, float compute), which embeds a sentence the same in any batch and is smaller
-than int8-weights; any other model keeps int8-weights. Tiny models built here; never a timing."""
+"""A distilled student's default bundle: for a student saved on the int4-weights grid (quantisation-aware distillation)
+`quantize="auto"` resolves to int4-weights on that grid (4-bit weights restored by standard operators that ONNX Runtime
+folds at load, float compute), which holds exactly the student's weights, embeds a sentence the same in any batch and
+is smaller than int8-weights; any other model, a student off the grid included, keeps int8-weights. Tiny models built
+here; never a timing."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import read_lines
+from mlcompress.distill.on_grid import INT4_GRID, snapped_copy
 from mlcompress.errors import InputError
 from mlcompress.export import AUTO, Int4WeightsConfig, export, verify
 
@@ -20,8 +23,9 @@ FAST = {"measure_latency": False, "parity_texts": 16, "calibration_texts": 16}
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, Path]:
-    """A tiny XLM-R sentence encoder ("plain", no record) and the same weights as a distilled student ("student":
-    mlcompress.json says distill-general), so both export through one cached graph."""
+    """A tiny XLM-R sentence encoder ("plain", no record), the same weights as a distilled student ("student":
+    mlcompress.json says distill-general), so both export through one cached graph, and those weights on the grid as a
+    quantisation-aware student saves them ("grid")."""
     import torch
     import transformers
     from tiny_models import build_xlmr, training_lines
@@ -37,7 +41,10 @@ def models(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str
     transformers.AutoTokenizer.from_pretrained(mlm.path).save_pretrained(base / "plain")
     shutil.copytree(base / "plain", base / "student")
     write_provenance(base / "student", "distill-general", {"every_k": 2}, [], {})
-    return {"plain": base / "plain", "student": base / "student"}
+    snapped_copy(transformers.AutoModel.from_pretrained(base / "plain"), INT4_GRID).save_pretrained(base / "grid")
+    transformers.AutoTokenizer.from_pretrained(mlm.path).save_pretrained(base / "grid")
+    write_provenance(base / "grid", "distill-general", {"every_k": 2, "on_grid": INT4_GRID.as_dict()}, [], {})
+    return {"plain": base / "plain", "student": base / "student", "grid": base / "grid"}
 
 
 @pytest.fixture(scope="module")
@@ -48,36 +55,41 @@ def texts(data_dir: Path) -> dict[str, str]:
 def test_auto_is_the_default_and_resolves_by_the_models_record(models: dict[str, Path], tmp_path: Path) -> None:
     from mlcompress.artifacts import write_provenance
     from mlcompress.export.cli import export_command
-    from mlcompress.export.options import STUDENT_DEFAULT, STUDENT_EMBEDDING_BLOCK, embedding_block, resolve_auto
+    from mlcompress.export.options import embedding_block, resolve_auto
 
     assert inspect.signature(export).parameters["quantize"].default == AUTO == "auto"
     assert inspect.signature(export_command).parameters["quantize"].default == AUTO
-    assert resolve_auto(AUTO, models["student"]) == STUDENT_DEFAULT == "int8-weights"  # int4-weights fails a trained one
+    assert resolve_auto(AUTO, models["grid"]) == Int4WeightsConfig(INT4_GRID.block_size)
+    assert embedding_block(AUTO, models["grid"], None) == INT4_GRID.embedding_block_size == 64
+    assert resolve_auto(AUTO, models["student"]) == "int8-weights"  # off the grid, int4-weights failed a trained one
     assert resolve_auto(AUTO, models["plain"]) == "int8-weights" and resolve_auto(AUTO, None) == "int8-weights"
-    write_provenance(tmp_path, "distill-task", {}, [], {})
-    assert resolve_auto(AUTO, tmp_path) == STUDENT_DEFAULT
-    write_provenance(tmp_path, "trim", {}, [], {})
+    write_provenance(tmp_path, "distill-task", {"on_grid": INT4_GRID.as_dict()}, [], {})
+    assert resolve_auto(AUTO, tmp_path) == Int4WeightsConfig(32)
+    write_provenance(tmp_path, "distill-task", {"on_grid": {"scheme": "int3"}}, [], {})  # a grid export does not know
+    assert resolve_auto(AUTO, tmp_path) == "int8-weights"
+    write_provenance(tmp_path, "trim", {"on_grid": INT4_GRID.as_dict()}, [], {})  # only a student's record counts
     assert resolve_auto(AUTO, tmp_path) == "int8-weights"
     for explicit in ("int8-weights", "int4", "none", Int4WeightsConfig(64)):  # an explicit choice is kept for a student
-        assert resolve_auto(explicit, models["student"]) == explicit
+        assert resolve_auto(explicit, models["grid"]) == explicit
         assert embedding_block(explicit, models["student"], None) == 32
-    assert embedding_block(AUTO, models["student"], None) == STUDENT_EMBEDDING_BLOCK
+        assert embedding_block(explicit, models["grid"], None) == 64  # its tables sit on 64-wide blocks
+    assert embedding_block(AUTO, models["student"], None) == 32
     assert embedding_block(AUTO, models["plain"], None) == 32
-    assert embedding_block(AUTO, models["student"], 16) == 16
+    assert embedding_block(AUTO, models["grid"], 16) == 16
 
 
 def test_int4_weights_bundle_is_batch_independent_and_smaller(
         models: dict[str, Path], texts: dict[str, str], data_dir: Path, tmp_path: Path) -> None:
-    """A student's int4-weights bundle: each sentence the same alone and in any batch (within 1e-5), the same in a
-    client's plain session, and smaller than its int8-weights bundle (the default)."""
+    """A grid student's default bundle is int4-weights and exact: the PyTorch student's embeddings to float precision;
+    each sentence the same alone and in any batch (within 1e-5), the same in a client's plain session, and smaller
+    than its int8-weights bundle."""
     import onnx
 
     from mlcompress.export import runtime
 
-    result = export(models["student"], tmp_path / "auto", quantize="int4-weights", embedding_block_size=64,
-                    bundle=True, texts=texts, **FAST)
+    result = export(models["grid"], tmp_path / "auto", bundle=True, texts=texts, **FAST)
     assert result.quantize == "int4-weights" and result.model_file == "onnx/model_q4.onnx"
-    assert result.parity["passed"] and result.parity["mean_cosine"] >= 0.98, result.parity
+    assert result.parity["passed"] and result.parity["mean_cosine"] >= 0.99999, result.parity
     q = verify(tmp_path / "auto")["quantization"]
     assert (q["name"], q["weights"], q["block_size"], q["scales"]) == ("int4-weights", "int4", 32, "fp16")
     assert q["operators"] >= 2 * 3 and q["embeddings"]["op"] == "GatherBlockQuantized"
@@ -85,7 +97,7 @@ def test_int4_weights_bundle_is_batch_independent_and_smaller(
     ops = {n.op_type for n in onnx.load(str(tmp_path / "auto" / result.model_file)).graph.node}
     assert not ops & {"MatMulNBits", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QAttention"}, ops
     int8 = export(models["student"], tmp_path / "int8", bundle=True, texts=texts, **FAST)
-    assert int8.quantize == "int8-weights"  # the student's default
+    assert int8.quantize == "int8-weights"  # the default of a student off the grid
     size = (tmp_path / "auto" / result.model_file).stat().st_size
     assert size < (tmp_path / "int8" / int8.model_file).stat().st_size
     bundle = runtime.load(tmp_path / "auto")
