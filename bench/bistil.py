@@ -25,12 +25,11 @@ from pathlib import Path
 import transformers
 
 from mlcompress.distill import Phase1Losses, TrainConfig, distill_general
+from mlcompress.distill.general import RECIPES  # sequences per step and peak learning rate, per objective
 from mlcompress.distill.loop import parse_duration
 from mlcompress.eval import Limits, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
-# per objective: sequences per step and peak learning rate (sentences are ~30 tokens, blocks 256)
-RECIPES = {"embedding": {"batch_size": 64, "lr": 5e-4}, "bistil": {"batch_size": 16, "lr": 3e-4}}  # lr: bench/distill_ablation.py
 BARS = {"retrieval": 0.95, "pos": 0.95, "sts": 0.97}  # task -> retention bar (issue 11)
 
 
@@ -44,25 +43,28 @@ def variant_losses(objective: str, spec: str | None) -> Phase1Losses:
     return losses
 
 
-def quantization_aware(args, spec: str) -> tuple[str, bool | None]:
+def quantization_aware(args, spec: str) -> tuple[str, bool | None, float | None]:
     """A variant's ``qat=0|1`` (training through the bundle's 4-bit grid) apart from its loss weights; else the
     --quantization-aware choice (auto: distill's default, on for the embedding objective)."""
     choice = {"auto": None, "on": True, "off": False}[args.quantization_aware]
-    kept = []
+    kept, start = [], None
     for item in (spec or "").split(","):
         key, _, value = item.partition("=")
         if key.strip() == "qat":
             choice = bool(int(value))
+        elif key.strip() == "qat_start":  # share of the planned steps trained off the grid first
+            start = float(value)
         elif item:
             kept.append(item)
-    return ",".join(kept), choice
+    return ",".join(kept), choice, start
 
 
 def distil(args, name: str, teacher: str, trim_here: bool, out: Path) -> tuple[Path, dict]:
     """One phase-1 run (an objective, or a variant ``label:key=value,...`` of the embedding objective's weights and
-    ``qat``); returns the student's folder and what the run measured."""
+    ``qat``, ``qat_start``); returns the student's folder and what the run measured."""
     label, _, spec = name.partition(":")
-    spec, qat = quantization_aware(args, spec)
+    spec, qat, qat_start = quantization_aware(args, spec)
+    start = {} if qat_start is None else {"quantization_aware_start": qat_start}
     objective = label if label in RECIPES and not spec else "embedding"
     recipe = RECIPES[objective]
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size or recipe["batch_size"], lr=args.lr or recipe["lr"],
@@ -76,14 +78,14 @@ def distil(args, name: str, teacher: str, trim_here: bool, out: Path) -> tuple[P
                              restart=True, train_config=config, snapshots=tuple(float(x) for x in args.snapshots.split(",") if x),
                              max_blocks_per_language=args.max_blocks, losses=variant_losses(objective, spec),
                              max_sentences_per_language=args.max_sentences, targets_dir=args.targets_dir,
-                             teacher_cache=not args.no_teacher_cache, quantization_aware=qat)
+                             teacher_cache=not args.no_teacher_cache, quantization_aware=qat, **start)
     wall = time.perf_counter() - t0
     print(f"[{label}] {result.steps} steps in {result.seconds:.0f} s (whole call {wall:.0f} s), "
           f"{result.tokens:,} tokens, {result.tokens_per_second:,.0f} tokens/s; final {result.final}", flush=True)
     return target, {"steps": result.steps, "tokens": result.tokens, "seconds": result.seconds, "wall_s": wall,
                     "tokens_per_second": result.tokens_per_second, "layer_map": result.layer_map,
                     "teacher_pass": result.teacher_pass, "losses": asdict(variant_losses(objective, spec)),
-                    "quantization_aware": qat}
+                    "quantization_aware": qat, "quantization_aware_start": qat_start}
 
 
 def points(student: Path, run: dict) -> list[tuple[str, Path, int]]:

@@ -23,7 +23,7 @@ Restart = Annotated[bool, typer.Option(help="Discard an interrupted run's checkp
 CacheDir = Annotated[Optional[Path], typer.Option(help="Cache for bundled models and token counts.")]
 
 
-def _config(steps: int, batch_size: int, grad_accum: int, lr: float, device: str, precision: str, checkpoint_every: int,
+def _config(steps: int, batch_size: int | None, grad_accum: int, lr: float | None, device: str, precision: str, checkpoint_every: int,
             seed: int, time_budget: str | None = None):
     from .loop import TrainConfig, parse_duration
 
@@ -88,8 +88,10 @@ def general(
     logit_weight: Annotated[float, typer.Option(help="Weight of MLM-logit KD (needs an MLM head).")] = 0.0,
     mlm_weight: Annotated[float, typer.Option(help="Weight of plain MLM (needs an MLM head).")] = 0.0,
     trim_vocab: Annotated[bool, typer.Option("--trim-vocab", help="First trim the teacher to the corpora's tokens.")] = False,
-    steps: Steps = 2000, batch_size: Batch = 32, grad_accum: Accum = 1,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,
+    steps: Steps = 2000,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per optimizer step, over all processes (default: the objective's recipe, 64 for embedding, 16 for bistil).")] = None,
+    grad_accum: Accum = 1,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the objective's recipe, 5e-4 for embedding, 3e-4 for bistil).")] = None,
     device: Device = "auto", precision: Precision = "auto", time_budget: Budget = None, checkpoint_every: Ckpt = 200,
     seed: Seed = 0, overwrite: Overwrite = False, restart: Restart = False, cache_dir: CacheDir = None,
 ) -> None:

@@ -24,7 +24,7 @@ from .data import mixed_blocks, mlm_mask, step_rows
 from .losses import soft_cross_entropy
 from .loop import TrainConfig, make_accelerator, train
 from .objective import add_representation_terms, paired_forward
-from .on_grid import INT4_GRID, GridSpec, on_grid_loss, snapped_copy
+from .on_grid import INT4_GRID, QAT_START, GridSpec, OnGridLoss, snapped_copy
 from .sentence_objective import sentence_loss, sentence_pool
 from .student import PROJECTION_FILE, check_hidden_size, hidden_pairs, make_student, narrow_student, principal_basis
 from .workdir import close_work_dir, discard_if_unused, open_work_dir, release_work_dir, work_dir_for
@@ -157,6 +157,11 @@ def block_batches(blocks: torch.Tensor, batch_size: int, seed: int, vocab_size: 
     return batch_for_step
 
 
+# Batch size and peak learning rate when the run leaves them unset, per objective: chosen on the shared data's dev sets
+# (en+el; embedding: bench/bistil.py's runs, bistil: bench/distill_ablation.py).
+RECIPES = {"embedding": {"batch_size": 64, "lr": 5e-4}, "bistil": {"batch_size": 16, "lr": 3e-4}}
+
+
 def distill_general(
     teacher: str | os.PathLike[str] = DEFAULT_MODEL,
     languages: str | list[str] = "en,el",
@@ -184,6 +189,7 @@ def distill_general(
     teacher_cache: bool = True,
     targets_dir: str | os.PathLike[str] | None = None,
     quantization_aware: bool | None = None,
+    quantization_aware_start: float = QAT_START,
 ) -> DistillResult:
     """Phase 1: copy every k-th teacher layer (or ``layers``) into a student and distil it on the languages' text.
 
@@ -191,6 +197,7 @@ def distill_general(
     single sentences with the model's prefix and adds pooled-embedding, relational, contrastive and cross-lingual
     ranking terms; ``auto`` picks
     ``embedding`` for sentence-embedding teachers (known from their configuration or provenance).
+    A ``train_config`` whose batch size or learning rate is None (or none at all) takes the objective's ``RECIPES``.
     Resumes an interrupted run to the same output (checkpoints live in a hidden sibling of it). A
     ``train_config.time_budget`` sizes the run to end inside it. ``trim_vocabulary`` first trims the
     teacher to the tokens the corpora use. ``hidden_size`` makes a narrower student, initialised by
@@ -200,15 +207,16 @@ def distill_general(
     attention term): the teacher runs once over the sentence pool and training reads its targets from disk
     (under the work dir, or ``targets_dir``, where runs on the same teacher and text share them).
     ``quantization_aware`` (None: on for the embedding objective) trains the student through the 4-bit grid of its
-    edge bundle and saves it on that grid, so that export's default for it (int4-weights) is exact.
+    edge bundle and saves it on that grid, so that export's default for it (int4-weights) is exact; from
+    ``quantization_aware_start`` (a share of the planned steps) on.
     """
     started = time.perf_counter()
-    config = train_config or TrainConfig()
     langs, texts = _languages_and_texts(languages, corpora)
     out = Path(output).expanduser().absolute()
     source = resolve_model(teacher, cache_dir)
     check_supported(model_family(source.path), "distill", str(teacher))
     objective, profile = _objective(objective, source.path, str(teacher), prefix)
+    config = (train_config or TrainConfig(batch_size=None, lr=None)).with_recipe(**RECIPES[objective])
     losses = _checked_losses(losses, objective)
     cached = _uses_teacher_cache(objective, losses, teacher_cache)
     grid = INT4_GRID if (objective == "embedding" if quantization_aware is None else quantization_aware) else None
@@ -217,14 +225,16 @@ def distill_general(
     settings = {"teacher": str(source.path), "languages": langs, "corpora": {k: [c.fingerprint() for c in v] for k, v in texts.items()},
                 "every_k": every_k, "layers": layers, "objective": objective, "data": data, "hidden_size": hidden_size,
                 "losses": asdict(losses), "train": {k: v for k, v in asdict(config).items() if k != "progress"},
-                "trim_vocabulary": trim_vocabulary, "teacher_cache": cached, "on_grid": grid and grid.as_dict()}
+                "trim_vocabulary": trim_vocabulary, "teacher_cache": cached,
+                "on_grid": grid and {**grid.as_dict(), "start": quantization_aware_start}}
     narrow = _check_width(source.path, hidden_size)
     accelerator = make_accelerator(config)  # device errors before anything is written
     fresh = not work_dir_for(out).exists()
     work = open_work_dir(out, settings, overwrite, restart, accelerator)
     with discard_if_unused(work, fresh, accelerator):  # a run that fails before its first checkpoint leaves nothing
         teacher_dir = _teacher_dir(source.path, langs, texts, work, trim_vocabulary, cache_dir, accelerator)
-        run = _Phase1Run(teacher_dir, langs, texts, objective, losses, data, config, every_k, layers, grid)
+        run = _Phase1Run(teacher_dir, langs, texts, objective, losses, data, config, every_k, layers, grid,
+                         quantization_aware_start)
         if narrow:
             run.narrow(work, hidden_size, accelerator.is_main_process)
         run.teacher.eval().requires_grad_(False).to(accelerator.device)
@@ -232,8 +242,9 @@ def distill_general(
             run.use_targets(work, targets_dir, settings, started, accelerator)
         layout = _student_layout(source.path, str(teacher), profile, objective, prefix)
         on_step = _snapshotter(run, out, snapshots, accelerator, layout) if snapshots else None
-        state = train(run.student, run.loss_fn(), run.batches(), config, work, accelerator, stop_after=stop_after,
-                      started_at=started, on_step=on_step)
+        loss = run.loss_fn()
+        state = train(run.student, loss, run.batches(), config, work, accelerator, stop_after=stop_after,
+                      started_at=started, on_step=on_step, before_step=getattr(loss, "before_step", None))
     return _finish(run, state, out, objective, overwrite, layout, {**settings, "layer_map": run.mapping},
                    [source.describe(), *_corpus_inputs(texts)], work, accelerator)
 
@@ -402,12 +413,13 @@ class _Phase1Run:
 
     def __init__(self, teacher_dir: Path, langs: list[str], texts: dict[str, Any], objective: str,
                  losses: Phase1Losses, data: dict[str, Any], config: TrainConfig, every_k: int,
-                 layers: str | list[int] | None, grid: GridSpec | None = None) -> None:
+                 layers: str | list[int] | None, grid: GridSpec | None = None, grid_start: float = 0.0) -> None:
         from transformers import AutoModel, AutoModelForMaskedLM
 
         from mlcompress.sources import load_tokenizer, load_weights
 
         self.objective, self.losses, self.data, self.config, self.grid = objective, losses, data, config, grid
+        self.grid_start = grid_start
         self.teacher_dir = teacher_dir
         self.tok = load_tokenizer(teacher_dir)
         model_cls = AutoModelForMaskedLM if (losses.logits or losses.mlm) else AutoModel
@@ -484,7 +496,7 @@ class _Phase1Run:
         else:
             loss = sentence_loss(self.teacher, self.mapping, self.losses, self.data["pooling"], self.basis,
                                  self.targets, list(self.pool.ids))
-        return on_grid_loss(loss, self.grid) if self.grid is not None else loss
+        return OnGridLoss(loss, self.grid, self.grid_start) if self.grid is not None else loss
 
     def batches(self):
         if self.objective == "bistil":

@@ -16,7 +16,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -33,9 +33,9 @@ class TrainConfig:
     """Optimisation and runtime settings shared by phase 1, phase 2 and teacher fine-tuning."""
 
     steps: int = 2000
-    batch_size: int = 32  # sequences per optimizer step, over all processes and accumulation steps
+    batch_size: int | None = 32  # sequences per optimizer step, over all processes and accumulation steps
     grad_accum: int = 1
-    lr: float = 1e-4
+    lr: float | None = 1e-4  # peak; None (and batch size None): the stage's recipe (distill general: its objective's)
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0
@@ -48,7 +48,14 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
 
+    def with_recipe(self, batch_size: int, lr: float) -> TrainConfig:
+        """This config with a stage's recipe where it leaves the batch size or the learning rate unset (None)."""
+        return replace(self, batch_size=batch_size if self.batch_size is None else self.batch_size,
+                       lr=lr if self.lr is None else self.lr)
+
     def validate(self) -> None:
+        if self.batch_size is None or self.lr is None:
+            raise InputError("no batch size or learning rate was set", "give --batch-size and --lr")
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise InputError("steps, batch size and gradient accumulation must be positive",
                              "e.g. --steps 2000 --batch-size 32 --grad-accum 1")
@@ -232,14 +239,16 @@ def train(model: torch.nn.Module, loss_fn: LossFn, batch_for_step: Callable[[int
           config: TrainConfig, work_dir: str | os.PathLike[str], accelerator=None, *,
           after_step: Callable[[torch.nn.Module], None] | None = None, stop_after: int | None = None,
           started_at: float | None = None,
-          on_step: Callable[[int, int, torch.nn.Module], None] | None = None) -> TrainState:
+          on_step: Callable[[int, int, torch.nn.Module], None] | None = None,
+          before_step: Callable[[int, int], None] | None = None) -> TrainState:
     """Run ``config.steps`` optimizer steps of ``loss_fn``, resuming from the newest checkpoint in ``work_dir``.
 
     With ``config.time_budget`` the step count is planned from the measured speed instead, so that the
     schedule ends inside the budget counted from ``started_at`` (default: now); a resumed run keeps its plan.
     ``after_step`` runs on the unwrapped model after every optimizer step (sparse fine-tuning resets
-    unselected entries there); ``on_step(step, planned_steps, model)`` after it. ``stop_after`` ends the run
-    early, as a kill would (for tests).
+    unselected entries there); ``on_step(step, planned_steps, model)`` after it; ``before_step(steps_done,
+    planned_steps)`` before each step (a resumed run calls it too). ``stop_after`` ends the run early, as a kill
+    would (for tests).
     """
     accelerator = accelerator or make_accelerator(config)
     work = Path(work_dir)
@@ -264,6 +273,8 @@ def train(model: torch.nn.Module, loss_fn: LossFn, batch_for_step: Callable[[int
     progress = _Progress(state.planned, state.step, enabled=config.progress and accelerator.is_main_process)
     model.train()
     while state.step < state.planned:
+        if before_step is not None:
+            before_step(state.step, state.planned)
         figures = _step(model, loss_fn, batch_for_step(state.step), config, accelerator, optimizer, scheduler, state)
         if after_step is not None:
             after_step(accelerator.unwrap_model(model))

@@ -29,6 +29,7 @@ class GridSpec:
 
 
 INT4_GRID = GridSpec()
+QAT_START = 0.0  # share of the planned steps after which the student trains on the grid (distill general's default)
 
 
 def snap(weight: torch.Tensor, block_size: int, fp16_values: bool = False) -> torch.Tensor:
@@ -83,16 +84,29 @@ def _straight_through(weight: torch.Tensor, block_size: int, fp16_values: bool) 
     return weight + (snap(weight, block_size, fp16_values) - weight).detach()
 
 
-def on_grid_loss(loss_fn: Callable[..., Any], grid: GridSpec) -> Callable[..., Any]:
-    """``loss_fn(model, batch)`` with the model's weights on ``grid`` in its forward passes."""
-    blocks: dict[int, dict[str, tuple[int, bool]]] = {}
+class OnGridLoss:
+    """``loss_fn(model, batch)`` with the model's weights on ``grid`` in its forward passes, from ``start`` (a share
+    of the planned steps; 0: from the first) on: the student first learns in full precision, then settles on the grid.
+    ``before_step`` (the training loop's hook) switches it on."""
 
-    def loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
-        if id(model) not in blocks:
-            blocks[id(model)] = grid_parameters(model, grid)
-        return loss_fn(_OnGrid(model, blocks[id(model)]), batch)
+    def __init__(self, loss_fn: Callable[..., Any], grid: GridSpec, start: float = 0.0) -> None:
+        self.loss_fn, self.grid, self.start, self.active = loss_fn, grid, start, start <= 0
+        self._blocks: dict[int, dict[str, tuple[int, bool]]] = {}
 
-    return loss
+    def before_step(self, done: int, planned: int) -> None:
+        self.active = done >= round(self.start * planned)
+
+    def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        if not self.active:
+            return self.loss_fn(model, batch)
+        if id(model) not in self._blocks:
+            self._blocks[id(model)] = grid_parameters(model, self.grid)
+        return self.loss_fn(_OnGrid(model, self._blocks[id(model)]), batch)
+
+
+def on_grid_loss(loss_fn: Callable[..., Any], grid: GridSpec) -> OnGridLoss:
+    """``loss_fn(model, batch)`` with the model's weights on ``grid`` in every forward pass."""
+    return OnGridLoss(loss_fn, grid)
 
 
 @torch.no_grad()

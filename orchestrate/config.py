@@ -40,8 +40,8 @@ _STAGE_OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     },
     "distill": {
         "enabled": ((bool, str), "auto"), "device": ((str,), "auto"), "every_k": ((int,), 2), "block_size": ((int,), 256),
-        "max_blocks_per_language": ((int, _NONE), None), "steps": ((int,), 2000), "batch_size": ((int,), 32),
-        "grad_accum": ((int,), 1), "lr": ((float, int), 1e-4), "mixed_precision": ((str,), "auto"),
+        "max_blocks_per_language": ((int, _NONE), None), "steps": ((int,), 2000), "batch_size": ((int, _NONE), None),
+        "grad_accum": ((int,), 1), "lr": ((float, int, _NONE), None),  # None: distill's recipe for the objective "mixed_precision": ((str,), "auto"),
         "checkpoint_every": ((int,), 200), "seed": ((int,), 0), "time_budget": ((str, int, float, _NONE), None),
         "objective": ((str,), "auto"), "layers": ((str, list, _NONE), None), "max_length": ((int,), 128),
         "restart": ((bool,), False),  # discard an interrupted distillation's checkpoints (kept otherwise, even with --force)

@@ -45,7 +45,7 @@ def distill_stage(model: Path, target: Path, cfg: dict[str, Any], corpora: dict[
     from mlcompress.distill import TrainConfig, distill_general, parse_duration
 
     opts = cfg["stages"]["distill"]
-    tc = TrainConfig(steps=opts["steps"], batch_size=opts["batch_size"], grad_accum=opts["grad_accum"], lr=float(opts["lr"]),
+    tc = TrainConfig(steps=opts["steps"], batch_size=opts["batch_size"], grad_accum=opts["grad_accum"], lr=None if opts["lr"] is None else float(opts["lr"]),
                      device=opts["device"], mixed_precision=opts["mixed_precision"],
                      checkpoint_every=opts["checkpoint_every"], seed=opts["seed"],
                      time_budget=parse_duration(opts["time_budget"]), progress=False)

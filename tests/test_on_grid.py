@@ -13,7 +13,8 @@ from transformers import AutoModel
 
 from conftest import DATA
 from mlcompress.distill import Phase1Losses, TrainConfig, distill_general
-from mlcompress.distill.on_grid import INT4_GRID, grid_parameters, on_grid, on_grid_loss, snap, snapped_copy
+from mlcompress.distill.on_grid import (INT4_GRID, OnGridLoss, grid_parameters, on_grid, on_grid_loss, snap,
+                                        snapped_copy)
 from mlcompress.embedding_profile import E5_PREFIX, EmbeddingProfile
 from mlcompress.st_layout import layout_for, write_layout
 from tiny_models import build_bert_teacher, training_lines
@@ -74,6 +75,11 @@ def test_gradients_pass_the_rounding_straight_through() -> None:
         assert torch.allclose(p.grad, q.grad, atol=1e-7), name  # the gradient at the grid point, applied to the latent
     assert set(grid_parameters(model, INT4_GRID)) == {"0.weight", "1.weight"}  # biases stay float
     assert on_grid(snapped, INT4_GRID) and not on_grid(model, INT4_GRID)
+    late = OnGridLoss(loss_fn, INT4_GRID, start=0.5)  # full precision for the first half of the planned steps
+    late.before_step(4, 10)
+    assert torch.equal(late(model, ids)[0], loss_fn(model, ids)[0])
+    late.before_step(5, 10)
+    assert torch.equal(late(model, ids)[0], loss_fn(snapped, ids)[0])
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +103,7 @@ def test_an_embedding_student_trains_and_is_saved_on_the_grid(teacher_dir: Path,
     student = AutoModel.from_pretrained(tmp_path / "grid")
     assert on_grid(student, INT4_GRID)
     record = json.loads((tmp_path / "grid" / "mlcompress.json").read_text())
-    assert record["parameters"]["on_grid"] == INT4_GRID.as_dict()
+    assert record["parameters"]["on_grid"] == {**INT4_GRID.as_dict(), "start": 0.0}
     start = snapped_copy(AutoModel.from_pretrained(teacher_dir), INT4_GRID)  # layer 0 of the teacher, on the grid
     moved = ~torch.isclose(student.encoder.layer[0].output.dense.weight, start.encoder.layer[0].output.dense.weight)
     assert moved.any() and result.steps == 6  # the latent weights crossed grid points: it trained through the grid
