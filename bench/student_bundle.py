@@ -6,8 +6,9 @@ Per choice: bundle size; Tatoeba ell-eng retrieval (1,000 pairs, mean of both di
 against the fp32 bundle; mean cosine with the fp32 bundle's embeddings on those sentences; batch independence (64
 Tatoeba sentences, Greek and English mixed, embedded one at a time against the same sentences in batches of 32 of
 mixed lengths: max abs difference). Bars (issue 25): bundle <= 15 MiB, retention >= 0.99, max abs diff <= 1e-5.
-`auto` is export()'s default: for a student it must resolve to int4-weights (block 32) with 64-wide embedding blocks,
-the same bundle as "int4-weights/32, emb 4-bit/64". --reuse keeps bundles a previous run left in --out.
+`auto` is export()'s default: for a student saved on the 4-bit grid (quantisation-aware distillation, the default)
+it resolves to int4-weights (block 32) with 64-wide embedding blocks, the same bundle as "int4-weights/32, emb 4-bit/64",
+and is exact; for a student off the grid, to int8-weights. --reuse keeps bundles a previous run left in --out.
 
 With --timing (off by default: the CPU is often shared) it also times batch-1 latency of the torch-free runtime
 against the 12-layer trimmed en+el bundle in interleaved rounds (issue 11's bar: <= 0.6x).

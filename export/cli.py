@@ -43,7 +43,7 @@ def export_command(
     per_channel: Annotated[bool, typer.Option("--per-channel/--no-per-channel", help="int8 weight scales per output channel (else per tensor).")] = True,
     reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", help="7-bit int8 weights (default: on for x86 CPUs without VNNI).")] = None,
     quantize_embeddings: Annotated[Optional[bool], typer.Option("--quantize-embeddings/--no-quantize-embeddings", help="4-bit block-quantise embedding tables (default: on for int8 and int4 schemes).")] = None,
-    embedding_block_size: Annotated[Optional[int], typer.Option(help="Block size of the 4-bit embedding tables (default: 32; 64 for a distilled student's auto export).")] = None,
+    embedding_block_size: Annotated[Optional[int], typer.Option(help="Block size of the 4-bit embedding tables (default: 32; a student saved on the 4-bit grid: its grid's, 64).")] = None,
     int4_block_size: Annotated[Optional[int], typer.Option(help="Block size of int4 weights (default: 128 for int4, 32 for int4-weights).")] = None,
     calibration: Annotated[str, typer.Option(help="int8-static activation ranges: minmax, percentile or entropy.")] = "minmax",
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Fuse the graph with ONNX Runtime's transformer optimiser.")] = True,

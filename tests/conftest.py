@@ -58,6 +58,27 @@ def tiny_pipeline_data(base: Path, data_dir: Path) -> Path:
     return data
 
 
+def tiny_e5_teacher(path: Path) -> Path:
+    """A tiny E5-style sentence encoder (``query: `` prefix, mean pooling, sentence-transformers layout) to distil."""
+    from tiny_models import build_bert_teacher, training_lines
+
+    from mlcompress.embedding_profile import E5_PREFIX, EmbeddingProfile
+    from mlcompress.st_layout import layout_for, write_layout
+
+    out = build_bert_teacher(path, training_lines(DATA), initializer_range=0.5)
+    write_layout(out, layout_for(EmbeddingProfile(E5_PREFIX, "mean", True)), 32)
+    return out
+
+
+def cpu_train_config(**changes):
+    """A few fp32 CPU steps of 16 sentences, checkpointed every 3, for distillation tests."""
+    from mlcompress.distill import TrainConfig
+
+    base = dict(steps=8, batch_size=16, lr=1e-3, checkpoint_every=3, log_every=1, progress=False, device="cpu",
+                mixed_precision="no")
+    return TrainConfig(**{**base, **changes})
+
+
 def pipeline_app():
     """A root typer app with only the pipeline commands mounted (pipeline, inspect)."""
     import typer

@@ -11,13 +11,10 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from conftest import DATA
+from conftest import DATA, cpu_train_config, tiny_e5_teacher
 from mlcompress.distill import Phase1Losses, TrainConfig, distill_general
 from mlcompress.distill.on_grid import (INT4_GRID, OnGridLoss, grid_parameters, on_grid, on_grid_loss, snap,
                                         snapped_copy)
-from mlcompress.embedding_profile import E5_PREFIX, EmbeddingProfile
-from mlcompress.st_layout import layout_for, write_layout
-from tiny_models import build_bert_teacher, training_lines
 
 CORPORA = {"en": str(DATA / "mono" / "en.txt.gz"), "de": str(DATA / "mono" / "de.txt.gz")}
 
@@ -84,16 +81,11 @@ def test_gradients_pass_the_rounding_straight_through() -> None:
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory) -> Path:
-    out = build_bert_teacher(tmp_path_factory.mktemp("tiny-e5-grid") / "teacher", training_lines(DATA),
-                             initializer_range=0.5)
-    write_layout(out, layout_for(EmbeddingProfile(E5_PREFIX, "mean", True)), 32)
-    return out
+    return tiny_e5_teacher(tmp_path_factory.mktemp("tiny-e5-grid") / "teacher")
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(steps=6, batch_size=16, lr=1e-3, checkpoint_every=3, log_every=1, progress=False, device="cpu",
-                mixed_precision="no")
-    return TrainConfig(**{**base, **kw})
+    return cpu_train_config(**{"steps": 6, **kw})
 
 
 def test_an_embedding_student_trains_and_is_saved_on_the_grid(teacher_dir: Path, tmp_path: Path) -> None:

@@ -11,16 +11,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
-from conftest import DATA
+from conftest import DATA, cpu_train_config, tiny_e5_teacher
 from mlcompress import InputError
 from mlcompress.distill import Phase1Losses, TrainConfig, distill_general
 from mlcompress.distill.losses import contrastive_loss, crosslingual_ranking_loss, mean_pool
 from mlcompress.distill.sentence_objective import sentence_loss, sentence_pool
 from mlcompress.distill.student import hidden_pairs, make_student
 from mlcompress.distill.teacher_targets import CHUNK, TeacherTargets, nearest, pair_by_teacher
-from mlcompress.embedding_profile import E5_PREFIX, EmbeddingProfile
-from mlcompress.st_layout import layout_for, write_layout
-from tiny_models import build_bert_teacher, training_lines
+from mlcompress.embedding_profile import E5_PREFIX
 
 CORPORA = {"en": str(DATA / "mono" / "en.txt.gz"), "de": str(DATA / "mono" / "de.txt.gz")}
 LOSSES = Phase1Losses(hidden=1.0, attention=0.0, pooled=10.0, relational=10.0, contrastive=1.0, crosslingual=1.0)
@@ -28,10 +26,7 @@ LOSSES = Phase1Losses(hidden=1.0, attention=0.0, pooled=10.0, relational=10.0, c
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory) -> Path:
-    out = build_bert_teacher(tmp_path_factory.mktemp("tiny-e5-targets") / "teacher", training_lines(DATA),
-                             initializer_range=0.5)
-    write_layout(out, layout_for(EmbeddingProfile(E5_PREFIX, "mean", True)), 32)
-    return out
+    return tiny_e5_teacher(tmp_path_factory.mktemp("tiny-e5-targets") / "teacher")
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +38,7 @@ def pool(teacher_dir: Path):
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(steps=8, batch_size=16, lr=1e-3, checkpoint_every=3, log_every=1, progress=False, device="cpu",
-                mixed_precision="no")
-    return TrainConfig(**{**base, **kw})
+    return cpu_train_config(**kw)
 
 
 def test_cached_targets_are_the_teachers_outputs_and_give_the_same_loss(teacher_dir: Path, pool, tmp_path: Path) -> None:
