@@ -41,11 +41,12 @@ _STAGE_OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "distill": {
         "enabled": ((bool, str), "auto"), "device": ((str,), "auto"), "every_k": ((int,), 2), "block_size": ((int,), 256),
         "max_blocks_per_language": ((int, _NONE), None), "steps": ((int,), 2000), "batch_size": ((int, _NONE), None),
-        "grad_accum": ((int,), 1), "lr": ((float, int, _NONE), None),  # None: distill's recipe for the objective "mixed_precision": ((str,), "auto"),
+        "grad_accum": ((int,), 1), "lr": ((float, int, _NONE), None), "mixed_precision": ((str,), "auto"),
         "checkpoint_every": ((int,), 200), "seed": ((int,), 0), "time_budget": ((str, int, float, _NONE), None),
         "objective": ((str,), "auto"), "layers": ((str, list, _NONE), None), "max_length": ((int,), 128),
         "restart": ((bool,), False),  # discard an interrupted distillation's checkpoints (kept otherwise, even with --force)
         "quantization_aware": ((bool, _NONE), None),  # train on the bundle's 4-bit grid (None: on for the embedding objective)
+        # batch_size / lr None: distill's recipe for the objective (distill.general.RECIPES)
     },
     "export": {
         "format": ((str,), "onnx"), "quantize": ((str,), "auto"), "bundle": ((bool,), True),
