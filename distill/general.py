@@ -193,21 +193,19 @@ def distill_general(
 ) -> DistillResult:
     """Phase 1: copy every k-th teacher layer (or ``layers``) into a student and distil it on the languages' text.
 
-    ``objective``: ``bistil`` matches hidden states and attention on packed MLM blocks; ``embedding`` trains on
-    single sentences with the model's prefix and adds pooled-embedding, relational, contrastive and cross-lingual
-    ranking terms; ``auto`` picks
-    ``embedding`` for sentence-embedding teachers (known from their configuration or provenance).
+    ``objective``: ``bistil`` matches hidden states and attention on packed MLM blocks; ``embedding`` trains on single
+    sentences with the model's prefix and adds pooled-embedding, relational, contrastive and cross-lingual ranking
+    terms; ``auto`` picks ``embedding`` for sentence-embedding teachers (known from their configuration or provenance).
     A ``train_config`` whose batch size or learning rate is None (or none at all) takes the objective's ``RECIPES``.
     Resumes an interrupted run to the same output (checkpoints live in a hidden sibling of it). A
-    ``train_config.time_budget`` sizes the run to end inside it. ``trim_vocabulary`` first trims the
-    teacher to the tokens the corpora use. ``hidden_size`` makes a narrower student, initialised by
-    projection onto the principal subspace of the teacher's hidden states (saved as
-    ``hidden_projection.safetensors``). ``snapshots`` (shares of the run, e.g. ``(0.25, 0.5)``) also save
-    the student part-way, under ``OUTPUT/snapshots/``. ``teacher_cache`` (embedding objective without an
-    attention term): the teacher runs once over the sentence pool and training reads its targets from disk
-    (under the work dir, or ``targets_dir``, where runs on the same teacher and text share them).
-    ``quantization_aware`` (None: on for the embedding objective) trains the student through the 4-bit grid of its
-    edge bundle and saves it on that grid, so that export's default for it (int4-weights) is exact; from
+    ``train_config.time_budget`` sizes the run to end inside it. ``trim_vocabulary`` first trims the teacher to the
+    tokens the corpora use. ``hidden_size`` makes a narrower student, initialised by projection onto the principal
+    subspace of the teacher's hidden states (saved as ``hidden_projection.safetensors``). ``snapshots`` (shares of the
+    run, e.g. ``(0.25, 0.5)``) also save the student part-way, under ``OUTPUT/snapshots/``. ``teacher_cache`` (embedding
+    objective without an attention term): the teacher runs once over the sentence pool and training reads its targets
+    from disk (under the work dir, or ``targets_dir``, where runs on the same teacher and text share them).
+    ``quantization_aware`` (None: on for the embedding objective) trains the student through the 4-bit grid of its edge
+    bundle and saves it on that grid, so that export's default for it (int4-weights) is exact; from
     ``quantization_aware_start`` (a share of the planned steps) on.
     """
     started = time.perf_counter()
@@ -219,16 +217,13 @@ def distill_general(
     config = (train_config or TrainConfig(batch_size=None, lr=None)).with_recipe(**RECIPES[objective])
     losses = _checked_losses(losses, objective)
     cached = _uses_teacher_cache(objective, losses, teacher_cache)
-    grid = INT4_GRID if (objective == "embedding" if quantization_aware is None else quantization_aware) else None
-    data = _data_settings(objective, profile, block_size, max_blocks_per_language, max_length, short_span_share,
-                          max_sentences_per_language)
+    grid = _grid(objective, quantization_aware)
+    data = _data_settings(objective, profile, block_size, max_blocks_per_language, max_length, short_span_share, max_sentences_per_language)
     settings = {"teacher": str(source.path), "languages": langs, "corpora": {k: [c.fingerprint() for c in v] for k, v in texts.items()},
                 "every_k": every_k, "layers": layers, "objective": objective, "data": data, "hidden_size": hidden_size,
                 "losses": asdict(losses), "train": {k: v for k, v in asdict(config).items() if k != "progress"},
-                "trim_vocabulary": trim_vocabulary, "teacher_cache": cached,
-                "on_grid": grid and {**grid.as_dict(), "start": quantization_aware_start}}
-    narrow = _check_width(source.path, hidden_size)
-    accelerator = make_accelerator(config)  # device errors before anything is written
+                "trim_vocabulary": trim_vocabulary, "teacher_cache": cached, "on_grid": grid and {**grid.as_dict(), "start": quantization_aware_start}}
+    narrow, accelerator = _check_width(source.path, hidden_size), make_accelerator(config)  # errors before any write
     fresh = not work_dir_for(out).exists()
     work = open_work_dir(out, settings, overwrite, restart, accelerator)
     with discard_if_unused(work, fresh, accelerator):  # a run that fails before its first checkpoint leaves nothing
@@ -241,12 +236,16 @@ def distill_general(
         if cached:
             run.use_targets(work, targets_dir, settings, started, accelerator)
         layout = _student_layout(source.path, str(teacher), profile, objective, prefix)
-        on_step = _snapshotter(run, out, snapshots, accelerator, layout) if snapshots else None
-        loss = run.loss_fn()
+        on_step, loss = _snapshotter(run, out, snapshots, accelerator, layout) if snapshots else None, run.loss_fn()
         state = train(run.student, loss, run.batches(), config, work, accelerator, stop_after=stop_after,
                       started_at=started, on_step=on_step, before_step=getattr(loss, "before_step", None))
     return _finish(run, state, out, objective, overwrite, layout, {**settings, "layer_map": run.mapping},
                    [source.describe(), *_corpus_inputs(texts)], work, accelerator)
+
+
+def _grid(objective: str, quantization_aware: bool | None) -> GridSpec | None:
+    """The 4-bit grid the student trains on: INT4_GRID when asked, by default for the embedding objective."""
+    return INT4_GRID if (objective == "embedding" if quantization_aware is None else quantization_aware) else None
 
 
 def _finish(run: _Phase1Run, state: Any, out: Path, objective: str, overwrite: bool, layout: Any,
