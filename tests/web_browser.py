@@ -9,7 +9,9 @@ import contextlib
 import functools
 import http.server
 import shutil
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,24 +57,47 @@ def serve(folder: Path) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+_STARTS = 3  # a loaded CI machine sometimes loses a fresh Chromium before the driver reaches it ("chrome not reachable")
+
+
 @contextlib.contextmanager
 def chromium(width: int = 1100, height: int = 900) -> Iterator[Any]:
-    """A headless Chromium driven by selenium (the system's chromedriver: no driver download)."""
+    """A headless Chromium driven by selenium (the system's chromedriver: no driver download).
+
+    Each start gets its own profile folder and is tried up to three times; the last failure carries the driver's log.
+    """
+    with tempfile.TemporaryDirectory(prefix="mlcompress-chromium-") as scratch:
+        driver = _start(Path(scratch), width, height)
+        try:
+            driver.set_script_timeout(300)
+            yield driver
+        finally:
+            driver.quit()
+
+
+def _start(scratch: Path, width: int, height: int) -> Any:
+    """Start Chromium under chromedriver, retrying a start that the browser did not survive."""
     from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
 
     browser, driver_path = find_chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                f"--window-size={width},{height}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    try:
-        driver.set_script_timeout(300)
-        yield driver
-    finally:
-        driver.quit()
+    for attempt in range(1, _STARTS + 1):
+        options = webdriver.ChromeOptions()
+        options.binary_location = browser
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                    "--disable-extensions", "--disable-background-networking", f"--window-size={width},{height}",
+                    f"--user-data-dir={scratch / f'profile-{attempt}'}"):
+            options.add_argument(arg)
+        log = scratch / f"chromedriver-{attempt}.log"
+        try:
+            return webdriver.Chrome(service=Service(executable_path=driver_path, log_output=str(log)), options=options)
+        except WebDriverException as exc:
+            if attempt == _STARTS:
+                tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no driver log)"
+                raise RuntimeError(f"Chromium did not start in {_STARTS} tries: {exc.msg}\nchromedriver log:\n{tail}") from exc
+            time.sleep(2 * attempt)
+    raise AssertionError("unreachable")
 
 
 def wait_ready(driver: Any, timeout_s: float = 120) -> dict[str, Any]:
