@@ -104,11 +104,6 @@ class OnGridLoss:
         return self.loss_fn(_OnGrid(model, self._blocks[id(model)]), batch)
 
 
-def on_grid_loss(loss_fn: Callable[..., Any], grid: GridSpec) -> OnGridLoss:
-    """``loss_fn(model, batch)`` with the model's weights on ``grid`` in every forward pass."""
-    return OnGridLoss(loss_fn, grid)
-
-
 @torch.no_grad()
 def snapped_copy(model: torch.nn.Module, grid: GridSpec) -> torch.nn.Module:
     """A copy of ``model`` with its weights on ``grid``: what a quantisation-aware run saves."""

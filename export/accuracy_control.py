@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .quantize import int4_grid_values
+
 # the operators each scheme quantises (their constant weight is input 1)
 QUANTISED_OPS = {"int8-dynamic": ("MatMul", "Attention"), "int8-static": ("MatMul",), "int8-weights": ("MatMul", "Attention"),
                  "int4": ("MatMul",), "int4-weights": ("MatMul", "Attention")}
@@ -81,13 +83,8 @@ def _fake_activation(x: np.ndarray) -> np.ndarray:
 
 def _fake_weight(w: np.ndarray, quantize: str, reduce_range: bool, block_size: int) -> np.ndarray:
     """Quantise-dequantise a [K, N] weight as the scheme stores it: int8 per output channel, or int4 in K-blocks."""
-    if quantize in ("int4", "int4-weights"):
-        k, n = w.shape
-        pad = (-k) % block_size
-        blocks = np.pad(w, ((0, pad), (0, 0))).reshape(-1, block_size, n)
-        scale = np.abs(blocks).max(axis=1, keepdims=True) / 7
-        scale[scale == 0] = 1.0
-        return (np.clip(np.round(blocks / scale), -8, 7) * scale).reshape(-1, n)[:k]
+    if quantize in ("int4", "int4-weights"):  # the grid the graph stores: MatMulNBits keeps fp32 scales
+        return int4_grid_values(w, block_size, fp16_scales=quantize == "int4-weights")
     qmax = 63 if reduce_range and quantize != "int8-weights" else 127
     scale = np.abs(w).max(axis=0, keepdims=True) / qmax
     scale[scale == 0] = 1.0

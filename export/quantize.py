@@ -288,9 +288,11 @@ def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
     return {"method": "fp16", "io": "float32"}
 
 
-def pack_int4_blocks(w: Any, block_size: int) -> tuple[Any, Any]:
-    """Symmetric 4-bit blocks of ``block_size`` rows along the input dimension of a (K, N) weight, as ORT's MatMulNBits
-    (the signed peak of each block maps to -8): two rows a byte in uint8 (Kp/2, N), fp16 scales (Kp/block, 1, N)."""
+def int4_block_codes(w: Any, block_size: int, fp16_scales: bool = True) -> tuple[Any, Any]:
+    """The symmetric 4-bit grid of a (K, N) weight in blocks of ``block_size`` rows along K, as ONNX Runtime's
+    MatMulNBits quantiser makes it (the signed peak of each block maps to -8): codes in [-8, 7] (Kp, N) int8 and
+    scales (Kp/block, 1, N), rounded to fp16 where the graph stores them so (``int4-weights``; MatMulNBits keeps fp32).
+    The one definition of the grid: packing, the accuracy search's simulation and distillation's grid follow it."""
     import numpy as np
 
     k, n = w.shape
@@ -299,9 +301,29 @@ def pack_int4_blocks(w: Any, block_size: int) -> tuple[Any, Any]:
     padded[:k] = w
     blocks = padded.reshape(kp // block_size, block_size, n)
     peak = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=1)[:, None, :], axis=1)
-    scale = (peak / -8).astype(np.float16)
+    scale = (peak / -8).astype(np.float16 if fp16_scales else np.float32)
     scale[scale == 0] = 1.0  # an all-zero block (or one too small for fp16) stores zeros
-    q = (np.clip(np.round(blocks / scale.astype(np.float32)), -8, 7) + 8).astype(np.uint8).reshape(kp, n)
+    codes = np.clip(np.round(blocks / scale.astype(np.float32)), -8, 7).astype(np.int8).reshape(kp, n)
+    return codes, scale
+
+
+def int4_grid_values(w: Any, block_size: int, fp16_scales: bool = True) -> Any:
+    """A (K, N) weight quantised-dequantised on its 4-bit grid (float32): what the int4 graph computes with."""
+    import numpy as np
+
+    codes, scale = int4_block_codes(w, block_size, fp16_scales)
+    n = codes.shape[1]
+    return (codes.reshape(-1, block_size, n).astype(np.float32) * scale.astype(np.float32)).reshape(-1, n)[:w.shape[0]]
+
+
+def pack_int4_blocks(w: Any, block_size: int) -> tuple[Any, Any]:
+    """A (K, N) weight on its 4-bit grid (``int4_block_codes``, fp16 scales), packed two rows a byte in uint8
+    (Kp/2, N) (code + 8 in each nibble), with its scales (Kp/block, 1, N)."""
+    import numpy as np
+
+    codes, scale = int4_block_codes(w, block_size)
+    q = (codes.astype(np.int16) + 8).astype(np.uint8)
+    kp = q.shape[0]
     return q[: kp // 2] | (q[kp // 2:] << 4), scale
 
 

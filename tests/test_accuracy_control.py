@@ -122,3 +122,36 @@ def test_rerank_puts_first_the_operator_whose_revert_helps_most(tmp_path: Path) 
     # without the re-rank, local error order needs op0 and op1 (two float operators) for the same target
     _, plain_order = search(ranked, build, lambda p: float(p.read_text()), 0.035, "test")
     assert [op.name for op in plain_order.kept] == ["op0", "op1"]
+
+
+@pytest.mark.parametrize("scheme", ["int4", "int4-weights"])
+def test_the_search_simulates_int4_as_the_quantised_graph_computes(tmp_path: Path, scheme: str) -> None:
+    """The local error that ranks operators comes from the grid the graph stores (the signed peak of a block maps to
+    -8): ONNX Runtime's MatMulNBits for int4 (fp32 scales), the restored blocks for int4-weights (fp16 scales)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from mlcompress.export.accuracy_control import _fake_weight
+    from mlcompress.export.quantize import quantize_int4_weights
+
+    k, n, block = 72, 16, 32  # a padded last block
+    w = np.random.default_rng(1).standard_normal((k, n)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if scheme == "int4":
+        quantizer = MatMulNBitsQuantizer(model, block_size=block, is_symmetric=True)
+        quantizer.process()
+        onnx.save(quantizer.model.model, str(tmp_path / "q.onnx"))
+    else:
+        onnx.save(model, str(tmp_path / "f.onnx"))
+        quantize_int4_weights(tmp_path / "f.onnx", tmp_path / "q.onnx", block_size=block)
+    session = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    computed = session.run(["y"], {"x": np.eye(k, dtype=np.float32)})[0]
+    simulated = _fake_weight(w, scheme, reduce_range=False, block_size=block)
+    np.testing.assert_allclose(simulated, computed, rtol=1e-6, atol=1e-6)
+    assert np.abs(simulated - w).max() > 0.01  # it is a 4-bit grid, not the float weight

@@ -13,8 +13,7 @@ from transformers import AutoModel
 
 from conftest import DATA, cpu_train_config, tiny_e5_teacher
 from mlcompress.distill import Phase1Losses, TrainConfig, distill_general
-from mlcompress.distill.on_grid import (INT4_GRID, OnGridLoss, grid_parameters, on_grid, on_grid_loss, snap,
-                                        snapped_copy)
+from mlcompress.distill.on_grid import INT4_GRID, OnGridLoss, grid_parameters, on_grid, snap, snapped_copy
 
 CORPORA = {"en": str(DATA / "mono" / "en.txt.gz"), "de": str(DATA / "mono" / "de.txt.gz")}
 
@@ -49,6 +48,9 @@ def test_the_grid_is_what_export_stores(tmp_path: Path) -> None:
     table[3] = 0  # a padding row: all-zero blocks stay zero
     linear[5, :32] = 1e-9  # a block too small for an fp16 scale
     e, w = snap(table, 64, fp16_values=True), snap(linear, 32)
+    from mlcompress.export.quantize import int4_grid_values  # export's definition of the grid, on [in, out]
+    assert np.array_equal(snap(linear, 32).T.numpy(), int4_grid_values(linear.T.numpy(), 32))
+    assert np.array_equal(snap(linear[:, :100], 32).T.numpy(), int4_grid_values(linear[:, :100].T.numpy(), 32))  # padded
     assert torch.equal(snap(e, 64, fp16_values=True), e) and torch.equal(snap(w, 32), w)  # snapping again: no change
     assert not torch.equal(e, table) and not e[3].any()
     assert len(torch.unique(w[0, :32] / w[0, :32].abs().max())) <= 16  # 4 bits a block
@@ -65,7 +67,7 @@ def test_gradients_pass_the_rounding_straight_through() -> None:
     def loss_fn(m, batch):
         return m(batch).pow(2).mean(), {}
 
-    on_grid_loss(loss_fn, INT4_GRID)(model, ids)[0].backward()
+    OnGridLoss(loss_fn, INT4_GRID)(model, ids)[0].backward()
     snapped = snapped_copy(model, INT4_GRID)
     loss_fn(snapped, ids)[0].backward()
     for (name, p), q in zip(model.named_parameters(), snapped.parameters()):
