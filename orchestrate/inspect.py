@@ -44,7 +44,8 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
         info.update(kind="pipeline", languages=(state.get("config") or {}).get("languages"), source=(state.get("config") or {}).get("source"),
                     stages={k: {"status": v.get("status"), "output": v.get("output"), "seconds": v.get("seconds")}
                             for k, v in (state.get("stages") or {}).items()},
-                    passed=report.get("passed"), gate=report.get("gate"), artifacts=report.get("artifacts"))
+                    passed=report.get("passed"), gate=report.get("gate"), artifacts=report.get("artifacts"),
+                    student_vs_trim=report.get("student_vs_trim"))  # a distilled student's scores beside the trim's
         return info
     if manifest is not None:
         info.update(_bundle(p, manifest))

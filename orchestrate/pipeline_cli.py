@@ -282,7 +282,8 @@ def _seq2seq_fields(s2s: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def _inspect_tables(info: dict[str, Any]) -> list[Any]:
-    """The tables after the summary: measured metrics, a pipeline's stages, the provenance chain (where there are any)."""
+    """The tables after the summary: measured metrics, a pipeline's stages (and its student against the trim), the
+    provenance chain (where there are any)."""
     from rich.table import Table
 
     tables = []
@@ -303,6 +304,9 @@ def _inspect_tables(info: dict[str, Any]) -> list[Any]:
             st.add_row(r["stage"], str(r.get("kind")), format_mb(r.get("bytes")), format_number(r.get("parameters")),
                        format_number(r.get("vocab_size")), format_number(r.get("latency_ms_p50"), "{:.2f}"), _retentions(r), r["path"])
         tables.append(st)
+        student = _student_table(info.get("student_vs_trim"))
+        if student is not None:
+            tables.append(student)
     if info.get("clients"):
         tables.append(_clients_table(info["clients"]))
     chain = info.get("provenance") or []

@@ -181,3 +181,13 @@ def test_the_printed_result_and_the_card_show_the_comparison(student_run: dict) 
     card = next(p for p in (out / "README.md", out / "03-export" / "README.md") if p.is_file())
     body = card.read_text(encoding="utf-8")
     assert "## Student against the trimmed model" in body and body.index("## Student against") < body.index("## How to use it")
+
+
+def test_inspect_shows_the_student_against_the_trim(student_run: dict) -> None:
+    from mlcompress.orchestrate.inspect import inspect
+
+    info = inspect(student_run["out"])
+    assert info["kind"] == "pipeline" and info["student_vs_trim"] == student_run["rep2"]["student_vs_trim"]
+    res = CliRunner().invoke(pipeline_app(), ["inspect", str(student_run["out"])], terminal_width=120)
+    assert res.exit_code == 0, res.output
+    assert "student (export) vs trim" in res.output and "retrieval" in res.output
