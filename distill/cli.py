@@ -1,4 +1,4 @@
-"""CLI of the distill stage (`mlcompress distill general|task`), mounted on the root app by `mlcompress.cli`."""
+"""CLI of the distill stage (`mlcompress distill general|task`), mounted on the root app by `mlcompress.orchestrate.cli`."""
 
 from __future__ import annotations
 

@@ -83,8 +83,8 @@ def export(
 ) -> ExportResult:
     """Export MODEL to ONNX (or a TensorRT engine / bitsandbytes checkpoint), quantise it, check parity, and write OUT.
 
-    ``max_drop`` (int8-dynamic, int8-static, int4) keeps the most sensitive weight operators at full precision until
-    the drop against the float graph (1 - mean cosine; 1 - label agreement for classifiers) on ``accuracy_texts``
+    ``max_drop`` (int8-dynamic, int8-static, int8-weights, int4, int4-weights) keeps the most sensitive weight
+    operators at full precision until the drop against the float graph (1 - mean cosine; 1 - label agreement for classifiers) on ``accuracy_texts``
     held-out target-language sentences is within it; the manifest records what was kept and what it cost.
     ``ort`` (bundles, onnx) also writes ONNX Runtime's mobile form: model.ort and required_operators.config.
     ``tokenizer_in_graph`` (bundles, onnx) also writes model_with_tokenizer.onnx: strings in, the model's output out
@@ -103,7 +103,7 @@ def export(
     family, model_dir = _family(model, cache_dir)
     student_dir = model_dir if family == "encoder" and format == "onnx" else None
     block = embedding_block(quantize, student_dir, embedding_block_size)
-    quantize = resolve_auto(quantize, student_dir)
+    quantize = resolve_auto(quantize, student_dir, format)
     if family != "encoder":  # generative families have their own exporter, behind the same parameters
         return export_generative(family, model_dir, output, quantize=quantize, checks=checks, format=format, ort=ort,
                                  tokenizer_in_graph=tokenizer_in_graph, texts=texts, languages=langs,

@@ -1,5 +1,5 @@
-"""CLI commands of the export stage (`mlcompress export`, `mlcompress bundle verify`, `mlcompress bundle demo`), mounted by
-`mlcompress.cli`."""
+"""CLI commands of the export stage (`mlcompress export`, `mlcompress bundle verify | encode | generate | demo`), mounted
+on the root app by `mlcompress.orchestrate.cli`."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def export_command(
     model: Annotated[str, typer.Argument(help="Model: a save_pretrained directory, a Hub id, or bundled:multilingual-e5-small.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output directory (or .tar.gz with --bundle).")],
     format: Annotated[str, typer.Option("--format", help="onnx, tensorrt (needs TensorRT and a GPU), or bnb (bitsandbytes checkpoint, GPU).")] = "onnx",
-    quantize: Annotated[str, typer.Option("--quantize", help="auto (the default: int8-weights), none, fp16, int8-dynamic, int8-static, int8-weights (weight-only: float compute, the same numbers in every runtime, e.g. the browser), int4 (MatMulNBits) or int4-weights (4-bit weights, float compute, as int8-weights).")] = "auto",
+    quantize: Annotated[str, typer.Option("--quantize", help="auto (the default: int8-weights; for a student trained on the 4-bit grid, int4-weights on that grid; for --format tensorrt, fp16), none, fp16, int8-dynamic, int8-static, int8-weights (weight-only: float compute, the same numbers in every runtime, e.g. the browser), int4 (MatMulNBits) or int4-weights (4-bit weights, float compute, as int8-weights).")] = "auto",
     bundle: Annotated[bool, typer.Option("--bundle", help="Write an edge bundle: model, tokenizer.json and manifest.json.")] = False,
     ort: Annotated[bool, typer.Option("--ort", help="With --bundle and --format onnx: also write ONNX Runtime's mobile form, model.ort and required_operators.config (the operators for a reduced-size ONNX Runtime build).")] = False,
     tokenizer_in_graph: Annotated[bool, typer.Option("--tokenizer-in-graph", help="With --bundle and --format onnx: also write model_with_tokenizer.onnx, which takes strings (the tokenizer inside, as onnxruntime-extensions operators: SentencePiece for Unigram vocabularies, BertTokenizer for WordPiece) and needs only onnxruntime and onnxruntime-extensions.")] = False,

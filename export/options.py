@@ -139,11 +139,14 @@ def student_grid(model_dir: Path | None) -> dict[str, Any] | None:
     return grid if known and all(isinstance(grid.get(k), int) for k in ("block_size", "embedding_block_size")) else None
 
 
-def resolve_auto(quantize: str | QuantConfig, model_dir: Path | None) -> str | QuantConfig:
+def resolve_auto(quantize: str | QuantConfig, model_dir: Path | None, format: str = "onnx") -> str | QuantConfig:
     """``auto`` as the scheme the model gets by default: int4-weights on its grid for a student saved on one,
-    int8-weights for any other; any other value is returned as given."""
+    int8-weights for any other; a TensorRT engine fp16 (TensorRT builds none of the weight-only schemes, and fp16
+    needs no calibration text). Any other value is returned as given."""
     if not (isinstance(quantize, str) and quantize == AUTO):
         return quantize
+    if format == "tensorrt":
+        return "fp16"
     grid = student_grid(model_dir)
     return Int4WeightsConfig(block_size=grid["block_size"]) if grid else DEFAULT
 

@@ -385,6 +385,9 @@ def test_tensorrt_and_bitsandbytes_need_their_package_and_a_gpu(tiny, texts, tmp
         assert "CUDA GPU" in info.value.message
     with pytest.raises(InputError, match="does not take"):
         export(tiny["sentence-embedding"], tmp_path / "trt", format="tensorrt", quantize="int4", texts=texts)
+    with pytest.raises(InputError, match="tensorrt|CUDA GPU") as info:  # the default scheme: fp16, which TensorRT takes
+        export(tiny["sentence-embedding"], tmp_path / "trt", format="tensorrt", texts=texts)
+    assert "does not take" not in info.value.message
     with pytest.raises(InputError, match="bitsandbytes|CUDA GPU"):
         export(tiny["sentence-embedding"], tmp_path / "bnb", format="bnb", quantize="int4")
     assert not list(tmp_path.iterdir())

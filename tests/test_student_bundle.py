@@ -63,6 +63,7 @@ def test_auto_is_the_default_and_resolves_by_the_models_record(models: dict[str,
     assert embedding_block(AUTO, models["grid"], None) == INT4_GRID.embedding_block_size == 64
     assert resolve_auto(AUTO, models["student"]) == "int8-weights"  # off the grid, int4-weights failed a trained one
     assert resolve_auto(AUTO, models["plain"]) == "int8-weights" and resolve_auto(AUTO, None) == "int8-weights"
+    assert resolve_auto(AUTO, models["grid"], "tensorrt") == "fp16" == resolve_auto(AUTO, None, "tensorrt")
     write_provenance(tmp_path, "distill-task", {"on_grid": INT4_GRID.as_dict()}, [], {})
     assert resolve_auto(AUTO, tmp_path) == Int4WeightsConfig(32)
     write_provenance(tmp_path, "distill-task", {"on_grid": {"scheme": "int3"}}, [], {})  # a grid export does not know
