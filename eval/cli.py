@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         languages: Annotated[str, typer.Option("-l", "--languages", help="Target languages, e.g. de,el.")],
         output: Annotated[Path, typer.Option("-o", "--output", help="Report folder (report.json, report.md, report.html).")],
         tasks: Annotated[Optional[str], typer.Option("--tasks", help=f"Comma-separated: for encoders from {_TASKS} (default: all); for a causal-LM source from {_LM_TASKS} (default: all); for an encoder-decoder from {_SEQ2SEQ_TASKS} (default: all; translation, chrF and BLEU through sacrebleu, for a model with language codes).")] = None,
-        data: Annotated[Optional[Path], typer.Option("--data", help="A folder laid out like ../shared/data.")] = None,
+        data: Annotated[Optional[Path], typer.Option("--data", help="A folder laid out like ../shared/data (default: $MLCOMPRESS_DATA, else ../shared/data where present).")] = None,
         min_retention: Annotated[Optional[float], typer.Option("--min-retention", help="Gate: exit 1 when any task keeps less than this fraction of the source's score.")] = None,
         hub_data: Annotated[Optional[list[str]], typer.Option("--hub-data", help="TASK:LANG=hf://NAME?config=C&split=S&columns=A,B: a datasets id for one task and language. Repeatable.")] = None,
         task_languages: Annotated[Optional[list[str]], typer.Option("--task-languages", help="TASK=LANGS: other languages for one task, e.g. sts=ar,es,en. Repeatable.")] = None,

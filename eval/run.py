@@ -169,7 +169,13 @@ def evaluate(
     text, within ``lm_limits`` (`generative.LMLimits`). ``tasks`` None is DEFAULT_TASKS for an encoder.
     An encoder-decoder source (mT5, mBART, M2M100, NLLB) runs the seq2seq tasks (`seq2seq`: perplexity, next_token,
     greedy, translation) on Tatoeba pairs with English, within ``seq2seq_limits``.
+    Without ``data_dir`` and ``hub_data`` the data folder is found as the pipeline finds it ($MLCOMPRESS_DATA, else
+    ../shared/data where present).
     """
+    if data_dir is None and not hub_data:
+        from mlcompress.corpus import default_data_dir
+
+        data_dir = default_data_dir()
     if encoders is None:
         from .lm_scorer import is_causal_lm
 

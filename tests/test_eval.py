@@ -260,6 +260,16 @@ def test_datasets_source_gives_the_same_retrieval(models: dict[str, Path], small
     assert hub.scores[0].dataset.startswith("disk://")
 
 
+def test_without_data_the_data_folder_is_found_as_the_pipeline_finds_it(models: dict[str, Path], small_data: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    enc = (load_encoder(models["src"]), load_encoder(models["shuffled"]))
+    local = evaluate(models["src"], models["shuffled"], "de", "retrieval", small_data, limits=SMALL, encoders=enc)
+    monkeypatch.setenv("MLCOMPRESS_DATA", str(small_data))
+    found = evaluate(models["src"], models["shuffled"], "de", "retrieval", None, limits=SMALL, encoders=enc)
+    assert [(s.source, s.candidate) for s in found.scores] == [(s.source, s.candidate) for s in local.scores]
+    assert found.parameters["data"] == str(small_data.absolute())
+
+
 def test_full_finetuning_recipe_is_the_same_for_both_models(models: dict[str, Path], small_data: Path) -> None:
     lim = Limits(pos_train_sentences=40, pos_test_sentences=15, nli_train_rows=48, nli_test_rows=30)
     r = evaluate(models["src"], models["src"], "de", "pos,nli", small_data, limits=lim, transfer="finetune")
