@@ -66,7 +66,7 @@ def chromium(width: int = 1100, height: int = 900) -> Iterator[Any]:
 
     Each start gets its own profile folder and is tried up to three times; the last failure carries the driver's log.
     """
-    with tempfile.TemporaryDirectory(prefix="mlcompress-chromium-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="mlcompress-chromium-", ignore_cleanup_errors=True) as scratch:
         driver = _start(Path(scratch), width, height)
         try:
             driver.set_script_timeout(300)
