@@ -313,8 +313,8 @@ class Pipeline:
             return True, f"a time budget is set ({opts['time_budget']})"
         if opts["device"] == "cuda" or (has_gpu and opts["device"] != "cpu"):
             return True, "a CUDA GPU is present"
-        return False, "no CUDA GPU on this machine: distillation (BiStil phase 1) needs one for useful speed; " \
-                      "set stages.distill.enabled: true to run it on the CPU anyway"
+        return False, "no CUDA GPU on this machine, so no student was distilled (the trim is the model); " \
+                      "--distill-budget 30m (stages.distill.time_budget) distils one on this CPU within 30 minutes"
 
     # ---- running --------------------------------------------------------------------------------------------------
 
