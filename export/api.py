@@ -84,8 +84,9 @@ def export(
     """Export MODEL to ONNX (or a TensorRT engine / bitsandbytes checkpoint), quantise it, check parity, and write OUT.
 
     ``max_drop`` (int8-dynamic, int8-static, int8-weights, int4, int4-weights) keeps the most sensitive weight
-    operators at full precision until the drop against the float graph (1 - mean cosine; 1 - label agreement for classifiers) on ``accuracy_texts``
-    held-out target-language sentences is within it; the manifest records what was kept and what it cost.
+    operators at full precision until the drop against the float graph (1 - mean cosine; 1 - label agreement for
+    classifiers) on ``accuracy_texts`` held-out target-language sentences is within it; the manifest records what was
+    kept and what it cost.
     ``ort`` (bundles, onnx) also writes ONNX Runtime's mobile form: model.ort and required_operators.config.
     ``tokenizer_in_graph`` (bundles, onnx) also writes model_with_tokenizer.onnx: strings in, the model's output out
     (onnxruntime-extensions' SentencePiece tokenizer), checked against tokenizer.json + the ONNX graph.

@@ -16,7 +16,8 @@ BNB_QUANTIZE = {"int8-weights": 8, "int8-dynamic": 8, "int8-static": 8, "int4": 
 def require_bnb(quantize: str) -> int:
     """The bit width for ``quantize``, or a clear error when bitsandbytes or a GPU is missing."""
     if quantize not in BNB_QUANTIZE:
-        raise InputError(f"--format bnb does not take --quantize {quantize}", "use int8-weights, int8-dynamic or int8-static (LLM.int8, 8-bit) or int4 (NF4)")
+        raise InputError(f"--format bnb does not take --quantize {quantize}",
+                         "use int8-weights, int8-dynamic or int8-static (LLM.int8, 8-bit) or int4 (NF4)")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise InputError("--format bnb needs the bitsandbytes package, which is not installed",
                          "install it with: pip install 'mlcompress[gpu]'")
